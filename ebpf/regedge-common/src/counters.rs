@@ -1,0 +1,112 @@
+//! Counter indexes. The kernel keeps one per-CPU array per enum, indexed by the enum's
+//! discriminant; userspace sums the CPUs at scrape time and labels each slot with
+//! [`ReplyKind::label`] / [`PassReason::label`]. Userspace answers are counted with the
+//! same [`ReplyKind`], so `kind` means the same thing on both sides.
+
+/// What was answered (or absorbed) as steady-state upkeep.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplyKind {
+    /// STUN Binding Request answered with a Binding Success Response (RFC 5389, RFC 5626 §4.4.2).
+    Stun = 0,
+    /// CRLF keepalive over UDP: absorbed, no reply (see `sip::CRLF_KEEPALIVES`).
+    Crlf = 1,
+    /// SIP OPTIONS addressed to the proxy itself, answered 200 OK.
+    Options = 2,
+}
+
+impl ReplyKind {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [ReplyKind; Self::COUNT as usize] = [Self::Stun, Self::Crlf, Self::Options];
+
+    /// Value of the `kind` metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Stun => "stun",
+            Self::Crlf => "crlf",
+            Self::Options => "options",
+        }
+    }
+}
+
+/// Why the XDP program handed a packet to the network stack (XDP_PASS).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassReason {
+    /// Not IPv4 or IPv6 (ARP, VLAN-tagged frames, ...).
+    NotIp = 0,
+    /// IP, but not UDP.
+    NotUdp = 1,
+    /// An IPv4 fragment (MF set or a fragment offset).
+    IpFragment = 2,
+    /// IPv4 header with options, or an IPv6 extension header before UDP.
+    IpOptions = 3,
+    /// UDP to an address and port that is not a configured SIP listener.
+    NotListener = 4,
+    /// Frame shorter than its headers claim, or inconsistent IP/UDP lengths.
+    Truncated = 5,
+    /// SIP payload larger than [`sip::MAX_PAYLOAD`](crate::sip::MAX_PAYLOAD).
+    TooBig = 6,
+    /// UDP payload that is none of the keepalives (REGISTER, INVITE, responses, ...).
+    NotKeepalive = 7,
+    /// OPTIONS whose Request-URI is not the proxy itself (a user part, another host).
+    NotForUs = 8,
+    /// OPTIONS the kernel does not fully decode (missing or repeated headers, unusual
+    /// syntax, a reply that would be larger than the request): userspace decides.
+    SipUnsupported = 9,
+    /// STUN Binding Request with attributes the kernel does not answer.
+    StunUnsupported = 10,
+    /// A helper failed (resizing the frame, copying the payload).
+    HelperFailed = 11,
+}
+
+impl PassReason {
+    pub const COUNT: u32 = 12;
+    pub const ALL: [PassReason; Self::COUNT as usize] = [
+        Self::NotIp,
+        Self::NotUdp,
+        Self::IpFragment,
+        Self::IpOptions,
+        Self::NotListener,
+        Self::Truncated,
+        Self::TooBig,
+        Self::NotKeepalive,
+        Self::NotForUs,
+        Self::SipUnsupported,
+        Self::StunUnsupported,
+        Self::HelperFailed,
+    ];
+
+    /// Value of the `reason` metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::NotIp => "not_ip",
+            Self::NotUdp => "not_udp",
+            Self::IpFragment => "ip_fragment",
+            Self::IpOptions => "ip_options",
+            Self::NotListener => "not_listener",
+            Self::Truncated => "truncated",
+            Self::TooBig => "too_big",
+            Self::NotKeepalive => "not_keepalive",
+            Self::NotForUs => "not_for_us",
+            Self::SipUnsupported => "sip_unsupported",
+            Self::StunUnsupported => "stun_unsupported",
+            Self::HelperFailed => "helper_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_tables_match_discriminants() {
+        for (i, k) in ReplyKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, r) in PassReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
+}

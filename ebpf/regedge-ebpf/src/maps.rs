@@ -1,0 +1,105 @@
+//! The maps of the XDP program. Layouts and names come from `regedge_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use regedge_common::{
+    PassReason, ReplyKind,
+    maps::{
+        FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX, ListenerKey, ListenerValue,
+        LocalNameKey,
+    },
+};
+
+use crate::frame::Udp;
+
+/// SIP UDP listeners the fast path answers for (written by userspace at start).
+#[map]
+static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::with_max_entries(LISTENERS_MAX, 0);
+
+/// Request-URI hosts that mean "this proxy" (written by userspace at start).
+#[map]
+static LOCAL_NAMES: HashMap<LocalNameKey, u8> = HashMap::with_max_entries(LOCAL_NAMES_MAX, 0);
+
+/// Node-wide settings, one entry (written by userspace at start).
+#[map]
+static SETTINGS: Array<FastpathSettings> = Array::with_max_entries(1, 0);
+
+/// Replies sent (or keepalives absorbed), per CPU, indexed by `ReplyKind`.
+#[map]
+static REPLIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ReplyKind::COUNT, 0);
+
+/// Packets handed to the stack, per CPU, indexed by `PassReason`.
+#[map]
+static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
+
+/// Per-CPU working memory: the request payload, the reply under construction, the
+/// OPTIONS scanner's state and the Request-URI host key (too big for the 512-byte stack).
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Size of the payload buffers; indexes are masked with `BUF_MASK` before every access.
+pub const BUF: usize = 2048;
+pub const BUF_MASK: usize = BUF - 1;
+
+#[repr(C)]
+pub struct Scratch {
+    /// Scanner state words (see `options.rs`).
+    pub state: [u32; 8],
+    /// The Request-URI host, lower-cased, as a `LOCAL_NAMES` key.
+    pub host: LocalNameKey,
+    /// This node's To-tag, copied from `SETTINGS` for the scanner.
+    pub tag: [u8; regedge_common::sip::TO_TAG_LEN],
+    /// The request payload. +16: an 8-byte read at any masked index stays inside.
+    pub input: [u8; BUF + 16],
+    /// The reply payload.
+    pub output: [u8; BUF + 16],
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
+
+#[inline(always)]
+pub fn count_reply(kind: ReplyKind) {
+    if let Some(slot) = REPLIES.get_ptr_mut(kind as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_pass(reason: PassReason) {
+    if let Some(slot) = PASSES.get_ptr_mut(reason as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The `answers` bits of the listener the packet was sent to: the exact address first,
+/// then the wildcard of its family.
+#[inline(always)]
+pub fn listener_answers(udp: &Udp) -> Option<u32> {
+    let mut key = ListenerKey { family: udp.family, port_be: udp.dport, addr: [0; 16] };
+    if udp.family == FAMILY_IPV4 {
+        key.addr[..4].copy_from_slice(&udp.daddr[..4]);
+    } else {
+        key.addr = udp.daddr;
+    }
+    if let Some(v) = unsafe { LISTENERS.get(&key) } {
+        return Some(v.answers);
+    }
+    key.addr = [0; 16];
+    unsafe { LISTENERS.get(&key) }.map(|v| v.answers)
+}
+
+/// Whether `host` is one of the names that mean this proxy.
+#[inline(always)]
+pub fn is_local_name(host: *const LocalNameKey) -> bool {
+    unsafe { LOCAL_NAMES.get(&*host) }.is_some()
+}
+
+#[inline(always)]
+pub fn settings() -> Option<&'static FastpathSettings> {
+    SETTINGS.get(0)
+}

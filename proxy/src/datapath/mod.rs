@@ -1,0 +1,223 @@
+//! The kernel side seen from userspace: load the embedded XDP program, fill its maps
+//! from the config, attach it to the configured interfaces, read its counters.
+
+mod test_run;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use regedge_common::{
+    PassReason, ReplyKind, XDP_PROGRAM,
+    maps::{self, ANSWER_KEEPALIVES, FastpathSettings, ListenerKey, ListenerValue},
+};
+
+pub use test_run::{TestRun, test_run};
+
+use crate::{config::FastpathMode, local_names::LocalNames, sip::stateless::ToTag};
+
+/// The eBPF object built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/regedge-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the object has no program {XDP_PROGRAM}")]
+    MissingProgram,
+    #[error("the verifier rejected {XDP_PROGRAM}: {0}")]
+    Verify(#[source] ProgramError),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("attaching XDP to {interface} in {mode} mode: {source}")]
+    Attach { interface: String, mode: AttachMode, source: ProgramError },
+}
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (XDP native).
+    Native,
+    /// In the network stack (XDP generic, skb mode).
+    Generic,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The loaded program with its maps filled. Dropping it detaches the program from every
+/// interface.
+pub struct Fastpath {
+    ebpf: Ebpf,
+    attached: Vec<(String, AttachMode)>,
+    counters: Arc<KernelCounters>,
+    verified_instructions: Option<u32>,
+}
+
+/// The per-CPU counter maps, shared with the metrics collector.
+pub struct KernelCounters {
+    replies: PerCpuArray<MapData, u64>,
+    passes: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCounters").finish_non_exhaustive()
+    }
+}
+
+impl KernelCounters {
+    fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+
+    /// Replies of `kind` summed over CPUs.
+    pub fn replies(&self, kind: ReplyKind) -> u64 {
+        Self::sum(&self.replies, kind as u32)
+    }
+
+    /// Packets passed for `reason` summed over CPUs.
+    pub fn passes(&self, reason: PassReason) -> u64 {
+        Self::sum(&self.passes, reason as u32)
+    }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Fastpath {
+    /// Loads the object and runs the verifier; nothing is attached yet.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(DatapathError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingProgram)?
+            .try_into()
+            .map_err(DatapathError::Verify)?;
+        program.load().map_err(DatapathError::Verify)?;
+        let verified_instructions = program.info().ok().and_then(|i| i.verified_instruction_count());
+        let mut take_counter = |name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+            PerCpuArray::try_from(map).map_err(map_error(name))
+        };
+        let counters = Arc::new(KernelCounters { replies: take_counter(maps::REPLIES)?, passes: take_counter(maps::PASSES)? });
+        Ok(Self { ebpf, attached: Vec::new(), counters, verified_instructions })
+    }
+
+    /// Fills the maps: the listeners the program answers for, the names that mean this
+    /// proxy, and the node's To-tag.
+    pub fn configure(&mut self, listen: &[SocketAddr], names: &LocalNames, tag: ToTag) -> Result<(), DatapathError> {
+        let mut listeners: HashMap<_, ListenerKey, ListenerValue> =
+            HashMap::try_from(self.ebpf.map_mut(maps::LISTENERS).ok_or_else(|| missing(maps::LISTENERS))?)
+                .map_err(map_error(maps::LISTENERS))?;
+        for addr in listen {
+            listeners
+                .insert(listener_key(*addr), ListenerValue { answers: ANSWER_KEEPALIVES }, 0)
+                .map_err(map_error(maps::LISTENERS))?;
+        }
+        let mut local: HashMap<_, regedge_common::maps::LocalNameKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut(maps::LOCAL_NAMES).ok_or_else(|| missing(maps::LOCAL_NAMES))?)
+                .map_err(map_error(maps::LOCAL_NAMES))?;
+        for key in names.keys() {
+            local.insert(key, 1, 0).map_err(map_error(maps::LOCAL_NAMES))?;
+        }
+        let mut settings: Array<_, FastpathSettings> =
+            Array::try_from(self.ebpf.map_mut(maps::SETTINGS).ok_or_else(|| missing(maps::SETTINGS))?)
+                .map_err(map_error(maps::SETTINGS))?;
+        settings.set(0, FastpathSettings { to_tag: tag.bytes() }, 0).map_err(map_error(maps::SETTINGS))
+    }
+
+    /// Attaches to `interface` in `mode`.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingProgram)?
+            .try_into()
+            .map_err(DatapathError::Verify)?;
+        program
+            .attach(interface, mode.xdp_mode())
+            .map_err(|source| DatapathError::Attach { interface: interface.to_owned(), mode, source })?;
+        self.attached.push((interface.to_owned(), mode));
+        Ok(())
+    }
+
+    /// Attaches to every interface following the configured mode: `native` and
+    /// `generic` must succeed; `auto` tries native, then generic, per interface.
+    pub fn attach_all(&mut self, interfaces: &[String], mode: FastpathMode) -> Result<(), DatapathError> {
+        for interface in interfaces {
+            match mode {
+                FastpathMode::Native => self.attach(interface, AttachMode::Native)?,
+                FastpathMode::Generic => self.attach(interface, AttachMode::Generic)?,
+                FastpathMode::Off => {}
+                FastpathMode::Auto => {
+                    if let Err(native) = self.attach(interface, AttachMode::Native) {
+                        tracing::debug!(%interface, error = %native, "native XDP unavailable, trying generic");
+                        self.attach(interface, AttachMode::Generic)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn attached(&self) -> &[(String, AttachMode)] {
+        &self.attached
+    }
+
+    pub fn counters(&self) -> Arc<KernelCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Instructions the verifier processed when loading the program.
+    pub fn verified_instructions(&self) -> Option<u32> {
+        self.verified_instructions
+    }
+
+    /// Runs the program once on `frame` through BPF_PROG_TEST_RUN (`repeat` times).
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
+        let program: &Xdp = self
+            .ebpf
+            .program(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| std::io::Error::other("no XDP program"))?;
+        let fd = program.fd().map_err(std::io::Error::other)?;
+        test_run(std::os::fd::AsFd::as_fd(fd), frame, repeat)
+    }
+}
+
+fn missing(name: &'static str) -> DatapathError {
+    DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } }
+}
+
+/// The `LISTENERS` key for a listen address (an unspecified address is the wildcard).
+pub fn listener_key(addr: SocketAddr) -> ListenerKey {
+    let port_be = u16::from_ne_bytes(addr.port().to_be_bytes());
+    match addr {
+        SocketAddr::V4(v4) => ListenerKey::ipv4(v4.ip().octets(), port_be),
+        SocketAddr::V6(v6) => ListenerKey::ipv6(v6.ip().octets(), port_be),
+    }
+}

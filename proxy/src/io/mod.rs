@@ -1,0 +1,3 @@
+//! The thin I/O shell: sockets, event loops, signals. Decisions live in `engine`.
+
+pub mod udp;

@@ -1,0 +1,21 @@
+//! regedge: a registrar edge proxy for IP phones. See ARCHITECTURE.md for the picture;
+//! each module maps to one of its concepts.
+//!
+//! - [`config`]: the TOML config, its defaults and validation.
+//! - [`engine`]: protocol decisions without I/O.
+//! - [`sip`], [`stun`]: message parsing and the responses the edge sends itself.
+//! - [`local_names`]: what "this proxy" means in a Request-URI.
+//! - [`datapath`]: the XDP fast path seen from userspace.
+//! - [`io`]: the mio shell.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`run`]: `regedge run`.
+
+pub mod config;
+pub mod datapath;
+pub mod engine;
+pub mod io;
+pub mod local_names;
+pub mod metrics;
+pub mod run;
+pub mod sip;
+pub mod stun;

@@ -1,0 +1,190 @@
+//! Prometheus metrics: names, the userspace counters, the collector that reads the
+//! kernel's per-CPU counters at scrape time, and the /metrics HTTP endpoint.
+//!
+//! Counter names are given without `_total`: the OpenMetrics encoder appends it, so
+//! `FASTPATH_REPLIES` is exposed as `regedge_fastpath_replies_total`. Label values come
+//! only from fixed enums.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use regedge_common::{PassReason, ReplyKind};
+
+use crate::{
+    datapath::KernelCounters,
+    engine::{DropReason, Outcome, Rejection},
+};
+
+/// Metric names.
+pub mod names {
+    /// `regedge_fastpath_replies_total{kind}`: keepalives answered (or absorbed) by the XDP program.
+    pub const FASTPATH_REPLIES: &str = "regedge_fastpath_replies";
+    /// `regedge_fastpath_passed_total{reason}`: packets the XDP program handed to the stack.
+    pub const FASTPATH_PASSED: &str = "regedge_fastpath_passed";
+    /// `regedge_fastpath_attached{mode}`: interfaces the XDP program is attached to.
+    pub const FASTPATH_ATTACHED: &str = "regedge_fastpath_attached";
+    /// `regedge_userspace_replies_total{kind}`: keepalives answered (or absorbed) in userspace.
+    pub const USERSPACE_REPLIES: &str = "regedge_userspace_replies";
+    /// `regedge_userspace_rejected_total{reason}`: error responses sent by userspace.
+    pub const USERSPACE_REJECTED: &str = "regedge_userspace_rejected";
+    /// `regedge_userspace_dropped_total{reason}`: datagrams userspace did not answer.
+    pub const USERSPACE_DROPPED: &str = "regedge_userspace_dropped";
+    /// `regedge_build_info{version}`: always 1.
+    pub const BUILD_INFO: &str = "regedge_build_info";
+}
+
+/// Counters the event loops bump; lock-free, summed at scrape time.
+#[derive(Debug, Default)]
+pub struct UserspaceCounters {
+    replies: [AtomicU64; ReplyKind::COUNT as usize],
+    rejected: [AtomicU64; Rejection::ALL_LABELS.len()],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl UserspaceCounters {
+    pub fn record(&self, outcome: Outcome) {
+        let slot = match outcome {
+            Outcome::Replied(kind) | Outcome::Absorbed(kind) => &self.replies[kind as usize],
+            Outcome::Rejected(rejection) => &self.rejected[rejection.index()],
+            Outcome::Dropped(reason) => &self.dropped[reason as usize],
+        };
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn replies(&self, kind: ReplyKind) -> u64 {
+        self.replies[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Everything /metrics reports.
+#[derive(Debug)]
+pub struct MetricsCollector {
+    pub userspace: Arc<UserspaceCounters>,
+    /// `None` when the fast path is off.
+    pub kernel: Option<Arc<KernelCounters>>,
+    /// Attached interfaces per mode label.
+    pub attached: Vec<(&'static str, i64)>,
+}
+
+fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, label: &str, values: impl IntoIterator<Item = (&'static str, u64)>) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in values {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let build = [("version", env!("CARGO_PKG_VERSION"))];
+        let mut info = encoder.encode_descriptor(names::BUILD_INFO, "Build information.", None, MetricType::Gauge)?;
+        ConstGauge::new(1i64).encode(info.encode_family(&build)?)?;
+
+        let kernel = self.kernel.as_deref();
+        encode_counter(
+            &mut encoder,
+            names::FASTPATH_REPLIES,
+            "Keepalives answered or absorbed by the XDP program.",
+            "kind",
+            ReplyKind::ALL.map(|k| (k.label(), kernel.map_or(0, |c| c.replies(k)))),
+        )?;
+        encode_counter(
+            &mut encoder,
+            names::FASTPATH_PASSED,
+            "Packets the XDP program handed to the network stack, by reason.",
+            "reason",
+            PassReason::ALL.map(|r| (r.label(), kernel.map_or(0, |c| c.passes(r)))),
+        )?;
+        let mut attached = encoder.encode_descriptor(names::FASTPATH_ATTACHED, "Interfaces the XDP program is attached to.", None, MetricType::Gauge)?;
+        for (mode, count) in &self.attached {
+            ConstGauge::new(*count).encode(attached.encode_family(&[("mode", *mode)])?)?;
+        }
+
+        let user = &self.userspace;
+        encode_counter(
+            &mut encoder,
+            names::USERSPACE_REPLIES,
+            "Keepalives answered or absorbed in userspace.",
+            "kind",
+            ReplyKind::ALL.map(|k| (k.label(), user.replies(k))),
+        )?;
+        encode_counter(
+            &mut encoder,
+            names::USERSPACE_REJECTED,
+            "Error responses sent by userspace, by reason.",
+            "reason",
+            Rejection::ALL_LABELS.into_iter().zip(&user.rejected).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
+        )?;
+        encode_counter(
+            &mut encoder,
+            names::USERSPACE_DROPPED,
+            "Datagrams userspace did not answer, by reason.",
+            "reason",
+            DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
+        )
+    }
+}
+
+/// The /metrics endpoint on its own thread.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    pub local_addr: SocketAddr,
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl MetricsServer {
+    pub fn start(listen: SocketAddr, collector: MetricsCollector) -> std::io::Result<Self> {
+        let server = Arc::new(tiny_http::Server::http(listen).map_err(std::io::Error::other)?);
+        let local_addr = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other("metrics listener is not IP"))?;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector));
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || serve(&serving, &registry))?;
+        Ok(Self { server, thread: Some(thread), local_addr })
+    }
+}
+
+fn serve(server: &tiny_http::Server, registry: &Registry) {
+    for request in server.incoming_requests() {
+        let response = match (request.method(), request.url()) {
+            (tiny_http::Method::Get, "/metrics") => {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, registry) {
+                    Ok(()) => tiny_http::Response::from_string(body).with_header(
+                        tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE).expect("static header"),
+                    ),
+                    Err(_) => tiny_http::Response::from_string("encoding failed\n").with_status_code(500),
+                }
+            }
+            (_, "/metrics") => tiny_http::Response::from_string("use GET\n").with_status_code(405),
+            _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        };
+        if let Err(err) = request.respond(response) {
+            tracing::debug!(error = %err, "metrics client went away");
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

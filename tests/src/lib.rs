@@ -1,0 +1,9 @@
+//! Helpers for regedge's end-to-end tests and benchmarks: privilege checks, network
+//! namespaces joined by veth pairs, frame builders, keepalive fixtures, and the regedge
+//! binary run as a process.
+
+pub mod fixtures;
+pub mod frames;
+pub mod netns;
+pub mod privilege;
+pub mod process;
