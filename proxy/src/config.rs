@@ -29,10 +29,11 @@ name = "regedge"
 workers = 0
 
 [sip]
-# Addresses the SIP listener binds, UDP and TCP on each. At least one, no duplicates.
+# Addresses the SIP listener binds (UDP; TCP comes with the registration edge).
+# At least one, no duplicates. A wildcard address answers for every interface address.
 listen = ["127.0.0.1:5060"]
-# Host names and addresses that mean "this proxy" in a Request-URI or Route header,
-# e.g. ["edge.example.net", "192.0.2.10", "[2001:db8::10]"]. Up to 63 bytes each.
+# Host names and addresses that mean "this proxy" in a Request-URI, besides the listen
+# addresses, e.g. ["edge.example.net", "[2001:db8::10]"]. Up to 63 bytes each.
 local_names = []
 
 [fastpath]
@@ -90,10 +91,11 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipConfig {
-    /// Addresses to listen on, UDP and TCP on each: at least one, no duplicates, no port 0.
+    /// Addresses to listen on (UDP): at least one, no duplicates, no port 0.
     /// Default: `["127.0.0.1:5060"]`.
     pub listen: Vec<SocketAddr>,
-    /// Host names and addresses that mean "this proxy" in a Request-URI or Route header:
+    /// Host names and addresses that mean "this proxy" in a Request-URI, besides the listen
+    /// addresses:
     /// each 1 to 63 bytes of letters, digits, `-` and `.`, or a bracketed IPv6 literal such
     /// as `"[2001:db8::1]"`; no duplicates (compared case-insensitively). Default: `[]`.
     pub local_names: Vec<String>,

@@ -41,7 +41,14 @@ impl LocalNames {
 
     /// Whether `host` (as written in a URI, any case) means this proxy.
     pub fn contains(&self, host: &[u8]) -> bool {
-        host.len() <= LOCAL_NAME_MAX && self.names.contains(&host.to_ascii_lowercase())
+        if host.len() > LOCAL_NAME_MAX {
+            return false;
+        }
+        let mut lower = [0u8; LOCAL_NAME_MAX];
+        let lower = &mut lower[..host.len()];
+        lower.copy_from_slice(host);
+        lower.make_ascii_lowercase();
+        self.names.contains(&lower[..])
     }
 
     /// The kernel map keys.

@@ -11,7 +11,7 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: needs root (BPF, network namespaces) but CI is set: refusing to skip");
     }
-    eprintln!("SKIPPED {test}: needs root (BPF, network namespaces); run the tests as root");
+    skipped(test, "needs root (BPF, network namespaces); run the tests as root");
     false
 }
 
@@ -25,6 +25,13 @@ pub fn require_program(test: &str, program: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: {program} is not installed but CI is set: .ci/setup must install it");
     }
-    eprintln!("SKIPPED {test}: {program} is not installed (run .ci/setup)");
+    skipped(test, &format!("{program} is not installed (run .ci/setup)"));
     false
+}
+
+/// Writes the SKIPPED line straight to the process's stderr: the test harness captures
+/// `eprintln!` of passing tests, and a skip must be seen.
+fn skipped(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }

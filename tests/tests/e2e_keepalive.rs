@@ -162,7 +162,7 @@ fn keepalives_answered_by_xdp_generic() {
         return;
     }
     let proxy = Proxy::start("generic", "generic", false);
-    let capture = Capture::start(&proxy.veth.phone, proxy.dir.0.join("phone.pcapng"));
+    let capture = Capture::start(&proxy.veth.phone, proxy.dir.0.join("phone.pcapng"), proxy.veth.phone_v4.into(), proxy.veth.proxy_v4.into());
     let sent = exchange(&proxy);
     assert_counted_in_kernel(&proxy, &sent);
     let metrics = proxy.metrics();
@@ -200,29 +200,58 @@ fn keepalives_answered_in_userspace_when_fastpath_is_off() {
     assert!(log.contains("fast path off by config"), "{log}");
 }
 
+/// Packets tshark could not decode, or decoded with an error-level expert info.
+const MALFORMED_FILTER: &str = "_ws.malformed || _ws.expert.severity >= 0x00800000";
+
+/// The decode check above can fail: a SIP request with a broken Content-Length, turned
+/// into a capture by text2pcap, is caught by the same filter.
+#[test]
+fn the_malformed_filter_catches_a_broken_sip_message() {
+    if !require_program("the_malformed_filter_catches_a_broken_sip_message", "text2pcap") {
+        return;
+    }
+    let dir = TempDir::new("malformed-filter");
+    let message = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: abc\r\n\r\n";
+    let hex: String = message.chunks(16).enumerate().map(|(i, c)| {
+        format!("{:06x} {}\n", i * 16, c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+    }).collect();
+    let text = dir.write("bad.txt", &hex);
+    let pcap = dir.0.join("bad.pcap");
+    let status = Command::new("text2pcap").args(["-q", "-u", "40000,5060", "-4", "10.0.0.2,10.0.0.1"]).arg(&text).arg(&pcap).status().expect("run text2pcap");
+    assert!(status.success());
+    let out = Command::new("tshark").arg("-r").arg(&pcap).args(["-Y", MALFORMED_FILTER, "-T", "fields", "-e", "frame.number"]).output().expect("run tshark");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A tshark capture on the phone's interface.
 struct Capture {
     child: Child,
     file: PathBuf,
 }
 
+/// UDP port the capture also listens on, to see its own probes before the test starts.
+const PROBE_PORT: u16 = 5999;
+
 impl Capture {
-    fn start(ns: &NetNs, file: PathBuf) -> Self {
-        let stderr = file.with_extension("log");
+    /// Starts tshark in `ns` and returns once it has captured a probe datagram sent to
+    /// `target` (tshark announces "Capturing on" before packets are really seen).
+    fn start(ns: &NetNs, file: PathBuf, probe_from: std::net::IpAddr, target: std::net::IpAddr) -> Self {
+        let live = file.with_extension("txt");
         let child = ns
             .command("tshark")
-            .args(["-i", PHONE_IF, "-f", "udp port 5060", "-w"])
+            .args(["-i", PHONE_IF, "-f", &format!("udp port 5060 or udp port {PROBE_PORT}"), "-l", "-P", "-w"])
             .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stdout(std::fs::File::create(&live).unwrap())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start tshark");
-        // tshark says "Capturing on" once the capture runs.
-        let started = (0..200).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            std::fs::read_to_string(&stderr).is_ok_and(|s| s.contains("Capturing on"))
+        let probe = ns.run(|| UdpSocket::bind(SocketAddr::new(probe_from, 0))).expect("bind probe socket");
+        let seen = (0..100).any(|_| {
+            let _ = probe.send_to(b"capture probe", SocketAddr::new(target, PROBE_PORT));
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::metadata(&live).is_ok_and(|m| m.len() > 0)
         });
-        assert!(started, "tshark did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+        assert!(seen, "tshark captured none of its probes");
         Self { child, file }
     }
 
@@ -243,7 +272,7 @@ impl Capture {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         Decoded {
-            malformed: read("_ws.malformed || _ws.expert.severity >= 0x00800000", &["frame.number", "_ws.expert.message"]),
+            malformed: read(MALFORMED_FILTER, &["frame.number", "_ws.expert.message"]),
             status_lines: read("sip.Status-Line", &["sip.Status-Line"]),
             stun_responses: read("stun.type == 0x0101", &["stun.att.ipv4-xord", "stun.att.ipv6-xord"]),
             frames: read("frame", &["frame.protocols"]),

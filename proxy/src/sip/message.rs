@@ -43,21 +43,22 @@ pub enum HeaderName {
 
 impl HeaderName {
     pub fn of(name: &[u8]) -> Self {
-        const NAMES: [(&[u8], HeaderName); 9] = [
-            (b"via", HeaderName::Via),
-            (b"v", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"f", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"t", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"i", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-        ];
-        NAMES
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        let is = |long: &[u8]| name.eq_ignore_ascii_case(long);
+        match name.len() {
+            1 => match name[0].to_ascii_lowercase() {
+                b'v' => Self::Via,
+                b'f' => Self::From,
+                b't' => Self::To,
+                b'i' => Self::CallId,
+                _ => Self::Other,
+            },
+            2 if is(b"to") => Self::To,
+            3 if is(b"via") => Self::Via,
+            4 if is(b"from") => Self::From,
+            4 if is(b"cseq") => Self::CSeq,
+            7 if is(b"call-id") => Self::CallId,
+            _ => Self::Other,
+        }
     }
 
     /// The name used in reason phrases.
@@ -129,14 +130,16 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Splits `buf` at the first CRLF: (line, rest after the CRLF).
 fn split_line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = find(buf, b"\r\n")?;
-    Some((&buf[..end], &buf[end + 2..]))
+    let mut from = 0;
+    loop {
+        let lf = from + memchr::memchr(b'\n', &buf[from..])?;
+        if lf > 0 && buf[lf - 1] == b'\r' {
+            return Some((&buf[..lf - 1], &buf[lf + 1..]));
+        }
+        from = lf + 1;
+    }
 }
 
 impl<'a> Message<'a> {
@@ -168,13 +171,15 @@ impl<'a> Message<'a> {
         let (first, rest) = split_line(buf).ok_or(ParseError::Unterminated)?;
         let start = parse_start_line(first)?;
         let headers_start = buf.len() - rest.len();
-        let (headers_len, body) = if rest.starts_with(b"\r\n") {
-            (0, &rest[2..])
-        } else {
-            let end = find(rest, b"\r\n\r\n").ok_or(ParseError::Unterminated)?;
-            (end + 2, &rest[end + 4..])
-        };
-        Ok(Self { start, headers: &buf[headers_start..headers_start + headers_len], body })
+        let mut remaining = rest;
+        loop {
+            let (line, after) = split_line(remaining).ok_or(ParseError::Unterminated)?;
+            if line.is_empty() {
+                let headers_end = buf.len() - remaining.len();
+                return Ok(Self { start, headers: &buf[headers_start..headers_end], body: after });
+            }
+            remaining = after;
+        }
     }
 
     /// Every header in order.

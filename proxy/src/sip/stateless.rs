@@ -111,22 +111,26 @@ pub fn parse_cseq(value: &[u8]) -> Option<(u32, &[u8])> {
 
 /// Checks the headers every answer copies. See the module documentation.
 pub fn check_request(msg: &Message<'_>) -> Result<(), RequestError> {
-    for name in [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq] {
-        let mut count = 0;
-        for header in msg.headers_named(name) {
-            count += 1;
-            if trim(header.value).is_empty() {
-                return Err(RequestError::Empty(name));
-            }
-            if count > 1 && name != HeaderName::Via {
-                return Err(RequestError::Duplicate(name));
-            }
+    const CHECKED: [HeaderName; 5] = [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq];
+    let mut counts = [0u32; CHECKED.len()];
+    let mut cseq: &[u8] = b"";
+    for header in msg.headers() {
+        let name = HeaderName::of(header.name);
+        let Some(slot) = CHECKED.iter().position(|&n| n == name) else { continue };
+        counts[slot] += 1;
+        if trim(header.value).is_empty() {
+            return Err(RequestError::Empty(name));
         }
-        if count == 0 {
-            return Err(RequestError::Missing(name));
+        if counts[slot] > 1 && name != HeaderName::Via {
+            return Err(RequestError::Duplicate(name));
+        }
+        if name == HeaderName::CSeq {
+            cseq = header.value;
         }
     }
-    let cseq = msg.headers_named(HeaderName::CSeq).next().map(|h| h.value).unwrap_or_default();
+    if let Some(slot) = counts.iter().position(|&c| c == 0) {
+        return Err(RequestError::Missing(CHECKED[slot]));
+    }
     let (_, method) = parse_cseq(cseq).ok_or(RequestError::BadCSeq)?;
     if Some(method) != msg.method() {
         return Err(RequestError::CSeqMethodMismatch);
@@ -141,7 +145,10 @@ fn has_tag(to_value: &[u8]) -> bool {
 /// Writes a stateless response to `request` into `out` (cleared first).
 pub fn write_response(request: &Message<'_>, status: u16, reason: &str, tag: ToTag, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(format_status_line(status, reason).as_bytes());
+    out.extend_from_slice(b"SIP/2.0 ");
+    out.extend_from_slice(&[b'0' + (status / 100 % 10) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8, b' ']);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for header in request.headers() {
         match HeaderName::of(header.name) {
             HeaderName::Other => {}
@@ -155,10 +162,6 @@ pub fn write_response(request: &Message<'_>, status: u16, reason: &str, tag: ToT
         }
     }
     out.extend_from_slice(CONTENT_LENGTH_0);
-}
-
-fn format_status_line(status: u16, reason: &str) -> String {
-    format!("SIP/2.0 {status} {reason}\r\n")
 }
 
 #[cfg(test)]

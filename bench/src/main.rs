@@ -1,0 +1,165 @@
+//! regedge benchmarks. `keepalive-cost` measures what one keepalive costs on each path:
+//! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the cheapest pass
+//! it makes (a non-IP frame, its floor), and the userspace engine per datagram (the
+//! decision and reply only; socket syscalls come on top). It prints a table and writes
+//! bench/report/keepalive-cost.md.
+//!
+//! BPF_PROG_TEST_RUN's `repeat` re-runs the program on the frame the previous run left
+//! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
+//! the first run; every frame is therefore run once per call, many times.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+
+use anyhow::{Context as _, bail};
+use regedge::{datapath::Fastpath, engine::UdpEngine, local_names::LocalNames, sip::stateless::ToTag};
+use regedge_tests::{
+    fixtures::{crlf, options_request, stun_request},
+    frames::{arp_frame, udp_frame},
+    privilege::require_root,
+    process::workspace_root,
+};
+
+const RUNS: usize = 20_000;
+const ENGINE_RUNS: u32 = 200_000;
+const NODE: &str = "bench";
+
+struct Fixture {
+    name: &'static str,
+    frame: Vec<u8>,
+    payload: Option<(Vec<u8>, SocketAddr)>,
+}
+
+fn fixtures(proxy_v4: SocketAddr, proxy_v6: SocketAddr) -> Vec<Fixture> {
+    let p4: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+    let p6: SocketAddr = "[fd00::2]:40000".parse().unwrap();
+    let udp = |name, phone: SocketAddr, proxy, payload: Vec<u8>| Fixture {
+        name,
+        frame: udp_frame(phone, proxy, &payload),
+        payload: Some((payload, phone)),
+    };
+    let register = crlf(
+        "REGISTER sip:edge.example.net SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bK-r\nMax-Forwards: 70\n\
+         From: <sip:1001@edge.example.net>;tag=1\nTo: <sip:1001@edge.example.net>\nCall-ID: reg\nCSeq: 2 REGISTER\n\
+         Contact: <sip:1001@10.0.0.2:40000>\nExpires: 120\nContent-Length: 0\n\n",
+    );
+    vec![
+        Fixture { name: "floor: non-IP frame, passed at the first check", frame: arp_frame(), payload: None },
+        udp("pass: REGISTER (not a keepalive)", p4, proxy_v4, register),
+        udp("STUN Binding Request, IPv4", p4, proxy_v4, stun_request(*b"bench-txn-01", &[])),
+        udp("STUN Binding Request, IPv6", p6, proxy_v6, stun_request(*b"bench-txn-01", &[])),
+        udp("CRLF keepalive, IPv4", p4, proxy_v4, b"\r\n\r\n".to_vec()),
+        udp("OPTIONS to the proxy, IPv4", p4, proxy_v4, options_request("sip:edge.example.net", p4, "bench-options", "")),
+        udp("OPTIONS to the proxy, IPv6", p6, proxy_v6, options_request("sip:edge.example.net", p6, "bench-options", "")),
+    ]
+}
+
+struct Row {
+    name: &'static str,
+    bytes: usize,
+    action: &'static str,
+    kernel_median_ns: u32,
+    kernel_p99_ns: u32,
+    engine_ns: Option<f64>,
+}
+
+fn action_name(action: u32) -> &'static str {
+    match action {
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        _ => "other",
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode != "keepalive-cost" {
+        bail!("usage: regedge-bench keepalive-cost");
+    }
+    if !require_root("keepalive-cost") {
+        bail!("keepalive-cost needs root (BPF_PROG_TEST_RUN)");
+    }
+    let proxy_v4: SocketAddr = "10.0.0.1:5060".parse()?;
+    let proxy_v6: SocketAddr = "[fd00::1]:5060".parse()?;
+    let listen = [proxy_v4, proxy_v6];
+    let names = LocalNames::new(&["edge.example.net".to_owned()], &listen, &[]);
+    let tag = ToTag::for_node(NODE);
+    let mut fastpath = Fastpath::load().context("load the XDP program")?;
+    fastpath.configure(&listen, &names, tag)?;
+    let engine = UdpEngine::new(names, tag);
+
+    let mut rows = Vec::new();
+    for fixture in fixtures(proxy_v4, proxy_v6) {
+        let mut durations = Vec::with_capacity(RUNS);
+        let mut action = 0;
+        for _ in 0..RUNS {
+            let run = fastpath.test_run(&fixture.frame, 1)?;
+            action = run.action;
+            durations.push(run.duration_ns);
+        }
+        durations.sort_unstable();
+        let engine_ns = fixture.payload.as_ref().map(|(payload, phone)| {
+            let mut out = Vec::with_capacity(2048);
+            let start = Instant::now();
+            for _ in 0..ENGINE_RUNS {
+                std::hint::black_box(engine.on_datagram(std::hint::black_box(payload), *phone, &mut out));
+            }
+            start.elapsed().as_nanos() as f64 / ENGINE_RUNS as f64
+        });
+        rows.push(Row {
+            name: fixture.name,
+            bytes: fixture.frame.len(),
+            action: action_name(action),
+            kernel_median_ns: durations[RUNS / 2],
+            kernel_p99_ns: durations[RUNS * 99 / 100],
+            engine_ns,
+        });
+    }
+
+    let report = render(&rows, fastpath.verified_instructions());
+    print!("{report}");
+    let dir = workspace_root().join("bench").join("report");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("keepalive-cost.md");
+    std::fs::write(&path, &report)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn render(rows: &[Row], verified: Option<u32>) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "# Keepalive cost per packet\n");
+    let _ = writeln!(out, "Command: `cargo run --release -p regedge-bench -- keepalive-cost` (as root)\n");
+    let _ = writeln!(
+        out,
+        "Machine: {} cores, {cpu}, kernel {}. XDP program: {} verified instructions.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_output("uname", &["-r"]),
+        verified.map_or("?".into(), |v| v.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "Kernel: BPF_PROG_TEST_RUN, one run per call, {RUNS} calls, the kernel's own timing of each run. \
+         Userspace: the engine's decision and reply for the same payload, mean of {ENGINE_RUNS} calls \
+         (no socket syscalls). Compare rows within one run; these machines are noisy.\n"
+    );
+    let _ = writeln!(out, "| fixture | frame bytes | kernel action | kernel median ns | kernel p99 ns | userspace engine ns |");
+    let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: | ---: |");
+    for r in rows {
+        let engine = r.engine_ns.map_or("-".to_owned(), |ns| format!("{ns:.0}"));
+        let _ = writeln!(out, "| {} | {} | {} | {} | {} | {engine} |", r.name, r.bytes, r.action, r.kernel_median_ns, r.kernel_p99_ns);
+    }
+    out
+}
