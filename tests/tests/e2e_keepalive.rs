@@ -35,14 +35,25 @@ struct Proxy {
     _peer_xdp: Option<Fastpath>,
     veth: VethPair,
     dir: TempDir,
-    listen: Vec<SocketAddr>,
+    /// Where the phone sends: an IPv4 and an IPv6 address of the proxy, port 5060.
+    targets: [SocketAddr; 2],
+}
+
+/// How regedge listens.
+#[derive(Clone, Copy)]
+enum Listen {
+    /// On the veth's addresses.
+    Addresses,
+    /// On `0.0.0.0` and `[::]`; the veth gets a second address of each family and the
+    /// phone sends to those.
+    Wildcard,
 }
 
 impl Proxy {
     /// Starts regedge with `[fastpath] mode = <mode>`. Native XDP_TX on veth needs an XDP
     /// program on the peer too (EBPF-NOTES.md): regedge's own program with no listeners,
     /// which passes everything, serves.
-    fn start(test: &str, mode: &str, peer_xdp: bool) -> Self {
+    fn start(test: &str, mode: &str, peer_xdp: bool, listen: Listen) -> Self {
         let veth = VethPair::new();
         let peer_xdp = peer_xdp.then(|| {
             veth.phone.run(|| {
@@ -51,7 +62,22 @@ impl Proxy {
                 f
             })
         });
-        let listen: Vec<SocketAddr> = vec![SocketAddr::new(veth.proxy_v4.into(), 5060), SocketAddr::new(veth.proxy_v6.into(), 5060)];
+        let (listen, targets): (Vec<String>, [SocketAddr; 2]) = match listen {
+            Listen::Addresses => {
+                let targets = [SocketAddr::new(veth.proxy_v4.into(), 5060), SocketAddr::new(veth.proxy_v6.into(), 5060)];
+                (targets.iter().map(ToString::to_string).collect(), targets)
+            }
+            Listen::Wildcard => {
+                let [a, b, c, _] = veth.proxy_v4.octets();
+                let second_v4 = std::net::Ipv4Addr::new(a, b, c, 3);
+                let mut v6 = veth.proxy_v6.octets();
+                v6[15] = 3;
+                let second_v6 = std::net::Ipv6Addr::from(v6);
+                veth.proxy.ip(&["addr", "add", &format!("{second_v4}/24"), "dev", PROXY_IF]);
+                veth.proxy.ip(&["addr", "add", &format!("{second_v6}/64"), "dev", PROXY_IF, "nodad"]);
+                (vec!["0.0.0.0:5060".into(), "[::]:5060".into()], [SocketAddr::new(second_v4.into(), 5060), SocketAddr::new(second_v6.into(), 5060)])
+            }
+        };
         let dir = TempDir::new(test);
         let config = dir.write(
             "regedge.toml",
@@ -65,7 +91,7 @@ impl Proxy {
         if let Err(err) = regedge.wait_ready(METRICS.parse().unwrap(), Some(&veth.proxy), Duration::from_secs(20)) {
             panic!("{test}: {err}");
         }
-        Self { regedge, _peer_xdp: peer_xdp, veth, dir, listen }
+        Self { regedge, _peer_xdp: peer_xdp, veth, dir, targets }
     }
 
     fn metrics(&self) -> String {
@@ -74,7 +100,7 @@ impl Proxy {
 
     /// What the userspace engine answers (the same bytes whichever side answers).
     fn engine(&self) -> UdpEngine {
-        UdpEngine::new(LocalNames::new(&[LOCAL_NAME.to_owned()], &self.listen, &[]), ToTag::for_node(NODE))
+        UdpEngine::new(LocalNames::new(&[LOCAL_NAME.to_owned()], &self.targets, &[]), ToTag::for_node(NODE))
     }
 
     /// Stops regedge with SIGTERM: it must exit 0 and leave no XDP program on its veth.
@@ -116,7 +142,7 @@ fn exchange(proxy: &Proxy) -> Sent {
     let engine = proxy.engine();
     let mut sent = Sent::default();
     let phone = &proxy.veth.phone;
-    for (phone_ip, server) in [(proxy.veth.phone_v4.into(), proxy.listen[0]), (proxy.veth.phone_v6.into(), proxy.listen[1])] {
+    for (phone_ip, server) in [(proxy.veth.phone_v4.into(), proxy.targets[0]), (proxy.veth.phone_v6.into(), proxy.targets[1])] {
         let socket = phone.run(|| UdpSocket::bind(SocketAddr::new(phone_ip, 0))).expect("bind phone socket");
         let me = socket.local_addr().unwrap();
 
@@ -150,10 +176,13 @@ fn counted(metrics: &str, family: &str) -> Sent {
     Sent { stun: get(ReplyKind::Stun), crlf: get(ReplyKind::Crlf), options: get(ReplyKind::Options) }
 }
 
-fn assert_counted_in_kernel(proxy: &Proxy, sent: &Sent) {
+/// The keepalives were counted in the kernel, none in userspace, and the program is
+/// attached in `mode`.
+fn assert_counted_in_kernel(proxy: &Proxy, sent: &Sent, mode: &str) {
     let metrics = proxy.metrics();
     assert_eq!(&counted(&metrics, "regedge_fastpath_replies_total"), sent, "kernel counters:\n{metrics}");
     assert_eq!(counted(&metrics, "regedge_userspace_replies_total"), Sent::default(), "userspace answered keepalives:\n{metrics}");
+    assert_eq!(metric(&metrics, "regedge_fastpath_attached", "mode", mode), Some(1), "{metrics}");
 }
 
 #[test]
@@ -161,12 +190,10 @@ fn keepalives_answered_by_xdp_generic() {
     if !require_root("keepalives_answered_by_xdp_generic") || !require_program("keepalives_answered_by_xdp_generic", "tshark") {
         return;
     }
-    let proxy = Proxy::start("generic", "generic", false);
+    let proxy = Proxy::start("generic", "generic", false, Listen::Addresses);
     let capture = Capture::start(&proxy.veth.phone, proxy.dir.0.join("phone.pcapng"), proxy.veth.phone_v4.into(), proxy.veth.proxy_v4.into());
     let sent = exchange(&proxy);
-    assert_counted_in_kernel(&proxy, &sent);
-    let metrics = proxy.metrics();
-    assert_eq!(metric(&metrics, "regedge_fastpath_attached", "mode", "generic"), Some(1), "{metrics}");
+    assert_counted_in_kernel(&proxy, &sent, "generic");
     let decoded = capture.finish();
     decoded.assert_clean(&sent);
     let log = proxy.stop();
@@ -178,11 +205,9 @@ fn keepalives_answered_by_xdp_native() {
     if !require_root("keepalives_answered_by_xdp_native") {
         return;
     }
-    let proxy = Proxy::start("native", "native", true);
+    let proxy = Proxy::start("native", "native", true, Listen::Addresses);
     let sent = exchange(&proxy);
-    assert_counted_in_kernel(&proxy, &sent);
-    let metrics = proxy.metrics();
-    assert_eq!(metric(&metrics, "regedge_fastpath_attached", "mode", "native"), Some(1), "{metrics}");
+    assert_counted_in_kernel(&proxy, &sent, "native");
     proxy.stop();
 }
 
@@ -191,13 +216,32 @@ fn keepalives_answered_in_userspace_when_fastpath_is_off() {
     if !require_root("keepalives_answered_in_userspace_when_fastpath_is_off") {
         return;
     }
-    let proxy = Proxy::start("off", "off", false);
+    let proxy = Proxy::start("off", "off", false, Listen::Addresses);
     let sent = exchange(&proxy);
     let metrics = proxy.metrics();
     assert_eq!(counted(&metrics, "regedge_userspace_replies_total"), sent, "userspace counters:\n{metrics}");
     assert_eq!(counted(&metrics, "regedge_fastpath_replies_total"), Sent::default(), "{metrics}");
     let log = proxy.stop();
     assert!(log.contains("fast path off by config"), "{log}");
+}
+
+/// On `0.0.0.0` / `[::]`, replies leave from the address the phone sent to (userspace
+/// through IP_PKTINFO, the kernel by swapping addresses), and an OPTIONS naming that
+/// address is for the proxy. `send_and_receive` checks the source of every reply.
+#[test]
+fn wildcard_listeners_reply_from_the_address_that_was_called() {
+    if !require_root("wildcard_listeners_reply_from_the_address_that_was_called") {
+        return;
+    }
+    let proxy = Proxy::start("wildcard-off", "off", false, Listen::Wildcard);
+    let sent = exchange(&proxy);
+    assert_eq!(counted(&proxy.metrics(), "regedge_userspace_replies_total"), sent);
+    proxy.stop();
+
+    let proxy = Proxy::start("wildcard-generic", "generic", false, Listen::Wildcard);
+    let sent = exchange(&proxy);
+    assert_counted_in_kernel(&proxy, &sent, "generic");
+    proxy.stop();
 }
 
 /// Packets tshark could not decode, or decoded with an error-level expert info.

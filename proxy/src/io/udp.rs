@@ -5,6 +5,7 @@
 use std::{
     io,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,6 +16,7 @@ use std::{
 use mio::{Events, Interest, Poll, Token, Waker, net::UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::pktinfo;
 use crate::{engine::UdpEngine, metrics::UserspaceCounters};
 
 const WAKE: Token = Token(usize::MAX);
@@ -23,11 +25,15 @@ const RECV_BUFFER: usize = 65_535;
 const EVENTS_CAPACITY: usize = 256;
 
 /// A UDP socket bound with SO_REUSEPORT (IPv6 sockets are IPv6-only, so `[::]` and
-/// `0.0.0.0` are separate listeners).
+/// `0.0.0.0` are separate listeners). A wildcard socket reports each datagram's
+/// destination address (see `pktinfo`).
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if addr.ip().is_unspecified() {
+        pktinfo::enable(&socket, addr.is_ipv6())?;
     }
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -55,7 +61,7 @@ impl UdpWorkers {
             for (i, addr) in listen.iter().enumerate() {
                 let mut socket = UdpSocket::from_std(bind_reuseport(*addr).map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?);
                 poll.registry().register(&mut socket, Token(i), Interest::READABLE)?;
-                sockets.push(socket);
+                sockets.push(Listener { socket, wildcard: addr.ip().is_unspecified() });
             }
             loops.push((poll, waker, sockets));
         }
@@ -84,7 +90,7 @@ impl Drop for UdpWorkers {
 
 struct UdpLoop {
     poll: Poll,
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<Listener>,
     engine: Arc<UdpEngine>,
     counters: Arc<UserspaceCounters>,
     stop: Arc<AtomicBool>,
@@ -104,18 +110,30 @@ impl UdpLoop {
                 return;
             }
             for event in &events {
-                if let Some(socket) = self.sockets.get(event.token().0) {
-                    drain(socket, &self.engine, &self.counters, &mut recv, &mut reply);
+                if let Some(listener) = self.sockets.get(event.token().0) {
+                    drain(listener, &self.engine, &self.counters, &mut recv, &mut reply);
                 }
             }
         }
     }
 }
 
+/// A listening socket; `wildcard` ones learn and reply from each datagram's destination.
+struct Listener {
+    socket: UdpSocket,
+    wildcard: bool,
+}
+
 /// Reads until the socket would block (mio is edge-triggered).
-fn drain(socket: &UdpSocket, engine: &UdpEngine, counters: &UserspaceCounters, recv: &mut [u8], reply: &mut Vec<u8>) {
+fn drain(listener: &Listener, engine: &UdpEngine, counters: &UserspaceCounters, recv: &mut [u8], reply: &mut Vec<u8>) {
+    let fd = listener.socket.as_raw_fd();
     loop {
-        let (len, peer) = match socket.recv_from(recv) {
+        let received = if listener.wildcard {
+            pktinfo::recv(fd, recv)
+        } else {
+            listener.socket.recv_from(recv).map(|(len, peer)| (len, peer, None))
+        };
+        let (len, peer, local) = match received {
             Ok(received) => received,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -127,7 +145,11 @@ fn drain(socket: &UdpSocket, engine: &UdpEngine, counters: &UserspaceCounters, r
         };
         let outcome = engine.on_datagram(&recv[..len], peer, reply);
         if !reply.is_empty() {
-            if let Err(err) = socket.send_to(reply, peer) {
+            let sent = match local {
+                Some(local) => pktinfo::send_from(fd, reply, peer, local),
+                None => listener.socket.send_to(reply, peer).map(drop),
+            };
+            if let Err(err) = sent {
                 tracing::debug!(%peer, error = %err, "UDP reply not sent");
             }
         }
