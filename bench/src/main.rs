@@ -48,8 +48,18 @@ fn fixtures(proxy_v4: SocketAddr, proxy_v6: SocketAddr) -> Vec<Fixture> {
         udp("STUN Binding Request, IPv4", p4, proxy_v4, stun_request(*b"bench-txn-01", &[])),
         udp("STUN Binding Request, IPv6", p6, proxy_v6, stun_request(*b"bench-txn-01", &[])),
         udp("CRLF keepalive, IPv4", p4, proxy_v4, b"\r\n\r\n".to_vec()),
-        udp("OPTIONS to the proxy, IPv4", p4, proxy_v4, options_request("sip:edge.example.net", p4, "bench-options", "")),
-        udp("OPTIONS to the proxy, IPv6", p6, proxy_v6, options_request("sip:edge.example.net", p6, "bench-options", "")),
+        udp(
+            "OPTIONS to the proxy, IPv4",
+            p4,
+            proxy_v4,
+            options_request("sip:edge.example.net", p4, "bench-options", ""),
+        ),
+        udp(
+            "OPTIONS to the proxy, IPv6",
+            p6,
+            proxy_v6,
+            options_request("sip:edge.example.net", p6, "bench-options", ""),
+        ),
     ]
 }
 
@@ -137,7 +147,9 @@ fn command_output(program: &str, args: &[&str]) -> String {
 fn render(rows: &[Row], verified: Option<u32>) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(out, "# Keepalive cost per packet\n");
@@ -155,11 +167,18 @@ fn render(rows: &[Row], verified: Option<u32>) -> String {
          Userspace: the engine's decision and reply for the same payload, mean of {ENGINE_RUNS} calls \
          (no socket syscalls). Compare rows within one run; these machines are noisy.\n"
     );
-    let _ = writeln!(out, "| fixture | frame bytes | kernel action | kernel median ns | kernel p99 ns | userspace engine ns |");
+    let _ = writeln!(
+        out,
+        "| fixture | frame bytes | kernel action | kernel median ns | kernel p99 ns | userspace engine ns |"
+    );
     let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: | ---: |");
     for r in rows {
         let engine = r.engine_ns.map_or("-".to_owned(), |ns| format!("{ns:.0}"));
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} | {engine} |", r.name, r.bytes, r.action, r.kernel_median_ns, r.kernel_p99_ns);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {engine} |",
+            r.name, r.bytes, r.action, r.kernel_median_ns, r.kernel_p99_ns
+        );
     }
     out
 }

@@ -80,10 +80,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self {
-            name: "regedge".to_owned(),
-            workers: 0,
-        }
+        Self { name: "regedge".to_owned(), workers: 0 }
     }
 }
 
@@ -103,10 +100,7 @@ pub struct SipConfig {
 
 impl Default for SipConfig {
     fn default() -> Self {
-        Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
-            local_names: Vec::new(),
-        }
+        Self { listen: vec![SocketAddr::from(([127, 0, 0, 1], 5060))], local_names: Vec::new() }
     }
 }
 
@@ -127,11 +121,7 @@ pub struct FastpathConfig {
 
 impl Default for FastpathConfig {
     fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            mode: FastpathMode::default(),
-            pin_path: PathBuf::from("/sys/fs/bpf/regedge"),
-        }
+        Self { interfaces: Vec::new(), mode: FastpathMode::default(), pin_path: PathBuf::from("/sys/fs/bpf/regedge") }
     }
 }
 
@@ -179,9 +169,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9100)) }
     }
 }
 
@@ -199,8 +187,8 @@ impl Config {
     /// A syntax error is reported alone; otherwise every unknown key, wrongly typed value
     /// and failed check is reported, sorted by line.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        let document = Document::parse(text)
-            .map_err(|err| ConfigErrors::new(origin, vec![ConfigError::syntax(text, &err)]))?;
+        let document =
+            Document::parse(text).map_err(|err| ConfigErrors::new(origin, vec![ConfigError::syntax(text, &err)]))?;
         let recovered = recovery::deserialize_reporting_all(text);
         let mut errors = recovered.errors;
         if let Some(config) = &recovered.config {

@@ -48,17 +48,8 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL_LABELS: [&'static str; 4] = ["malformed", "bad_request", "not_implemented", "stun_unknown_attribute"];
-
-    /// Value of the `reason` metric label.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Malformed(_) => Self::ALL_LABELS[0],
-            Self::BadRequest(_) => Self::ALL_LABELS[1],
-            Self::NotImplemented => Self::ALL_LABELS[2],
-            Self::StunUnknownAttributes => Self::ALL_LABELS[3],
-        }
-    }
+    /// Values of the `reason` metric label, indexed by [`Rejection::index`].
+    pub const LABELS: [&'static str; 4] = ["malformed", "bad_request", "not_implemented", "stun_unknown_attribute"];
 
     pub const fn index(self) -> usize {
         match self {
@@ -66,6 +57,21 @@ impl Rejection {
             Self::BadRequest(_) => 1,
             Self::NotImplemented => 2,
             Self::StunUnknownAttributes => 3,
+        }
+    }
+
+    /// Value of the `reason` metric label.
+    pub const fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+
+    /// Status code and reason phrase of the answer.
+    pub const fn status(self) -> (u16, &'static str) {
+        match self {
+            Self::Malformed(_) => (400, "Malformed Header Line"),
+            Self::BadRequest(err) => err.status(),
+            Self::NotImplemented => (501, "Not Implemented"),
+            Self::StunUnknownAttributes => (420, "Unknown Attribute"),
         }
     }
 }
@@ -86,7 +92,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [Self::NotSip, Self::Unanswerable, Self::StrayResponse, Self::Ack, Self::StunIgnored];
+    pub const ALL: [DropReason; 5] =
+        [Self::NotSip, Self::Unanswerable, Self::StrayResponse, Self::Ack, Self::StunIgnored];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -158,12 +165,7 @@ impl UdpEngine {
     }
 
     fn reject(&self, msg: &Message<'_>, rejection: Rejection, out: &mut Vec<u8>) -> Outcome {
-        let (status, reason) = match rejection {
-            Rejection::BadRequest(err) => err.status(),
-            Rejection::Malformed(_) => (400, "Malformed Header Line"),
-            Rejection::NotImplemented => (501, "Not Implemented"),
-            Rejection::StunUnknownAttributes => unreachable!("STUN rejections are written by stun::answer"),
-        };
+        let (status, reason) = rejection.status();
         stateless::write_response(msg, status, reason, self.to_tag, out);
         Outcome::Rejected(rejection)
     }
@@ -190,7 +192,8 @@ mod tests {
         (outcome, String::from_utf8_lossy(&out).into_owned())
     }
 
-    const HEADERS: &str = "Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:x>\nCall-ID: c\n";
+    const HEADERS: &str =
+        "Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:x>\nCall-ID: c\n";
 
     #[test]
     fn keepalives_are_answered() {
@@ -206,11 +209,26 @@ mod tests {
     #[test]
     fn everything_else_gets_a_clear_answer_or_nothing() {
         let cases = [
-            (format!("OPTIONS sip:ping@edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\n\n"), "SIP/2.0 501 Not Implemented\r\n"),
-            (format!("REGISTER sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\n\n"), "SIP/2.0 501 Not Implemented\r\n"),
-            (format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 INVITE\n\n"), "SIP/2.0 400 CSeq Method Mismatch\r\n"),
-            (format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}Call-ID: d\nCSeq: 1 OPTIONS\n\n"), "SIP/2.0 400 Duplicate Call-ID\r\n"),
-            (format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\nno colon here\n\n"), "SIP/2.0 400 Malformed Header Line\r\n"),
+            (
+                format!("OPTIONS sip:ping@edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\n\n"),
+                "SIP/2.0 501 Not Implemented\r\n",
+            ),
+            (
+                format!("REGISTER sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\n\n"),
+                "SIP/2.0 501 Not Implemented\r\n",
+            ),
+            (
+                format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 INVITE\n\n"),
+                "SIP/2.0 400 CSeq Method Mismatch\r\n",
+            ),
+            (
+                format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}Call-ID: d\nCSeq: 1 OPTIONS\n\n"),
+                "SIP/2.0 400 Duplicate Call-ID\r\n",
+            ),
+            (
+                format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\nno colon here\n\n"),
+                "SIP/2.0 400 Malformed Header Line\r\n",
+            ),
         ];
         for (request, status) in cases {
             let (outcome, reply) = run(&sip(&request));
@@ -218,8 +236,14 @@ mod tests {
             assert!(reply.starts_with(status), "{request}: {reply}");
             assert!(reply.contains("Call-ID: c\r\n") && reply.ends_with("Content-Length: 0\r\n\r\n"), "{reply}");
         }
-        assert_eq!(run(&sip("OPTIONS sip:edge.example.net SIP/2.0\nCSeq: 1 OPTIONS\n\n")).0, Outcome::Dropped(DropReason::Unanswerable));
-        assert_eq!(run(&sip(&format!("ACK sip:x SIP/2.0\n{HEADERS}CSeq: 1 ACK\n\n"))).0, Outcome::Dropped(DropReason::Ack));
+        assert_eq!(
+            run(&sip("OPTIONS sip:edge.example.net SIP/2.0\nCSeq: 1 OPTIONS\n\n")).0,
+            Outcome::Dropped(DropReason::Unanswerable)
+        );
+        assert_eq!(
+            run(&sip(&format!("ACK sip:x SIP/2.0\n{HEADERS}CSeq: 1 ACK\n\n"))).0,
+            Outcome::Dropped(DropReason::Ack)
+        );
         assert_eq!(run(&sip("SIP/2.0 200 OK\nCall-ID: x\n\n")).0, Outcome::Dropped(DropReason::StrayResponse));
         assert_eq!(run(b"\x16\x03\x01 hello").0, Outcome::Dropped(DropReason::NotSip));
     }

@@ -2,7 +2,10 @@
 //! addresses, and — for a wildcard listener — the addresses of the local interfaces.
 //! The same set fills the kernel's `LOCAL_NAMES` map, so both sides agree.
 
-use std::{collections::BTreeSet, net::{IpAddr, SocketAddr}};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use regedge_common::maps::{LOCAL_NAME_MAX, LocalNameKey};
 

@@ -17,7 +17,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use regedge_common::{PassReason, ReplyKind};
@@ -49,7 +49,7 @@ pub mod names {
 #[derive(Debug, Default)]
 pub struct UserspaceCounters {
     replies: [AtomicU64; ReplyKind::COUNT as usize],
-    rejected: [AtomicU64; Rejection::ALL_LABELS.len()],
+    rejected: [AtomicU64; Rejection::LABELS.len()],
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -78,7 +78,13 @@ pub struct MetricsCollector {
     pub attached: Vec<(&'static str, i64)>,
 }
 
-fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, label: &str, values: impl IntoIterator<Item = (&'static str, u64)>) -> std::fmt::Result {
+fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> std::fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, count) in values {
         let labels = [(label, value)];
@@ -108,7 +114,12 @@ impl Collector for MetricsCollector {
             "reason",
             PassReason::ALL.map(|r| (r.label(), kernel.map_or(0, |c| c.passes(r)))),
         )?;
-        let mut attached = encoder.encode_descriptor(names::FASTPATH_ATTACHED, "Interfaces the XDP program is attached to.", None, MetricType::Gauge)?;
+        let mut attached = encoder.encode_descriptor(
+            names::FASTPATH_ATTACHED,
+            "Interfaces the XDP program is attached to.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (mode, count) in &self.attached {
             ConstGauge::new(*count).encode(attached.encode_family(&[("mode", *mode)])?)?;
         }
@@ -126,7 +137,7 @@ impl Collector for MetricsCollector {
             names::USERSPACE_REJECTED,
             "Error responses sent by userspace, by reason.",
             "reason",
-            Rejection::ALL_LABELS.into_iter().zip(&user.rejected).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
+            Rejection::LABELS.into_iter().zip(&user.rejected).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
         )?;
         encode_counter(
             &mut encoder,
@@ -150,7 +161,8 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 impl MetricsServer {
     pub fn start(listen: SocketAddr, collector: MetricsCollector) -> std::io::Result<Self> {
         let server = Arc::new(tiny_http::Server::http(listen).map_err(std::io::Error::other)?);
-        let local_addr = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other("metrics listener is not IP"))?;
+        let local_addr =
+            server.server_addr().to_ip().ok_or_else(|| std::io::Error::other("metrics listener is not IP"))?;
         let mut registry = Registry::default();
         registry.register_collector(Box::new(collector));
         let serving = Arc::clone(&server);

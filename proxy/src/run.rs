@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use signal_hook::{consts::{SIGINT, SIGTERM}, iterator::Signals};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
 
 use crate::{
     config::{Config, FastpathMode},

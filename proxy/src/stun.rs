@@ -41,7 +41,7 @@ pub fn answer(payload: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> StunOutcom
     out.clear();
     let msg_type = u16::from_be_bytes([payload[0], payload[1]]);
     let msg_len = u16::from_be_bytes([payload[2], payload[3]]) as usize;
-    if msg_len % 4 != 0 || msg_len + HEADER_LEN != payload.len() {
+    if !msg_len.is_multiple_of(4) || msg_len + HEADER_LEN != payload.len() {
         return StunOutcome::Malformed;
     }
     if msg_type != BINDING_REQUEST {
@@ -113,7 +113,7 @@ fn put_attr_header(out: &mut Vec<u8>, attr_type: u16, len: usize) {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

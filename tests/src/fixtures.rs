@@ -19,7 +19,7 @@ pub fn stun_attr(attr_type: u16, value: &[u8]) -> Vec<u8> {
     let mut a = attr_type.to_be_bytes().to_vec();
     a.extend_from_slice(&(value.len() as u16).to_be_bytes());
     a.extend_from_slice(value);
-    while a.len() % 4 != 0 {
+    while !a.len().is_multiple_of(4) {
         a.push(0);
     }
     a

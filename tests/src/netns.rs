@@ -109,7 +109,20 @@ impl VethPair {
         let proxy = NetNs::new("proxy");
         let phone = NetNs::new("phone");
         let n = (SEQUENCE.fetch_add(1, Ordering::Relaxed) % 250) as u8;
-        ip(&["link", "add", PROXY_IF, "netns", &proxy.name, "type", "veth", "peer", "name", PHONE_IF, "netns", &phone.name]);
+        ip(&[
+            "link",
+            "add",
+            PROXY_IF,
+            "netns",
+            &proxy.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            PHONE_IF,
+            "netns",
+            &phone.name,
+        ]);
         let proxy_v4 = Ipv4Addr::new(10, 201, n, 1);
         let phone_v4 = Ipv4Addr::new(10, 201, n, 2);
         let proxy_v6: Ipv6Addr = format!("fd00:201:{n}::1").parse().unwrap();

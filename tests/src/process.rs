@@ -29,7 +29,8 @@ pub fn regedge_binary() -> &'static Path {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build -p regedge failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
         target.join("debug").join("regedge")
     })
 }

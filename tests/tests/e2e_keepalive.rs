@@ -64,7 +64,8 @@ impl Proxy {
         });
         let (listen, targets): (Vec<String>, [SocketAddr; 2]) = match listen {
             Listen::Addresses => {
-                let targets = [SocketAddr::new(veth.proxy_v4.into(), 5060), SocketAddr::new(veth.proxy_v6.into(), 5060)];
+                let targets =
+                    [SocketAddr::new(veth.proxy_v4.into(), 5060), SocketAddr::new(veth.proxy_v6.into(), 5060)];
                 (targets.iter().map(ToString::to_string).collect(), targets)
             }
             Listen::Wildcard => {
@@ -75,7 +76,10 @@ impl Proxy {
                 let second_v6 = std::net::Ipv6Addr::from(v6);
                 veth.proxy.ip(&["addr", "add", &format!("{second_v4}/24"), "dev", PROXY_IF]);
                 veth.proxy.ip(&["addr", "add", &format!("{second_v6}/64"), "dev", PROXY_IF, "nodad"]);
-                (vec!["0.0.0.0:5060".into(), "[::]:5060".into()], [SocketAddr::new(second_v4.into(), 5060), SocketAddr::new(second_v6.into(), 5060)])
+                (
+                    vec!["0.0.0.0:5060".into(), "[::]:5060".into()],
+                    [SocketAddr::new(second_v4.into(), 5060), SocketAddr::new(second_v6.into(), 5060)],
+                )
             }
         };
         let dir = TempDir::new(test);
@@ -108,7 +112,8 @@ impl Proxy {
         let status = self.regedge.terminate(Duration::from_secs(10)).expect("regedge exits after SIGTERM");
         let log = self.regedge.log();
         assert!(status.success(), "exit status {status}:\n{log}");
-        let link = Command::new("ip").args(["-n", &self.veth.proxy.name, "link", "show", PROXY_IF]).output().expect("ip link");
+        let link =
+            Command::new("ip").args(["-n", &self.veth.proxy.name, "link", "show", PROXY_IF]).output().expect("ip link");
         let link = String::from_utf8_lossy(&link.stdout);
         assert!(!link.contains("xdp"), "XDP still attached after exit: {link}");
         log
@@ -142,12 +147,15 @@ fn exchange(proxy: &Proxy) -> Sent {
     let engine = proxy.engine();
     let mut sent = Sent::default();
     let phone = &proxy.veth.phone;
-    for (phone_ip, server) in [(proxy.veth.phone_v4.into(), proxy.targets[0]), (proxy.veth.phone_v6.into(), proxy.targets[1])] {
+    for (phone_ip, server) in
+        [(proxy.veth.phone_v4.into(), proxy.targets[0]), (proxy.veth.phone_v6.into(), proxy.targets[1])]
+    {
         let socket = phone.run(|| UdpSocket::bind(SocketAddr::new(phone_ip, 0))).expect("bind phone socket");
         let me = socket.local_addr().unwrap();
 
         let transaction = *b"e2e-stun-txn";
-        let reply = send_and_receive(&socket, server, &stun_request(transaction, &[]), REPLY_WAIT).unwrap_or_else(|| panic!("no STUN reply to {me}"));
+        let reply = send_and_receive(&socket, server, &stun_request(transaction, &[]), REPLY_WAIT)
+            .unwrap_or_else(|| panic!("no STUN reply to {me}"));
         assert_eq!(decode_stun_success(&reply), Some((transaction, me)), "STUN reply to {me}");
         let mut expected = Vec::new();
         engine.on_datagram(&stun_request(transaction, &[]), me, &mut expected);
@@ -157,7 +165,8 @@ fn exchange(proxy: &Proxy) -> Sent {
         let host = regedge::local_names::uri_host(server.ip());
         for uri in [format!("sip:{LOCAL_NAME}"), format!("sip:{host}:5060;transport=udp")] {
             let request = options_request(&uri, me, &format!("opt-{}-{}", me.port(), sent.options), "");
-            let reply = send_and_receive(&socket, server, &request, REPLY_WAIT).unwrap_or_else(|| panic!("no reply to OPTIONS {uri} from {me}"));
+            let reply = send_and_receive(&socket, server, &request, REPLY_WAIT)
+                .unwrap_or_else(|| panic!("no reply to OPTIONS {uri} from {me}"));
             let mut expected = Vec::new();
             engine.on_datagram(&request, me, &mut expected);
             assert_eq!(String::from_utf8_lossy(&reply), String::from_utf8_lossy(&expected), "OPTIONS {uri}");
@@ -165,14 +174,21 @@ fn exchange(proxy: &Proxy) -> Sent {
             sent.options += 1;
         }
 
-        assert_eq!(send_and_receive(&socket, server, b"\r\n\r\n", Duration::from_millis(300)), None, "a CRLF keepalive got a reply");
+        assert_eq!(
+            send_and_receive(&socket, server, b"\r\n\r\n", Duration::from_millis(300)),
+            None,
+            "a CRLF keepalive got a reply"
+        );
         sent.crlf += 1;
     }
     sent
 }
 
 fn counted(metrics: &str, family: &str) -> Sent {
-    let get = |kind: ReplyKind| metric(metrics, family, "kind", kind.label()).unwrap_or_else(|| panic!("{family}{{kind={}}} missing:\n{metrics}", kind.label()));
+    let get = |kind: ReplyKind| {
+        metric(metrics, family, "kind", kind.label())
+            .unwrap_or_else(|| panic!("{family}{{kind={}}} missing:\n{metrics}", kind.label()))
+    };
     Sent { stun: get(ReplyKind::Stun), crlf: get(ReplyKind::Crlf), options: get(ReplyKind::Options) }
 }
 
@@ -181,17 +197,28 @@ fn counted(metrics: &str, family: &str) -> Sent {
 fn assert_counted_in_kernel(proxy: &Proxy, sent: &Sent, mode: &str) {
     let metrics = proxy.metrics();
     assert_eq!(&counted(&metrics, "regedge_fastpath_replies_total"), sent, "kernel counters:\n{metrics}");
-    assert_eq!(counted(&metrics, "regedge_userspace_replies_total"), Sent::default(), "userspace answered keepalives:\n{metrics}");
+    assert_eq!(
+        counted(&metrics, "regedge_userspace_replies_total"),
+        Sent::default(),
+        "userspace answered keepalives:\n{metrics}"
+    );
     assert_eq!(metric(&metrics, "regedge_fastpath_attached", "mode", mode), Some(1), "{metrics}");
 }
 
 #[test]
 fn keepalives_answered_by_xdp_generic() {
-    if !require_root("keepalives_answered_by_xdp_generic") || !require_program("keepalives_answered_by_xdp_generic", "tshark") {
+    if !require_root("keepalives_answered_by_xdp_generic")
+        || !require_program("keepalives_answered_by_xdp_generic", "tshark")
+    {
         return;
     }
     let proxy = Proxy::start("generic", "generic", false, Listen::Addresses);
-    let capture = Capture::start(&proxy.veth.phone, proxy.dir.0.join("phone.pcapng"), proxy.veth.phone_v4.into(), proxy.veth.proxy_v4.into());
+    let capture = Capture::start(
+        &proxy.veth.phone,
+        proxy.dir.0.join("phone.pcapng"),
+        proxy.veth.phone_v4.into(),
+        proxy.veth.proxy_v4.into(),
+    );
     let sent = exchange(&proxy);
     assert_counted_in_kernel(&proxy, &sent, "generic");
     let decoded = capture.finish();
@@ -256,14 +283,28 @@ fn the_malformed_filter_catches_a_broken_sip_message() {
     }
     let dir = TempDir::new("malformed-filter");
     let message = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: abc\r\n\r\n";
-    let hex: String = message.chunks(16).enumerate().map(|(i, c)| {
-        format!("{:06x} {}\n", i * 16, c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-    }).collect();
+    let hex: String = message
+        .chunks(16)
+        .enumerate()
+        .map(|(i, c)| {
+            format!("{:06x} {}\n", i * 16, c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        })
+        .collect();
     let text = dir.write("bad.txt", &hex);
     let pcap = dir.0.join("bad.pcap");
-    let status = Command::new("text2pcap").args(["-q", "-u", "40000,5060", "-4", "10.0.0.2,10.0.0.1"]).arg(&text).arg(&pcap).status().expect("run text2pcap");
+    let status = Command::new("text2pcap")
+        .args(["-q", "-u", "40000,5060", "-4", "10.0.0.2,10.0.0.1"])
+        .arg(&text)
+        .arg(&pcap)
+        .status()
+        .expect("run text2pcap");
     assert!(status.success());
-    let out = Command::new("tshark").arg("-r").arg(&pcap).args(["-Y", MALFORMED_FILTER, "-T", "fields", "-e", "frame.number"]).output().expect("run tshark");
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-Y", MALFORMED_FILTER, "-T", "fields", "-e", "frame.number"])
+        .output()
+        .expect("run tshark");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -333,9 +374,19 @@ struct Decoded {
 
 impl Decoded {
     fn assert_clean(&self, sent: &Sent) {
-        assert!(self.malformed.trim().is_empty(), "tshark reports malformed packets or errors:\n{}\nframes:\n{}", self.malformed, self.frames);
+        assert!(
+            self.malformed.trim().is_empty(),
+            "tshark reports malformed packets or errors:\n{}\nframes:\n{}",
+            self.malformed,
+            self.frames
+        );
         let ok = self.status_lines.lines().filter(|l| l.trim() == "SIP/2.0 200 OK").count() as u64;
         assert_eq!(ok, sent.options, "200 OK decoded by tshark:\n{}", self.frames);
-        assert_eq!(self.stun_responses.lines().count() as u64, sent.stun, "STUN responses decoded by tshark:\n{}", self.frames);
+        assert_eq!(
+            self.stun_responses.lines().count() as u64,
+            sent.stun,
+            "STUN responses decoded by tshark:\n{}",
+            self.frames
+        );
     }
 }

@@ -81,7 +81,14 @@ fn row(name: &str, phone: SocketAddr, proxy: SocketAddr, payload: Vec<u8>, expec
 }
 
 fn shaped(name: &str, phone: SocketAddr, proxy: SocketAddr, payload: Vec<u8>, shape: Shape, reason: PassReason) -> Row {
-    Row { name: name.into(), frame: shaped_udp_frame(phone, proxy, &payload, shape), phone, proxy, payload, expect: Expect::Pass(reason) }
+    Row {
+        name: name.into(),
+        frame: shaped_udp_frame(phone, proxy, &payload, shape),
+        phone,
+        proxy,
+        payload,
+        expect: Expect::Pass(reason),
+    }
 }
 
 fn stun_success(phone: SocketAddr, transaction: [u8; 12]) -> Vec<u8> {
@@ -127,18 +134,54 @@ fn rows() -> Vec<Row> {
     let (p4, p6, x4, x6) = (phone_v4(), phone_v6(), proxy_v4(), proxy_v6());
     let tx = *b"0123456789ab";
     let software = stun_attr(0x8022, b"phone 1.0");
-    let mut rows = vec![
+    vec![
         row("stun v4", p4, x4, stun_request(tx, &[]), Expect::Reply(ReplyKind::Stun, stun_success(p4, tx))),
         row("stun v6", p6, x6, stun_request(tx, &[]), Expect::Reply(ReplyKind::Stun, stun_success(p6, tx))),
-        row("stun v4 with SOFTWARE (reply shrinks)", p4, x4, stun_request(tx, &software), Expect::Reply(ReplyKind::Stun, stun_success(p4, tx))),
-        row("stun v6 with SOFTWARE", p6, x6, stun_request(tx, &software), Expect::Reply(ReplyKind::Stun, stun_success(p6, tx))),
+        row(
+            "stun v4 with SOFTWARE (reply shrinks)",
+            p4,
+            x4,
+            stun_request(tx, &software),
+            Expect::Reply(ReplyKind::Stun, stun_success(p4, tx)),
+        ),
+        row(
+            "stun v6 with SOFTWARE",
+            p6,
+            x6,
+            stun_request(tx, &software),
+            Expect::Reply(ReplyKind::Stun, stun_success(p6, tx)),
+        ),
         row("crlf crlf v4", p4, x4, b"\r\n\r\n".to_vec(), Expect::Absorb(ReplyKind::Crlf)),
         row("crlf crlf v6", p6, x6, b"\r\n\r\n".to_vec(), Expect::Absorb(ReplyKind::Crlf)),
         row("single crlf v4", p4, x4, b"\r\n".to_vec(), Expect::Absorb(ReplyKind::Crlf)),
-        row("options by name v4", p4, x4, options_request("sip:edge.example.net", p4, "c1", ""), Expect::Reply(ReplyKind::Options, options_ok("sip:edge.example.net", p4, "c1"))),
-        row("options by address v4", p4, x4, options_request("sip:10.0.0.1:5060", p4, "c2", ""), Expect::Reply(ReplyKind::Options, options_ok("sip:10.0.0.1:5060", p4, "c2"))),
-        row("options by name v6", p6, x6, options_request("sip:EDGE.example.net;transport=udp", p6, "c3", ""), Expect::Reply(ReplyKind::Options, options_ok("sip:EDGE.example.net;transport=udp", p6, "c3"))),
-        row("options by address v6", p6, x6, options_request("sip:[fd00::1]:5060", p6, "c4", ""), Expect::Reply(ReplyKind::Options, options_ok("sip:[fd00::1]:5060", p6, "c4"))),
+        row(
+            "options by name v4",
+            p4,
+            x4,
+            options_request("sip:edge.example.net", p4, "c1", ""),
+            Expect::Reply(ReplyKind::Options, options_ok("sip:edge.example.net", p4, "c1")),
+        ),
+        row(
+            "options by address v4",
+            p4,
+            x4,
+            options_request("sip:10.0.0.1:5060", p4, "c2", ""),
+            Expect::Reply(ReplyKind::Options, options_ok("sip:10.0.0.1:5060", p4, "c2")),
+        ),
+        row(
+            "options by name v6",
+            p6,
+            x6,
+            options_request("sip:EDGE.example.net;transport=udp", p6, "c3", ""),
+            Expect::Reply(ReplyKind::Options, options_ok("sip:EDGE.example.net;transport=udp", p6, "c3")),
+        ),
+        row(
+            "options by address v6",
+            p6,
+            x6,
+            options_request("sip:[fd00::1]:5060", p6, "c4", ""),
+            Expect::Reply(ReplyKind::Options, options_ok("sip:[fd00::1]:5060", p6, "c4")),
+        ),
         row(
             "options compact, folded, two Vias, tagged To",
             p4,
@@ -149,14 +192,19 @@ fn rows() -> Vec<Row> {
             ),
             Expect::Reply(
                 ReplyKind::Options,
-                crlf("SIP/2.0 200 OK\nv: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bK-1,\n SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-0\nf: <sip:p@10.0.0.2>;tag=1\nt: <sip:edge.example.net>;TAG=abc\ni: compact\nVia: SIP/2.0/UDP 10.0.0.8;branch=z9hG4bK-x\nCSeq:\t7   OPTIONS \nContent-Length: 0\n\n"),
+                crlf(
+                    "SIP/2.0 200 OK\nv: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bK-1,\n SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-0\nf: <sip:p@10.0.0.2>;tag=1\nt: <sip:edge.example.net>;TAG=abc\ni: compact\nVia: SIP/2.0/UDP 10.0.0.8;branch=z9hG4bK-x\nCSeq:\t7   OPTIONS \nContent-Length: 0\n\n",
+                ),
             ),
         ),
         row(
             "options with a folded To gets the tag at its end",
             p4,
             x4,
-            bare_options("sip:edge.example.net", "Via: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bK-f\nMax-Forwards: 70\nFrom: <sip:p@10.0.0.2>;tag=1\nTo: \"Edge\"\n <sip:edge.example.net>\nCall-ID: folded\nCSeq: 1 OPTIONS\n"),
+            bare_options(
+                "sip:edge.example.net",
+                "Via: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bK-f\nMax-Forwards: 70\nFrom: <sip:p@10.0.0.2>;tag=1\nTo: \"Edge\"\n <sip:edge.example.net>\nCall-ID: folded\nCSeq: 1 OPTIONS\n",
+            ),
             Expect::Reply(
                 ReplyKind::Options,
                 crlf(&format!(
@@ -166,46 +214,275 @@ fn rows() -> Vec<Row> {
             ),
         ),
         // What the kernel passes.
-        Row { name: "arp".into(), frame: arp_frame(), phone: p4, proxy: x4, payload: vec![], expect: Expect::Pass(PassReason::NotIp) },
-        shaped("vlan tagged", p4, x4, stun_request(tx, &[]), Shape { vlan: true, ..Shape::default() }, PassReason::NotIp),
-        shaped("tcp to the sip port", p4, x4, stun_request(tx, &[]), Shape { protocol: Some(6), ..Shape::default() }, PassReason::NotUdp),
-        shaped("ipv4 fragment", p4, x4, stun_request(tx, &[]), Shape { ipv4_fragment: true, ..Shape::default() }, PassReason::IpFragment),
-        shaped("ipv4 options", p4, x4, stun_request(tx, &[]), Shape { ipv4_options: true, ..Shape::default() }, PassReason::IpOptions),
-        shaped("ipv6 hop-by-hop header", p6, x6, stun_request(tx, &[]), Shape { ipv6_hop_by_hop: true, ..Shape::default() }, PassReason::IpOptions),
-        shaped("truncated frame", p4, x4, stun_request(tx, &[]), Shape { truncate: 4, ..Shape::default() }, PassReason::Truncated),
-        row("other port", p4, "10.0.0.1:5061".parse().unwrap(), stun_request(tx, &[]), Expect::Pass(PassReason::NotListener)),
-        row("other address", p4, "10.0.0.3:5060".parse().unwrap(), stun_request(tx, &[]), Expect::Pass(PassReason::NotListener)),
-        row("v6 other port", p6, "[fd00::1]:5070".parse().unwrap(), b"\r\n\r\n".to_vec(), Expect::Pass(PassReason::NotListener)),
-        row("register", p4, x4, crlf(&format!("REGISTER sip:edge.example.net SIP/2.0\n{DIALOG}CSeq: 1 REGISTER\n\n")), Expect::Pass(PassReason::NotKeepalive)),
-        row("invite", p4, x4, crlf(&format!("INVITE sip:bob@edge.example.net SIP/2.0\n{DIALOG}CSeq: 1 INVITE\n\n")), Expect::Pass(PassReason::NotKeepalive)),
-        row("sip response", p4, x4, crlf(&format!("SIP/2.0 200 OK\n{DIALOG}CSeq: 1 OPTIONS\n\n")), Expect::Pass(PassReason::NotKeepalive)),
+        Row {
+            name: "arp".into(),
+            frame: arp_frame(),
+            phone: p4,
+            proxy: x4,
+            payload: vec![],
+            expect: Expect::Pass(PassReason::NotIp),
+        },
+        shaped(
+            "vlan tagged",
+            p4,
+            x4,
+            stun_request(tx, &[]),
+            Shape { vlan: true, ..Shape::default() },
+            PassReason::NotIp,
+        ),
+        shaped(
+            "tcp to the sip port",
+            p4,
+            x4,
+            stun_request(tx, &[]),
+            Shape { protocol: Some(6), ..Shape::default() },
+            PassReason::NotUdp,
+        ),
+        shaped(
+            "ipv4 fragment",
+            p4,
+            x4,
+            stun_request(tx, &[]),
+            Shape { ipv4_fragment: true, ..Shape::default() },
+            PassReason::IpFragment,
+        ),
+        shaped(
+            "ipv4 options",
+            p4,
+            x4,
+            stun_request(tx, &[]),
+            Shape { ipv4_options: true, ..Shape::default() },
+            PassReason::IpOptions,
+        ),
+        shaped(
+            "ipv6 hop-by-hop header",
+            p6,
+            x6,
+            stun_request(tx, &[]),
+            Shape { ipv6_hop_by_hop: true, ..Shape::default() },
+            PassReason::IpOptions,
+        ),
+        shaped(
+            "truncated frame",
+            p4,
+            x4,
+            stun_request(tx, &[]),
+            Shape { truncate: 4, ..Shape::default() },
+            PassReason::Truncated,
+        ),
+        row(
+            "other port",
+            p4,
+            "10.0.0.1:5061".parse().unwrap(),
+            stun_request(tx, &[]),
+            Expect::Pass(PassReason::NotListener),
+        ),
+        row(
+            "other address",
+            p4,
+            "10.0.0.3:5060".parse().unwrap(),
+            stun_request(tx, &[]),
+            Expect::Pass(PassReason::NotListener),
+        ),
+        row(
+            "v6 other port",
+            p6,
+            "[fd00::1]:5070".parse().unwrap(),
+            b"\r\n\r\n".to_vec(),
+            Expect::Pass(PassReason::NotListener),
+        ),
+        row(
+            "register",
+            p4,
+            x4,
+            crlf(&format!("REGISTER sip:edge.example.net SIP/2.0\n{DIALOG}CSeq: 1 REGISTER\n\n")),
+            Expect::Pass(PassReason::NotKeepalive),
+        ),
+        row(
+            "invite",
+            p4,
+            x4,
+            crlf(&format!("INVITE sip:bob@edge.example.net SIP/2.0\n{DIALOG}CSeq: 1 INVITE\n\n")),
+            Expect::Pass(PassReason::NotKeepalive),
+        ),
+        row(
+            "sip response",
+            p4,
+            x4,
+            crlf(&format!("SIP/2.0 200 OK\n{DIALOG}CSeq: 1 OPTIONS\n\n")),
+            Expect::Pass(PassReason::NotKeepalive),
+        ),
         row("three crlf", p4, x4, b"\r\n\r\n\r\n".to_vec(), Expect::Pass(PassReason::NotKeepalive)),
         row("garbage", p4, x4, b"\x16\x03\x01\x02\x00hello world".to_vec(), Expect::Pass(PassReason::NotKeepalive)),
-        row("stun binding indication", p4, x4, { let mut s = stun_request(tx, &[]); s[1] = 0x11; s }, Expect::Pass(PassReason::NotKeepalive)),
-        row("stun bad length", p4, x4, { let mut s = stun_request(tx, &[0; 4]); s[3] = 8; s }, Expect::Pass(PassReason::NotKeepalive)),
-        row("stun with USERNAME", p4, x4, stun_request(tx, &stun_attr(0x0006, b"user")), Expect::Pass(PassReason::StunUnsupported)),
-        row("stun with FINGERPRINT", p4, x4, stun_request(tx, &stun_attr(ATTR_FINGERPRINT, &[1, 2, 3, 4])), Expect::Pass(PassReason::StunUnsupported)),
-        row("stun attribute overruns", p4, x4, stun_request(tx, &[0x80, 0x22, 0, 8, 0, 0, 0, 0]), Expect::Pass(PassReason::StunUnsupported)),
-        row("options too big", p4, x4, options_request("sip:edge.example.net", p4, "big", &"X-Pad: 0123456789012345678901234567890123456789\r\n".repeat(30)), Expect::Pass(PassReason::TooBig)),
-        row("options to a user", p4, x4, options_request("sip:ping@edge.example.net", p4, "u", ""), Expect::Pass(PassReason::NotForUs)),
-        row("options to another host", p4, x4, options_request("sip:other.example.net", p4, "o", ""), Expect::Pass(PassReason::NotForUs)),
-        row("options sips", p4, x4, options_request("sips:edge.example.net", p4, "s", ""), Expect::Pass(PassReason::NotForUs)),
-        row("options without Call-ID", p4, x4, bare_options("sip:edge.example.net", "Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-m\nMax-Forwards: 70\nFrom: <sip:p@x>;tag=1\nTo: <sip:edge.example.net>\nCSeq: 1 OPTIONS\n"), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a duplicate To", p4, x4, bare_options("sip:edge.example.net", &format!("{DIALOG}To: <sip:other>\nCSeq: 1 OPTIONS\n")), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with an empty Call-ID", p4, x4, bare_options("sip:edge.example.net", "Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-e\nMax-Forwards: 70\nFrom: <sip:p@x>;tag=1\nTo: <sip:edge.example.net>\nCall-ID:  \nCSeq: 1 OPTIONS\n"), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a space before the colon", p4, x4, bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq : 1 OPTIONS\n")), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a CSeq for another method", p4, x4, bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 INVITE\n")), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a CSeq over 2^31-1", p4, x4, bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 2147483648 OPTIONS\n")), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a header line without colon", p4, x4, bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\nno colon\n")), Expect::Pass(PassReason::SipUnsupported)),
-        row("options with a bare LF", p4, x4, { let mut r = bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\n")); let at = r.len() - 4; r.remove(at); r }, Expect::Pass(PassReason::SipUnsupported)),
-        row("options without the empty line", p4, x4, { let mut r = bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\n")); r.truncate(r.len() - 2); r }, Expect::Pass(PassReason::SipUnsupported)),
-        row("options whose reply would be larger", p4, x4, bare_options("sip:edge.example.net", "v: a\nf: b\nt: c\ni: d\nCSeq: 1 OPTIONS\n"), Expect::Pass(PassReason::SipUnsupported)),
-        row("options SIP/2.1", p4, x4, crlf(&format!("OPTIONS sip:edge.example.net SIP/2.1\n{DIALOG}CSeq: 1 OPTIONS\n\n")), Expect::Pass(PassReason::SipUnsupported)),
-    ];
-    for r in &mut rows {
-        r.name = format!("{} ({})", r.name, if r.phone.is_ipv4() { "v4" } else { "v6" });
-    }
-    rows
+        row(
+            "stun binding indication",
+            p4,
+            x4,
+            {
+                let mut s = stun_request(tx, &[]);
+                s[1] = 0x11;
+                s
+            },
+            Expect::Pass(PassReason::NotKeepalive),
+        ),
+        row(
+            "stun bad length",
+            p4,
+            x4,
+            {
+                let mut s = stun_request(tx, &[0; 4]);
+                s[3] = 8;
+                s
+            },
+            Expect::Pass(PassReason::NotKeepalive),
+        ),
+        row(
+            "stun with USERNAME",
+            p4,
+            x4,
+            stun_request(tx, &stun_attr(0x0006, b"user")),
+            Expect::Pass(PassReason::StunUnsupported),
+        ),
+        row(
+            "stun with FINGERPRINT",
+            p4,
+            x4,
+            stun_request(tx, &stun_attr(ATTR_FINGERPRINT, &[1, 2, 3, 4])),
+            Expect::Pass(PassReason::StunUnsupported),
+        ),
+        row(
+            "stun attribute overruns",
+            p4,
+            x4,
+            stun_request(tx, &[0x80, 0x22, 0, 8, 0, 0, 0, 0]),
+            Expect::Pass(PassReason::StunUnsupported),
+        ),
+        row(
+            "options too big",
+            p4,
+            x4,
+            options_request(
+                "sip:edge.example.net",
+                p4,
+                "big",
+                &"X-Pad: 0123456789012345678901234567890123456789\r\n".repeat(30),
+            ),
+            Expect::Pass(PassReason::TooBig),
+        ),
+        row(
+            "options to a user",
+            p4,
+            x4,
+            options_request("sip:ping@edge.example.net", p4, "u", ""),
+            Expect::Pass(PassReason::NotForUs),
+        ),
+        row(
+            "options to another host",
+            p4,
+            x4,
+            options_request("sip:other.example.net", p4, "o", ""),
+            Expect::Pass(PassReason::NotForUs),
+        ),
+        row(
+            "options sips",
+            p4,
+            x4,
+            options_request("sips:edge.example.net", p4, "s", ""),
+            Expect::Pass(PassReason::NotForUs),
+        ),
+        row(
+            "options without Call-ID",
+            p4,
+            x4,
+            bare_options(
+                "sip:edge.example.net",
+                "Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-m\nMax-Forwards: 70\nFrom: <sip:p@x>;tag=1\nTo: <sip:edge.example.net>\nCSeq: 1 OPTIONS\n",
+            ),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a duplicate To",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", &format!("{DIALOG}To: <sip:other>\nCSeq: 1 OPTIONS\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with an empty Call-ID",
+            p4,
+            x4,
+            bare_options(
+                "sip:edge.example.net",
+                "Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-e\nMax-Forwards: 70\nFrom: <sip:p@x>;tag=1\nTo: <sip:edge.example.net>\nCall-ID:  \nCSeq: 1 OPTIONS\n",
+            ),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a space before the colon",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq : 1 OPTIONS\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a CSeq for another method",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 INVITE\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a CSeq over 2^31-1",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 2147483648 OPTIONS\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a header line without colon",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\nno colon\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options with a bare LF",
+            p4,
+            x4,
+            {
+                let mut r = bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\n"));
+                let at = r.len() - 4;
+                r.remove(at);
+                r
+            },
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options without the empty line",
+            p4,
+            x4,
+            {
+                let mut r = bare_options("sip:edge.example.net", &format!("{DIALOG}CSeq: 1 OPTIONS\n"));
+                r.truncate(r.len() - 2);
+                r
+            },
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options whose reply would be larger",
+            p4,
+            x4,
+            bare_options("sip:edge.example.net", "v: a\nf: b\nt: c\ni: d\nCSeq: 1 OPTIONS\n"),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+        row(
+            "options SIP/2.1",
+            p4,
+            x4,
+            crlf(&format!("OPTIONS sip:edge.example.net SIP/2.1\n{DIALOG}CSeq: 1 OPTIONS\n\n")),
+            Expect::Pass(PassReason::SipUnsupported),
+        ),
+    ]
 }
 
 fn counters(fastpath: &Fastpath) -> (Vec<u64>, Vec<u64>) {
@@ -237,11 +514,17 @@ fn fixture_table() {
                         return Err(format!("action {} (passes {passes:?}), want XDP_TX", run.action));
                     }
                     let reply = parse_reply(&run.frame)?;
-                    if (reply.eth_src, reply.eth_dst, reply.src, reply.dst) != (PROXY_MAC, PHONE_MAC, row.proxy, row.phone) {
+                    if (reply.eth_src, reply.eth_dst, reply.src, reply.dst)
+                        != (PROXY_MAC, PHONE_MAC, row.proxy, row.phone)
+                    {
                         return Err(format!("addresses not swapped: {reply:?}"));
                     }
                     if &reply.payload != payload {
-                        return Err(format!("reply\n{}\nwant\n{}", String::from_utf8_lossy(&reply.payload), String::from_utf8_lossy(payload)));
+                        return Err(format!(
+                            "reply\n{}\nwant\n{}",
+                            String::from_utf8_lossy(&reply.payload),
+                            String::from_utf8_lossy(payload)
+                        ));
                     }
                     // Parity: the userspace engine answers the same request with the same bytes.
                     let mut user = Vec::new();
@@ -259,7 +542,9 @@ fn fixture_table() {
                         return Err(format!("action {}, want XDP_DROP", run.action));
                     }
                     let mut user = Vec::new();
-                    if engine.on_datagram(&row.payload, row.phone, &mut user) != Outcome::Absorbed(*kind) || !user.is_empty() {
+                    if engine.on_datagram(&row.payload, row.phone, &mut user) != Outcome::Absorbed(*kind)
+                        || !user.is_empty()
+                    {
                         return Err("userspace does not absorb it the same way".into());
                     }
                 }
@@ -274,7 +559,9 @@ fn fixture_table() {
                 }
             }
             if replies != expect_replies || passes != expect_passes {
-                return Err(format!("counters moved: replies {replies:?} passes {passes:?}, want {expect_replies:?} {expect_passes:?}"));
+                return Err(format!(
+                    "counters moved: replies {replies:?} passes {passes:?}, want {expect_replies:?} {expect_passes:?}"
+                ));
             }
             Ok(())
         })();
@@ -294,5 +581,8 @@ fn verified_instruction_count_stays_within_budget() {
     let fastpath = load();
     let count = fastpath.verified_instructions().expect("kernel reports verified instructions");
     eprintln!("regedge_xdp: {count} verified instructions (budget {VERIFIED_INSTRUCTIONS_BUDGET})");
-    assert!(count <= VERIFIED_INSTRUCTIONS_BUDGET, "verified instructions {count} exceed the budget {VERIFIED_INSTRUCTIONS_BUDGET}");
+    assert!(
+        count <= VERIFIED_INSTRUCTIONS_BUDGET,
+        "verified instructions {count} exceed the budget {VERIFIED_INSTRUCTIONS_BUDGET}"
+    );
 }

@@ -2,8 +2,7 @@
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -192,11 +191,8 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<Udp, PassReason> {
 /// Reads `N` payload bytes at payload offset 0 through direct packet access.
 #[inline(always)]
 fn payload_bytes<const N: usize>(ctx: &XdpContext, udp: &Udp) -> Option<[u8; N]> {
-    let p: *const [u8; N] = if udp.family == FAMILY_IPV4 {
-        ptr_at(ctx, IPV4_PAYLOAD_OFF)?
-    } else {
-        ptr_at(ctx, IPV6_PAYLOAD_OFF)?
-    };
+    let p: *const [u8; N] =
+        if udp.family == FAMILY_IPV4 { ptr_at(ctx, IPV4_PAYLOAD_OFF)? } else { ptr_at(ctx, IPV6_PAYLOAD_OFF)? };
     Some(unsafe { *p })
 }
 
@@ -253,12 +249,7 @@ pub fn load_payload(ctx: &XdpContext, udp: &Udp, scratch: *mut Scratch) -> Resul
 /// The frame grows at the head (XDP guarantees 256 bytes of headroom; native veth has
 /// almost no tailroom) and shrinks at the tail.
 #[inline(always)]
-pub fn emit_reply(
-    ctx: &XdpContext,
-    udp: &Udp,
-    scratch: *mut Scratch,
-    reply_len: usize,
-) -> Result<(), PassReason> {
+pub fn emit_reply(ctx: &XdpContext, udp: &Udp, scratch: *mut Scratch, reply_len: usize) -> Result<(), PassReason> {
     let out_len = opaque(reply_len) & BUF_MASK;
     if out_len == 0 || out_len > regedge_common::sip::MAX_PAYLOAD {
         return Err(PassReason::HelperFailed);

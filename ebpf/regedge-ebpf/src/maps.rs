@@ -6,10 +6,7 @@ use aya_ebpf::{
 };
 use regedge_common::{
     PassReason, ReplyKind,
-    maps::{
-        FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX, ListenerKey, ListenerValue,
-        LocalNameKey,
-    },
+    maps::{FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey},
 };
 
 use crate::frame::Udp;

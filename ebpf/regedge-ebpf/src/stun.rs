@@ -7,9 +7,9 @@ use regedge_common::{
     PassReason,
     maps::FAMILY_IPV4,
     stun::{
-        ATTR_FINGERPRINT, ATTR_XOR_MAPPED_ADDRESS, BINDING_REQUEST, BINDING_SUCCESS,
-        COMPREHENSION_OPTIONAL, FAMILY_IPV4 as STUN_IPV4, FAMILY_IPV6 as STUN_IPV6, HEADER_LEN,
-        MAGIC_COOKIE, MAX_KERNEL_ATTRIBUTES, SUCCESS_LEN_IPV4, SUCCESS_LEN_IPV6,
+        ATTR_FINGERPRINT, ATTR_XOR_MAPPED_ADDRESS, BINDING_REQUEST, BINDING_SUCCESS, COMPREHENSION_OPTIONAL,
+        FAMILY_IPV4 as STUN_IPV4, FAMILY_IPV6 as STUN_IPV6, HEADER_LEN, MAGIC_COOKIE, MAX_KERNEL_ATTRIBUTES,
+        SUCCESS_LEN_IPV4, SUCCESS_LEN_IPV6,
     },
 };
 
@@ -24,10 +24,7 @@ pub fn is_binding_request(head: &[u8; 8], payload_len: usize) -> bool {
     let msg_type = u16::from_be_bytes([head[0], head[1]]);
     let msg_len = u16::from_be_bytes([head[2], head[3]]) as usize;
     let cookie = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    msg_type == BINDING_REQUEST
-        && cookie == MAGIC_COOKIE
-        && msg_len % 4 == 0
-        && msg_len + HEADER_LEN == payload_len
+    msg_type == BINDING_REQUEST && cookie == MAGIC_COOKIE && msg_len % 4 == 0 && msg_len + HEADER_LEN == payload_len
 }
 
 #[inline(always)]
@@ -62,11 +59,8 @@ pub fn build_reply(scratch: *mut Scratch, udp: &Udp) -> Result<usize, PassReason
     }
 
     let ipv4 = udp.family == FAMILY_IPV4;
-    let (reply_len, value_len, family) = if ipv4 {
-        (SUCCESS_LEN_IPV4, 8u16, STUN_IPV4)
-    } else {
-        (SUCCESS_LEN_IPV6, 20u16, STUN_IPV6)
-    };
+    let (reply_len, value_len, family) =
+        if ipv4 { (SUCCESS_LEN_IPV4, 8u16, STUN_IPV4) } else { (SUCCESS_LEN_IPV6, 20u16, STUN_IPV6) };
     let out: &mut [u8; SUCCESS_LEN_IPV6] = unsafe { &mut *(output as *mut [u8; SUCCESS_LEN_IPV6]) };
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let sport = u16::from_be_bytes(udp.sport.to_ne_bytes());

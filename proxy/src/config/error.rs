@@ -18,10 +18,7 @@ pub struct ConfigErrors {
 impl ConfigErrors {
     pub(super) fn new(origin: &str, mut errors: Vec<ConfigError>) -> Self {
         errors.sort_by_key(|error| error.line);
-        Self {
-            origin: origin.to_owned(),
-            errors,
-        }
+        Self { origin: origin.to_owned(), errors }
     }
 }
 
@@ -53,26 +50,15 @@ pub struct ConfigError {
 impl ConfigError {
     /// The problem `kind` at byte `offset` of `text`.
     pub(super) fn at_offset(text: &str, offset: Option<usize>, kind: ConfigErrorKind) -> Self {
-        Self {
-            line: offset.map(|offset| line_of(text, offset)),
-            kind,
-        }
+        Self { line: offset.map(|offset| line_of(text, offset)), kind }
     }
 
     pub(super) fn io(err: &std::io::Error) -> Self {
-        Self {
-            line: None,
-            kind: ConfigErrorKind::Io {
-                kind: err.kind(),
-                message: err.to_string(),
-            },
-        }
+        Self { line: None, kind: ConfigErrorKind::Io { kind: err.kind(), message: err.to_string() } }
     }
 
     pub(super) fn syntax(text: &str, err: &toml_edit::TomlError) -> Self {
-        let kind = ConfigErrorKind::Syntax {
-            message: err.message().to_owned(),
-        };
+        let kind = ConfigErrorKind::Syntax { message: err.message().to_owned() };
         Self::at_offset(text, err.span().map(|span| span.start), kind)
     }
 }
@@ -82,10 +68,7 @@ impl ConfigError {
 pub enum ConfigErrorKind {
     /// The file could not be read.
     #[error("cannot read the config file: {message}")]
-    Io {
-        kind: std::io::ErrorKind,
-        message: String,
-    },
+    Io { kind: std::io::ErrorKind, message: String },
     /// The text is not valid TOML (toml_edit's message).
     #[error("invalid TOML: {message}")]
     Syntax { message: String },

@@ -29,27 +29,19 @@ pub(super) fn deserialize_reporting_all(text: &str) -> Recovered {
     for _ in 0..MAX_ROUNDS {
         let err = match toml::from_str::<Config>(&working) {
             Ok(config) => {
-                return Recovered {
-                    config: Some(config),
-                    errors,
-                };
+                return Recovered { config: Some(config), errors };
             }
             Err(err) => err,
         };
         let offset = err.span().map(|span| span.start);
-        let kind = ConfigErrorKind::Field {
-            message: err.message().to_owned(),
-        };
+        let kind = ConfigErrorKind::Field { message: err.message().to_owned() };
         errors.push(ConfigError::at_offset(text, offset, kind));
         match offset.and_then(|offset| blank_entry_at(&working, offset)) {
             Some(blanked) => working = blanked,
             None => break,
         }
     }
-    Recovered {
-        config: None,
-        errors,
-    }
+    Recovered { config: None, errors }
 }
 
 /// A part of the document that can be blanked out as a unit.
@@ -84,16 +76,11 @@ fn collect_entries(table: &Table, text: &str, entries: &mut Vec<Entry>) {
             }
             Item::Table(dotted) if dotted.is_dotted() => {
                 if let Some(anchor) = key.span() {
-                    entries.push(Entry {
-                        anchor,
-                        blank: line_pair_ranges(dotted, text),
-                    });
+                    entries.push(Entry { anchor, blank: line_pair_ranges(dotted, text) });
                 }
                 collect_entries(dotted, text, entries);
             }
-            Item::Table(implicit) if implicit.is_implicit() => {
-                collect_entries(implicit, text, entries)
-            }
+            Item::Table(implicit) if implicit.is_implicit() => collect_entries(implicit, text, entries),
             Item::Table(section) => collect_section(section, text, entries),
             Item::ArrayOfTables(sections) => {
                 for section in sections.iter() {
@@ -109,15 +96,9 @@ fn collect_entries(table: &Table, text: &str, entries: &mut Vec<Entry>) {
 /// and each of its entries.
 fn collect_section(section: &Table, text: &str, entries: &mut Vec<Entry>) {
     if let Some(header) = section.span() {
-        let body_end = line_pair_ranges(section, text)
-            .iter()
-            .map(|range| range.end)
-            .max();
+        let body_end = line_pair_ranges(section, text).iter().map(|range| range.end).max();
         let whole_section = header.start..body_end.unwrap_or(header.end).max(header.end);
-        entries.push(Entry {
-            blank: vec![whole_section],
-            anchor: header,
-        });
+        entries.push(Entry { blank: vec![whole_section], anchor: header });
     }
     collect_entries(section, text, entries);
 }
@@ -126,10 +107,7 @@ fn collect_section(section: &Table, text: &str, entries: &mut Vec<Entry>) {
 /// along with its last part.
 fn line_pair_entry(text: &str, key: &Key, value: &Value) -> Option<Entry> {
     let anchor = pair_span(key, value)?;
-    Some(Entry {
-        blank: vec![from_line_start(text, anchor.clone())],
-        anchor,
-    })
+    Some(Entry { blank: vec![from_line_start(text, anchor.clone())], anchor })
 }
 
 /// The ranges to blank for every `key = value` line of `table`, through dotted keys.
@@ -137,12 +115,8 @@ fn line_pair_ranges(table: &Table, text: &str) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
     for (key, item) in keyed_items(table) {
         match item {
-            Item::Value(value) => {
-                ranges.extend(pair_span(key, value).map(|pair| from_line_start(text, pair)))
-            }
-            Item::Table(dotted) if dotted.is_dotted() => {
-                ranges.extend(line_pair_ranges(dotted, text))
-            }
+            Item::Value(value) => ranges.extend(pair_span(key, value).map(|pair| from_line_start(text, pair))),
+            Item::Table(dotted) if dotted.is_dotted() => ranges.extend(line_pair_ranges(dotted, text)),
             _ => {}
         }
     }
@@ -160,10 +134,7 @@ fn collect_inline_entries(value: &Value, text: &str, entries: &mut Vec<Entry>) {
             continue;
         };
         if let Some(anchor) = pair_span(key, value) {
-            entries.push(Entry {
-                blank: vec![with_separator(text, anchor.clone())],
-                anchor,
-            });
+            entries.push(Entry { blank: vec![with_separator(text, anchor.clone())], anchor });
         }
         collect_inline_entries(value, text, entries);
     }
@@ -193,9 +164,7 @@ fn from_line_start(text: &str, range: Range<usize>) -> Range<usize> {
 
 /// The pairs of `table` with their keys, which carry the keys' spans.
 fn keyed_items(table: &dyn TableLike) -> impl Iterator<Item = (&Key, &Item)> {
-    table
-        .iter()
-        .filter_map(|(name, _)| table.get_key_value(name))
+    table.iter().filter_map(|(name, _)| table.get_key_value(name))
 }
 
 /// `text` with every byte in `ranges` but newlines replaced by a space.

@@ -23,19 +23,11 @@ pub(super) struct KeyPath {
 
 impl KeyPath {
     pub(super) fn field(section: &'static str, field: &'static str) -> Self {
-        Self {
-            section,
-            field,
-            index: None,
-        }
+        Self { section, field, index: None }
     }
 
     pub(super) fn element(section: &'static str, field: &'static str, index: usize) -> Self {
-        Self {
-            section,
-            field,
-            index: Some(index),
-        }
+        Self { section, field, index: Some(index) }
     }
 
     /// Where this key is written in `document`: the array element if there is one, else
@@ -44,18 +36,13 @@ impl KeyPath {
         let mut item = document.as_item();
         let mut offset = None;
         for name in [self.section, self.field] {
-            let Some((key, value)) = item
-                .as_table_like()
-                .and_then(|table| table.get_key_value(name))
-            else {
+            let Some((key, value)) = item.as_table_like().and_then(|table| table.get_key_value(name)) else {
                 return offset;
             };
             offset = key.span().map(|span| span.start).or(offset);
             item = value;
         }
-        let element = self
-            .index
-            .and_then(|index| item.as_array()?.get(index)?.span());
+        let element = self.index.and_then(|index| item.as_array()?.get(index)?.span());
         element.map(|span| span.start).or(offset)
     }
 }

@@ -6,8 +6,7 @@ use super::*;
 const ORIGIN: &str = "regedge.toml";
 
 fn parse_ok(text: &str) -> Config {
-    Config::from_toml(text, ORIGIN)
-        .unwrap_or_else(|errors| panic!("expected a valid config, got:\n{errors}"))
+    Config::from_toml(text, ORIGIN).unwrap_or_else(|errors| panic!("expected a valid config, got:\n{errors}"))
 }
 
 fn parse_err(text: &str) -> ConfigErrors {
@@ -29,8 +28,7 @@ fn field_message(error: &ConfigError) -> &str {
 }
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse()
-        .unwrap_or_else(|err| panic!("bad test address {text:?}: {err}"))
+    text.parse().unwrap_or_else(|err| panic!("bad test address {text:?}: {err}"))
 }
 
 #[test]
@@ -72,38 +70,24 @@ pin_path = "/sys/fs/bpf/edge-1"
 listen = "0.0.0.0:9100"
 "#;
     let expected = Config {
-        node: NodeConfig {
-            name: "edge-1".to_owned(),
-            workers: 4,
-        },
+        node: NodeConfig { name: "edge-1".to_owned(), workers: 4 },
         sip: SipConfig {
             listen: vec![addr("0.0.0.0:5060"), addr("[::]:5060")],
-            local_names: vec![
-                "edge.example.net".to_owned(),
-                "192.0.2.10".to_owned(),
-                "[2001:db8::10]".to_owned(),
-            ],
+            local_names: vec!["edge.example.net".to_owned(), "192.0.2.10".to_owned(), "[2001:db8::10]".to_owned()],
         },
         fastpath: FastpathConfig {
             interfaces: vec!["eth0".to_owned(), "bond0.100".to_owned()],
             mode: FastpathMode::Native,
             pin_path: PathBuf::from("/sys/fs/bpf/edge-1"),
         },
-        metrics: MetricsConfig {
-            listen: addr("0.0.0.0:9100"),
-        },
+        metrics: MetricsConfig { listen: addr("0.0.0.0:9100") },
     };
     assert_eq!(parse_ok(text), expected);
 }
 
 #[test]
 fn every_mode_is_read_in_lowercase() {
-    for mode in [
-        FastpathMode::Auto,
-        FastpathMode::Native,
-        FastpathMode::Generic,
-        FastpathMode::Off,
-    ] {
+    for mode in [FastpathMode::Auto, FastpathMode::Native, FastpathMode::Generic, FastpathMode::Off] {
         let text = format!("[fastpath]\ninterfaces = [\"eth0\"]\nmode = \"{mode}\"\n");
         assert_eq!(parse_ok(&text).fastpath.mode, mode, "mode {mode}");
     }
@@ -126,30 +110,14 @@ interval = "2s"
 "#
     );
     let errors = parse_err(&text);
-    assert_eq!(
-        lines(&errors),
-        vec![Some(3), Some(4), Some(6), Some(9)],
-        "{errors}"
-    );
-    assert!(
-        field_message(&errors.errors[0]).contains("`colour`"),
-        "{errors}"
-    );
+    assert_eq!(lines(&errors), vec![Some(3), Some(4), Some(6), Some(9)], "{errors}");
+    assert!(field_message(&errors.errors[0]).contains("`colour`"), "{errors}");
     assert_eq!(
         errors.errors[1].kind,
-        ConfigErrorKind::LocalName {
-            name: too_long,
-            problem: NameProblem::TooLong { len: 64, max: 63 }
-        }
+        ConfigErrorKind::LocalName { name: too_long, problem: NameProblem::TooLong { len: 64, max: 63 } }
     );
-    assert!(
-        field_message(&errors.errors[2]).contains("`turbo`"),
-        "{errors}"
-    );
-    assert!(
-        field_message(&errors.errors[3]).contains("`health`"),
-        "{errors}"
-    );
+    assert!(field_message(&errors.errors[2]).contains("`turbo`"), "{errors}");
+    assert!(field_message(&errors.errors[3]).contains("`health`"), "{errors}");
 }
 
 #[test]
@@ -164,25 +132,13 @@ health.timeout = "1s"
 listen = "127.0.0.1:9100"
 "#;
     let errors = parse_err(text);
-    assert_eq!(
-        lines(&errors),
-        vec![Some(1), Some(1), Some(3), Some(4), Some(5), Some(7)],
-        "{errors}"
-    );
-    assert_eq!(
-        errors.errors[4].kind,
-        ConfigErrorKind::InterfacesRequired {
-            mode: FastpathMode::Native
-        },
-        "{errors}"
-    );
+    assert_eq!(lines(&errors), vec![Some(1), Some(1), Some(3), Some(4), Some(5), Some(7)], "{errors}");
+    assert_eq!(errors.errors[4].kind, ConfigErrorKind::InterfacesRequired { mode: FastpathMode::Native }, "{errors}");
 }
 
 #[test]
 fn a_section_with_everything_in_it_is_reported_once() {
-    let errors = parse_err(
-        "[node]\nname = \"a\"\n[health]\ninterval = \"2s\"\ntimeout = 1\n[metrics]\nport = 1\n",
-    );
+    let errors = parse_err("[node]\nname = \"a\"\n[health]\ninterval = \"2s\"\ntimeout = 1\n[metrics]\nport = 1\n");
     assert_eq!(lines(&errors), vec![Some(3), Some(7)], "{errors}");
 }
 
@@ -204,125 +160,46 @@ interfaces = ["", "eth/0", "averyveryverylongname", "eth0", "eth0"]
 listen = "127.0.0.1:5060"
 "#;
     use ConfigErrorKind as K;
-    let name_problem = |name: &str, problem| K::LocalName {
-        name: name.to_owned(),
-        problem,
-    };
-    let interface_problem = |name: &str, problem| K::Interface {
-        name: name.to_owned(),
-        problem,
-    };
+    let name_problem = |name: &str, problem| K::LocalName { name: name.to_owned(), problem };
+    let interface_problem = |name: &str, problem| K::Interface { name: name.to_owned(), problem };
     let expected = vec![
-        (
-            2,
-            K::NodeName {
-                name: "edge 1".to_owned(),
-                problem: NameProblem::InvalidChar { ch: ' ' },
-            },
-        ),
-        (
-            3,
-            K::TooManyWorkers {
-                workers: 1000,
-                max: 256,
-            },
-        ),
-        (
-            7,
-            K::SipListenPortZero {
-                addr: addr("127.0.0.1:0"),
-            },
-        ),
-        (
-            8,
-            K::SipListenDuplicate {
-                addr: addr("127.0.0.1:5060"),
-            },
-        ),
+        (2, K::NodeName { name: "edge 1".to_owned(), problem: NameProblem::InvalidChar { ch: ' ' } }),
+        (3, K::TooManyWorkers { workers: 1000, max: 256 }),
+        (7, K::SipListenPortZero { addr: addr("127.0.0.1:0") }),
+        (8, K::SipListenDuplicate { addr: addr("127.0.0.1:5060") }),
         (10, name_problem("", NameProblem::Empty)),
-        (
-            10,
-            name_problem("a_b", NameProblem::InvalidChar { ch: '_' }),
-        ),
-        (
-            10,
-            name_problem("[2001:db8::zz]", NameProblem::InvalidIpv6Literal),
-        ),
-        (
-            10,
-            K::LocalNameDuplicate {
-                name: "edge.EXAMPLE.net".to_owned(),
-            },
-        ),
+        (10, name_problem("a_b", NameProblem::InvalidChar { ch: '_' })),
+        (10, name_problem("[2001:db8::zz]", NameProblem::InvalidIpv6Literal)),
+        (10, K::LocalNameDuplicate { name: "edge.EXAMPLE.net".to_owned() }),
         (12, interface_problem("", NameProblem::Empty)),
-        (
-            12,
-            interface_problem("eth/0", NameProblem::InvalidChar { ch: '/' }),
-        ),
-        (
-            12,
-            interface_problem(
-                "averyveryverylongname",
-                NameProblem::TooLong { len: 21, max: 15 },
-            ),
-        ),
-        (
-            12,
-            K::InterfaceDuplicate {
-                name: "eth0".to_owned(),
-            },
-        ),
-        (
-            14,
-            K::MetricsListenCollides {
-                addr: addr("127.0.0.1:5060"),
-            },
-        ),
+        (12, interface_problem("eth/0", NameProblem::InvalidChar { ch: '/' })),
+        (12, interface_problem("averyveryverylongname", NameProblem::TooLong { len: 21, max: 15 })),
+        (12, K::InterfaceDuplicate { name: "eth0".to_owned() }),
+        (14, K::MetricsListenCollides { addr: addr("127.0.0.1:5060") }),
     ];
     let errors = parse_err(text);
-    let found: Vec<_> = errors
-        .errors
-        .iter()
-        .map(|error| (error.line.unwrap_or(0), error.kind.clone()))
-        .collect();
+    let found: Vec<_> = errors.errors.iter().map(|error| (error.line.unwrap_or(0), error.kind.clone())).collect();
     assert_eq!(found, expected, "{errors}");
 }
 
 #[test]
 fn empty_sip_listen_and_zero_metrics_port_are_reported() {
     let errors = parse_err("[sip]\nlisten = []\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let kinds: Vec<_> = errors
-        .errors
-        .iter()
-        .map(|error| (error.line, error.kind.clone()))
-        .collect();
+    let kinds: Vec<_> = errors.errors.iter().map(|error| (error.line, error.kind.clone())).collect();
     assert_eq!(
         kinds,
         vec![
             (Some(2), ConfigErrorKind::SipListenEmpty),
-            (
-                Some(4),
-                ConfigErrorKind::MetricsListenPortZero {
-                    addr: addr("127.0.0.1:0")
-                }
-            ),
+            (Some(4), ConfigErrorKind::MetricsListenPortZero { addr: addr("127.0.0.1:0") }),
         ]
     );
 }
 
 #[test]
 fn a_metrics_address_taken_by_sip_is_reported_on_whichever_is_written() {
-    let collision = ConfigErrorKind::MetricsListenCollides {
-        addr: addr("127.0.0.1:9100"),
-    };
+    let collision = ConfigErrorKind::MetricsListenCollides { addr: addr("127.0.0.1:9100") };
     let errors = parse_err("[sip]\nlisten = [\"127.0.0.1:5060\", \"127.0.0.1:9100\"]\n");
-    assert_eq!(
-        errors.errors,
-        vec![ConfigError {
-            line: Some(2),
-            kind: collision
-        }]
-    );
+    assert_eq!(errors.errors, vec![ConfigError { line: Some(2), kind: collision }]);
     let errors = parse_err("[node]\nworkers = 2\n[metrics]\nlisten = \"127.0.0.1:5060\"\n");
     assert_eq!(lines(&errors), vec![Some(4)], "{errors}");
 }
@@ -331,27 +208,17 @@ fn a_metrics_address_taken_by_sip_is_reported_on_whichever_is_written() {
 fn a_syntax_error_is_reported_alone_with_its_line() {
     let errors = parse_err("[node]\nname = \"a\"\nworkers = = 3\n[health]\n");
     assert_eq!(lines(&errors), vec![Some(3)], "{errors}");
-    assert!(
-        matches!(errors.errors[0].kind, ConfigErrorKind::Syntax { .. }),
-        "{errors}"
-    );
+    assert!(matches!(errors.errors[0].kind, ConfigErrorKind::Syntax { .. }), "{errors}");
 }
 
 #[test]
 fn display_prefixes_each_error_with_file_and_line() {
-    let errors =
-        parse_err("[sip]\nlisten = [\"127.0.0.1:5060\"]\ncolour = 1\n[node]\nworkers = 300\n");
+    let errors = parse_err("[sip]\nlisten = [\"127.0.0.1:5060\"]\ncolour = 1\n[node]\nworkers = 300\n");
     let shown = errors.to_string();
     let shown_lines: Vec<&str> = shown.lines().collect();
     assert_eq!(shown_lines.len(), 2, "{shown}");
-    assert!(
-        shown_lines[0].starts_with("regedge.toml:3: unknown field `colour`"),
-        "{shown}"
-    );
-    assert_eq!(
-        shown_lines[1],
-        "regedge.toml:5: node.workers = 300 is more than the maximum of 256"
-    );
+    assert!(shown_lines[0].starts_with("regedge.toml:3: unknown field `colour`"), "{shown}");
+    assert_eq!(shown_lines[1], "regedge.toml:5: node.workers = 300 is more than the maximum of 256");
 }
 
 #[test]
@@ -362,20 +229,9 @@ fn load_file_reports_an_unreadable_file_without_a_line() {
     assert!(
         matches!(
             &errors.errors[..],
-            [ConfigError {
-                line: None,
-                kind: ConfigErrorKind::Io {
-                    kind: std::io::ErrorKind::NotFound,
-                    ..
-                }
-            }]
+            [ConfigError { line: None, kind: ConfigErrorKind::Io { kind: std::io::ErrorKind::NotFound, .. } }]
         ),
         "{errors}"
     );
-    assert!(
-        errors
-            .to_string()
-            .starts_with("/nonexistent/regedge-config-test.toml: cannot read"),
-        "{errors}"
-    );
+    assert!(errors.to_string().starts_with("/nonexistent/regedge-config-test.toml: cannot read"), "{errors}");
 }

@@ -12,7 +12,7 @@ use aya::{
 };
 use regedge_common::{
     PassReason, ReplyKind, XDP_PROGRAM,
-    maps::{self, ANSWER_KEEPALIVES, FastpathSettings, ListenerKey, ListenerValue},
+    maps::{self, ANSWER_KEEPALIVES, FastpathSettings, ListenerKey, ListenerValue, LocalNameKey},
 };
 
 pub use test_run::{TestRun, test_run};
@@ -108,6 +108,10 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+fn missing(name: &'static str) -> DatapathError {
+    DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } }
+}
+
 impl Fastpath {
     /// Loads the object and runs the verifier; nothing is attached yet.
     pub fn load() -> Result<Self, DatapathError> {
@@ -120,33 +124,34 @@ impl Fastpath {
         program.load().map_err(DatapathError::Verify)?;
         let verified_instructions = program.info().ok().and_then(|i| i.verified_instruction_count());
         let mut take_counter = |name: &'static str| {
-            let map = ebpf.take_map(name).ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
-            PerCpuArray::try_from(map).map_err(map_error(name))
+            PerCpuArray::try_from(ebpf.take_map(name).ok_or_else(|| missing(name))?).map_err(map_error(name))
         };
-        let counters = Arc::new(KernelCounters { replies: take_counter(maps::REPLIES)?, passes: take_counter(maps::PASSES)? });
+        let counters =
+            Arc::new(KernelCounters { replies: take_counter(maps::REPLIES)?, passes: take_counter(maps::PASSES)? });
         Ok(Self { ebpf, attached: Vec::new(), counters, verified_instructions })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf.map_mut(name).ok_or_else(|| missing(name))
     }
 
     /// Fills the maps: the listeners the program answers for, the names that mean this
     /// proxy, and the node's To-tag.
     pub fn configure(&mut self, listen: &[SocketAddr], names: &LocalNames, tag: ToTag) -> Result<(), DatapathError> {
         let mut listeners: HashMap<_, ListenerKey, ListenerValue> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LISTENERS).ok_or_else(|| missing(maps::LISTENERS))?)
-                .map_err(map_error(maps::LISTENERS))?;
+            HashMap::try_from(self.map_mut(maps::LISTENERS)?).map_err(map_error(maps::LISTENERS))?;
         for addr in listen {
             listeners
                 .insert(listener_key(*addr), ListenerValue { answers: ANSWER_KEEPALIVES }, 0)
                 .map_err(map_error(maps::LISTENERS))?;
         }
-        let mut local: HashMap<_, regedge_common::maps::LocalNameKey, u8> =
-            HashMap::try_from(self.ebpf.map_mut(maps::LOCAL_NAMES).ok_or_else(|| missing(maps::LOCAL_NAMES))?)
-                .map_err(map_error(maps::LOCAL_NAMES))?;
+        let mut local: HashMap<_, LocalNameKey, u8> =
+            HashMap::try_from(self.map_mut(maps::LOCAL_NAMES)?).map_err(map_error(maps::LOCAL_NAMES))?;
         for key in names.keys() {
             local.insert(key, 1, 0).map_err(map_error(maps::LOCAL_NAMES))?;
         }
         let mut settings: Array<_, FastpathSettings> =
-            Array::try_from(self.ebpf.map_mut(maps::SETTINGS).ok_or_else(|| missing(maps::SETTINGS))?)
-                .map_err(map_error(maps::SETTINGS))?;
+            Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_error(maps::SETTINGS))?;
         settings.set(0, FastpathSettings { to_tag: tag.bytes() }, 0).map_err(map_error(maps::SETTINGS))
     }
 
@@ -158,9 +163,11 @@ impl Fastpath {
             .ok_or(DatapathError::MissingProgram)?
             .try_into()
             .map_err(DatapathError::Verify)?;
-        program
-            .attach(interface, mode.xdp_mode())
-            .map_err(|source| DatapathError::Attach { interface: interface.to_owned(), mode, source })?;
+        program.attach(interface, mode.xdp_mode()).map_err(|source| DatapathError::Attach {
+            interface: interface.to_owned(),
+            mode,
+            source,
+        })?;
         self.attached.push((interface.to_owned(), mode));
         Ok(())
     }
@@ -207,10 +214,6 @@ impl Fastpath {
         let fd = program.fd().map_err(std::io::Error::other)?;
         test_run(std::os::fd::AsFd::as_fd(fd), frame, repeat)
     }
-}
-
-fn missing(name: &'static str) -> DatapathError {
-    DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } }
 }
 
 /// The `LISTENERS` key for a listen address (an unspecified address is the wildcard).

@@ -55,7 +55,12 @@ pub fn test_run(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::
     // SAFETY: `attr` is a valid bpf_attr for this command; the kernel writes at most
     // data_size_out bytes into `output`, which outlives the call.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
     };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());

@@ -17,11 +17,18 @@ use socket2::{SockAddr, Socket};
 
 /// Asks the kernel to report each datagram's destination address.
 pub fn enable(socket: &Socket, ipv6: bool) -> io::Result<()> {
-    let (level, name) = if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
+    let (level, name) =
+        if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
     let on: libc::c_int = 1;
     // SAFETY: a valid fd and a c_int option value of the right size.
     let rc = unsafe {
-        libc::setsockopt(socket.as_raw_fd(), level, name, (&on as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

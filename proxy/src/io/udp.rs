@@ -51,7 +51,12 @@ pub struct UdpWorkers {
 impl UdpWorkers {
     /// Binds every listen address once per worker (errors such as a port in use surface
     /// here, before anything runs) and starts the loops.
-    pub fn start(listen: &[SocketAddr], workers: usize, engine: Arc<UdpEngine>, counters: Arc<UserspaceCounters>) -> io::Result<Self> {
+    pub fn start(
+        listen: &[SocketAddr],
+        workers: usize,
+        engine: Arc<UdpEngine>,
+        counters: Arc<UserspaceCounters>,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut loops = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -59,7 +64,9 @@ impl UdpWorkers {
             let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
             let mut sockets = Vec::with_capacity(listen.len());
             for (i, addr) in listen.iter().enumerate() {
-                let mut socket = UdpSocket::from_std(bind_reuseport(*addr).map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?);
+                let mut socket = UdpSocket::from_std(
+                    bind_reuseport(*addr).map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?,
+                );
                 poll.registry().register(&mut socket, Token(i), Interest::READABLE)?;
                 sockets.push(Listener { socket, wildcard: addr.ip().is_unspecified() });
             }
@@ -69,7 +76,13 @@ impl UdpWorkers {
         let mut threads = Vec::with_capacity(workers);
         for (id, (poll, waker, sockets)) in loops.into_iter().enumerate() {
             wakers.push(waker);
-            let event_loop = UdpLoop { poll, sockets, engine: Arc::clone(&engine), counters: Arc::clone(&counters), stop: Arc::clone(&stop) };
+            let event_loop = UdpLoop {
+                poll,
+                sockets,
+                engine: Arc::clone(&engine),
+                counters: Arc::clone(&counters),
+                stop: Arc::clone(&stop),
+            };
             threads.push(std::thread::Builder::new().name(format!("udp-{id}")).spawn(move || event_loop.run())?);
         }
         Ok(Self { stop, wakers, threads })

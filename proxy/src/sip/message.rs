@@ -284,7 +284,10 @@ mod tests {
         assert_eq!(m.body, b"body");
         let vias: Vec<_> = m.headers_named(HeaderName::Via).collect();
         assert_eq!(vias.len(), 2);
-        assert_eq!(vias[0].value, b" SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1,\r\n SIP/2.0/UDP 192.0.2.8;branch=z9hG4bK2");
+        assert_eq!(
+            vias[0].value,
+            b" SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1,\r\n SIP/2.0/UDP 192.0.2.8;branch=z9hG4bK2"
+        );
         assert!(vias[0].raw.ends_with(b"z9hG4bK2\r\n"));
         let to = m.headers_named(HeaderName::To).next().unwrap();
         assert_eq!(to.name, b"To");
@@ -320,7 +323,13 @@ mod tests {
 
     #[test]
     fn compact_and_long_names_are_the_same_header() {
-        for (name, want) in [("VIA", HeaderName::Via), ("i", HeaderName::CallId), ("Call-Id", HeaderName::CallId), ("cSeQ", HeaderName::CSeq), ("X", HeaderName::Other)] {
+        for (name, want) in [
+            ("VIA", HeaderName::Via),
+            ("i", HeaderName::CallId),
+            ("Call-Id", HeaderName::CallId),
+            ("cSeQ", HeaderName::CSeq),
+            ("X", HeaderName::Other),
+        ] {
             assert_eq!(HeaderName::of(name.as_bytes()), want, "{name}");
         }
     }

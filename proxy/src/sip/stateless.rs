@@ -111,7 +111,8 @@ pub fn parse_cseq(value: &[u8]) -> Option<(u32, &[u8])> {
 
 /// Checks the headers every answer copies. See the module documentation.
 pub fn check_request(msg: &Message<'_>) -> Result<(), RequestError> {
-    const CHECKED: [HeaderName; 5] = [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq];
+    const CHECKED: [HeaderName; 5] =
+        [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId, HeaderName::CSeq];
     let mut counts = [0u32; CHECKED.len()];
     let mut cseq: &[u8] = b"";
     for header in msg.headers() {
@@ -146,7 +147,12 @@ fn has_tag(to_value: &[u8]) -> bool {
 pub fn write_response(request: &Message<'_>, status: u16, reason: &str, tag: ToTag, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"SIP/2.0 ");
-    out.extend_from_slice(&[b'0' + (status / 100 % 10) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8, b' ']);
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for header in request.headers() {
@@ -211,7 +217,8 @@ mod tests {
 
     #[test]
     fn an_existing_to_tag_is_kept() {
-        let req = request("OPTIONS sip:e SIP/2.0\nVia: x\nFrom: f\nTo: <sip:e>;TAG=77\nCall-ID: c\nCSeq: 1 OPTIONS\n\n");
+        let req =
+            request("OPTIONS sip:e SIP/2.0\nVia: x\nFrom: f\nTo: <sip:e>;TAG=77\nCall-ID: c\nCSeq: 1 OPTIONS\n\n");
         let msg = Message::parse(&req).unwrap();
         let mut out = Vec::new();
         write_response(&msg, 200, "OK", ToTag::for_node("n"), &mut out);
@@ -223,7 +230,10 @@ mod tests {
     fn request_checks_name_the_problem() {
         let cases = [
             ("Via: x\nFrom: f\nTo: t\nCSeq: 1 OPTIONS\n", Err(RequestError::Missing(HeaderName::CallId))),
-            ("Via: x\nFrom: f\nTo: t\nt: u\nCall-ID: c\nCSeq: 1 OPTIONS\n", Err(RequestError::Duplicate(HeaderName::To))),
+            (
+                "Via: x\nFrom: f\nTo: t\nt: u\nCall-ID: c\nCSeq: 1 OPTIONS\n",
+                Err(RequestError::Duplicate(HeaderName::To)),
+            ),
             ("Via: x\nFrom:  \nTo: t\nCall-ID: c\nCSeq: 1 OPTIONS\n", Err(RequestError::Empty(HeaderName::From))),
             ("Via: x\nFrom: f\nTo: t\nCall-ID: c\nCSeq: 2147483648 OPTIONS\n", Err(RequestError::BadCSeq)),
             ("Via: x\nFrom: f\nTo: t\nCall-ID: c\nCSeq: OPTIONS\n", Err(RequestError::BadCSeq)),
