@@ -11,7 +11,7 @@
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
 use anyhow::{Context as _, bail};
-use regedge::{datapath::Fastpath, engine::UdpEngine, local_names::LocalNames, sip::stateless::ToTag};
+use regedge::{datapath::Fastpath, engine::Engine, local_names::LocalNames, sip::stateless::ToTag};
 use regedge_tests::{
     fixtures::{crlf, options_request, stun_request},
     frames::{arp_frame, udp_frame},
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     let tag = ToTag::for_node(NODE);
     let mut fastpath = Fastpath::load().context("load the XDP program")?;
     fastpath.configure(&listen, &names, tag)?;
-    let engine = UdpEngine::new(names, tag);
+    let engine = Engine::new(names, tag, None);
 
     let mut rows = Vec::new();
     for fixture in fixtures(proxy_v4, proxy_v6) {
@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             let mut out = Vec::with_capacity(2048);
             let start = Instant::now();
             for _ in 0..ENGINE_RUNS {
-                std::hint::black_box(engine.on_datagram(std::hint::black_box(payload), *phone, &mut out));
+                std::hint::black_box(engine.answer_datagram(std::hint::black_box(payload), *phone, proxy_v4, &mut out));
             }
             start.elapsed().as_nanos() as f64 / ENGINE_RUNS as f64
         });

@@ -1,9 +1,10 @@
 //! The regedge config file: one TOML document with a documented default for every key.
 //!
 //! Loading reports every problem at once, each with its file and line: syntax errors,
-//! unknown keys and wrongly typed values (see `recovery`), then the semantic checks of
-//! `validate` on whatever could be read.
+//! unknown keys, wrongly typed values and missing required keys (see `recovery`), then the
+//! semantic checks of `validate` on whatever could be read.
 
+mod duration;
 mod error;
 mod recovery;
 mod spans;
@@ -12,11 +13,12 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml_edit::Document;
 
-pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, NameProblem};
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, FloatValue, MacPrefixProblem, NameProblem};
 
 /// The default config, every key present, commented and set to its default value.
 /// Operators start from it; [`Config::default_embedded`] parses it.
@@ -48,13 +50,93 @@ pin_path = "/sys/fs/bpf/regedge"
 [metrics]
 # Address of the Prometheus /metrics HTTP endpoint. Must differ from every sip.listen.
 listen = "127.0.0.1:9100"
+
+# Durations below are an integer and a unit, ms, s, m or h: "500ms", "10s", "5m", "1h".
+
+[registration]
+# Registration lifetime granted to phones, in seconds: 10 to 86400.
+phone_expires = 120
+# Registration lifetime asked of the backends, in seconds: phone_expires to 86400.
+backend_expires = 3600
+# Fraction, 0.0 to 0.5, by which each grant to a phone is randomly shortened so that
+# refreshes spread out (like Kamailio's expires_range); 0.0 grants phone_expires exactly.
+expires_jitter = 0.1
+# A binding lapses this long after the phone's registration expires unrefreshed.
+lapse_grace = "10s"
+# A REGISTER forwarded to a backend without a final answer after this long counts as a
+# failure of that backend. More than zero.
+transaction_timeout = "4s"
+
+[health]
+# Time between two health probes of a backend. More than zero.
+interval = "2s"
+# Time a probe may take before it counts as failed: more than zero, less than interval.
+timeout = "1s"
+# Consecutive failed probes that mark an up backend down; at least 1.
+down_after = 2
+# Consecutive successful probes that mark a down backend up; at least 1.
+up_after = 2
+
+[routing]
+# Group of the phones that no [[rules]] entry matches. Must be the name of a [[groups]]
+# entry if there is any; with no group at all there is no registration edge.
+default_group = "default"
+
+# Backends, groups and rules have no default: there are none unless written.
+#
+# [[backends]]: a call-manager node registrations are forwarded to. Keys:
+#   name               required; 1 to 64 characters from A-Z a-z 0-9 . _ -; unique
+#   address            required; "ip:port" of the node, port not 0
+#   protocol           "sip" (default) or "sccp"
+#   transport          "udp" (default) or "tcp"; protocol "sccp" needs "tcp"
+#   max_register_rate  most REGISTERs forwarded to it per second, at least 1; default 200
+#
+# [[groups]]: backends that serve the same phones, in priority order. Keys:
+#   name               required; same characters as a backend name; unique
+#   backends           required; 1 to 8 backend names, no repeats, all of one protocol
+#
+# [[rules]]: which group a phone registers through; the first matching rule wins, and
+# routing.default_group takes the rest. Keys:
+#   group              required; name of a [[groups]] entry
+#   and exactly one of
+#   device             glob on the device name, with * (any run of characters) and
+#                      ? (one character), e.g. "SEP0011*"; 1 to 64 characters
+#   mac_prefix         start of the MAC address: 1 to 12 hex digits, optionally
+#                      separated by : - or ., e.g. "00:11:22", "0011.22" or "001122"
+#   domain             domain of the address of record, e.g. "branch.example.net"
+#
+# For example:
+#[[backends]]
+#name = "cucm-a"
+#address = "192.0.2.11:5060"
+#
+#[[backends]]
+#name = "cucm-b"
+#address = "192.0.2.12:5060"
+#transport = "tcp"
+#
+#[[groups]]
+#name = "default"
+#backends = ["cucm-a", "cucm-b"]
+#
+#[[groups]]
+#name = "lab"
+#backends = ["cucm-b"]
+#
+#[[rules]]
+#group = "lab"
+#device = "SEP0011*"
+#
+#[[rules]]
+#group = "lab"
+#domain = "lab.example.net"
 "#;
 
 /// Origin named in the errors of [`DEFAULT_CONFIG_TOML`].
 const EMBEDDED_ORIGIN: &str = "<embedded default config>";
 
 /// The whole config file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[node]`: identity and threading of this node. Default: see [`NodeConfig`].
@@ -65,6 +147,22 @@ pub struct Config {
     pub fastpath: FastpathConfig,
     /// `[metrics]`: the Prometheus endpoint. Default: see [`MetricsConfig`].
     pub metrics: MetricsConfig,
+    /// `[registration]`: registration lifetimes and timeouts. Default: see
+    /// [`RegistrationConfig`].
+    pub registration: RegistrationConfig,
+    /// `[health]`: health probing of the backends. Default: see [`HealthConfig`].
+    pub health: HealthConfig,
+    /// `[routing]`: where phones that no rule matches go. Default: see [`RoutingConfig`].
+    pub routing: RoutingConfig,
+    /// `[[backends]]`: the call-manager nodes registrations are forwarded to, names unique.
+    /// Default: none.
+    pub backends: Vec<BackendConfig>,
+    /// `[[groups]]`: backends serving the same phones, names unique. No group at all means
+    /// no registration edge. Default: none.
+    pub groups: Vec<GroupConfig>,
+    /// `[[rules]]`: which group a phone registers through, first match wins; phones that
+    /// no rule matches go to `routing.default_group`. Default: none.
+    pub rules: Vec<RuleConfig>,
 }
 
 /// `[node]`: identity and threading of this node.
@@ -173,6 +271,220 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[registration]`: registration lifetimes and timeouts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Registration lifetime granted to phones, in seconds: 10 to 86400. Default: 120.
+    pub phone_expires: u32,
+    /// Registration lifetime asked of the backends, in seconds: at least `phone_expires`,
+    /// at most 86400. Default: 3600.
+    pub backend_expires: u32,
+    /// Fraction, 0.0 to 0.5, by which each grant to a phone is randomly shortened so that
+    /// refreshes spread out (like Kamailio's `expires_range`). Default: 0.1.
+    pub expires_jitter: f64,
+    /// A binding lapses at the phone's expiry plus this grace. Default: `"10s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub lapse_grace: Duration,
+    /// A REGISTER forwarded to a backend without a final answer after this long is a
+    /// failure of that backend; more than zero. Default: `"4s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub transaction_timeout: Duration,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            phone_expires: 120,
+            backend_expires: 3600,
+            expires_jitter: 0.1,
+            lapse_grace: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// `[health]`: health probing of the backends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between two probes of a backend; more than zero. Default: `"2s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub interval: Duration,
+    /// Time a probe may take before it counts as failed: more than zero, less than
+    /// `interval`. Default: `"1s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark an up backend down; at least 1. Default: 2.
+    pub down_after: u32,
+    /// Consecutive successful probes that mark a down backend up; at least 1. Default: 2.
+    pub up_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(2), timeout: Duration::from_secs(1), down_after: 2, up_after: 2 }
+    }
+}
+
+/// `[routing]`: where phones that no rule matches go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Group of the phones that no `[[rules]]` entry matches; must be the name of a
+    /// `[[groups]]` entry when there is any. Default: `"default"`.
+    pub default_group: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self { default_group: "default".to_owned() }
+    }
+}
+
+/// A `[[backends]]` entry: a call-manager node registrations are forwarded to.
+/// `name` and `address` are required; there is no default backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Name in groups, logs and metrics: 1 to 64 characters from `[A-Za-z0-9._-]`, unique
+    /// among backends. Required.
+    pub name: String,
+    /// Address of the node; port not 0. Required.
+    pub address: SocketAddr,
+    /// Protocol the node speaks. Default: `sip`.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    /// Transport to the node; `tcp` when `protocol` is `sccp`. Default: `udp`.
+    #[serde(default)]
+    pub transport: BackendTransport,
+    /// Most REGISTERs forwarded to this node per second; at least 1. Default: 200.
+    #[serde(default = "default_max_register_rate")]
+    pub max_register_rate: u32,
+}
+
+fn default_max_register_rate() -> u32 {
+    200
+}
+
+/// The protocol a backend speaks, written in lowercase in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// SIP.
+    #[default]
+    Sip,
+    /// Cisco SCCP (Skinny), over TCP only.
+    Sccp,
+}
+
+impl BackendProtocol {
+    /// The spelling used in the config file.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Sip => "sip",
+            Self::Sccp => "sccp",
+        }
+    }
+}
+
+impl fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The transport to a backend, written in lowercase in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTransport {
+    /// UDP.
+    #[default]
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl BackendTransport {
+    /// The spelling used in the config file.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for BackendTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A `[[groups]]` entry: backends that serve the same phones. Both keys are required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Name in rules, `routing.default_group`, logs and metrics: 1 to 64 characters from
+    /// `[A-Za-z0-9._-]`, unique among groups. Required.
+    pub name: String,
+    /// Names of `[[backends]]` entries in priority order, first preferred: 1 to 8, no
+    /// repeats, all of the same protocol. Required.
+    pub backends: Vec<String>,
+}
+
+/// A `[[rules]]` entry: phones it matches register through `group`. `group` is required,
+/// and exactly one of `device`, `mac_prefix`, `domain` must be set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Name of a `[[groups]]` entry. Required.
+    pub group: String,
+    /// Glob on the device name: `*` matches any run of characters, `?` one character,
+    /// everything else itself, e.g. `"SEP0011*"`. 1 to 64 printable ASCII characters, without
+    /// whitespace or `[ ] { } \`. Default: unset.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Start of the device's MAC address: 1 to 12 hex digits in either case, optionally
+    /// separated by `:`, `-` or `.`, e.g. `"00:11:22"`, `"0011.22"`, `"001122"`. Default: unset.
+    #[serde(default)]
+    pub mac_prefix: Option<String>,
+    /// Domain of the address of record, a host name (letters, digits, `-`, `.`; up to 253
+    /// bytes), compared case-insensitively. Default: unset.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// What a rule matches, as [`RuleConfig::matcher`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RuleMatcher {
+    /// A glob on the device name, as written: `*` any run of characters, `?` one character.
+    Device(String),
+    /// A MAC address prefix, normalized to lowercase hex digits without separators
+    /// (`"00:11:2A"` becomes `"00112a"`).
+    MacPrefix(String),
+    /// An address-of-record domain, in lowercase.
+    Domain(String),
+}
+
+impl RuleConfig {
+    /// What this rule matches.
+    ///
+    /// # Panics
+    /// If the rule does not set exactly one of `device`, `mac_prefix`, `domain`, which
+    /// [`Config::from_toml`] rules out.
+    pub fn matcher(&self) -> RuleMatcher {
+        match (&self.device, &self.mac_prefix, &self.domain) {
+            (Some(pattern), None, None) => RuleMatcher::Device(pattern.clone()),
+            (None, Some(prefix), None) => RuleMatcher::MacPrefix(
+                prefix.chars().filter(char::is_ascii_hexdigit).map(|digit| digit.to_ascii_lowercase()).collect(),
+            ),
+            (None, None, Some(domain)) => RuleMatcher::Domain(domain.to_ascii_lowercase()),
+            _ => panic!("rule for group {:?} must set exactly one of device, mac_prefix, domain", self.group),
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks the config file at `path`; errors name it as their origin.
     pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -189,11 +501,15 @@ impl Config {
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         let document =
             Document::parse(text).map_err(|err| ConfigErrors::new(origin, vec![ConfigError::syntax(text, &err)]))?;
-        let recovered = recovery::deserialize_reporting_all(text);
+        let recovered = recovery::deserialize_reporting_all(text, &document);
         let mut errors = recovered.errors;
         if let Some(config) = &recovered.config {
-            let issues = validate::check(config);
-            errors.extend(issues.into_iter().map(|issue| issue.located_in(&document)));
+            // The config was read from the text with its offending entries blanked out, so
+            // its issues are located there: a `[[table]]` entry after a blanked one keeps its
+            // index. Lines are the same in both texts.
+            let read = Document::parse(recovered.text.as_str()).ok();
+            let issues = validate::check(config, &document);
+            errors.extend(issues.into_iter().map(|issue| issue.located_in(read.as_ref().unwrap_or(&document))));
         }
         match recovered.config {
             Some(config) if errors.is_empty() => Ok(config),

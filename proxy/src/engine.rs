@@ -1,11 +1,12 @@
-//! The protocol core for UDP datagrams: no I/O, no clock. The mio shell hands it a
-//! datagram and the sender; it writes the reply (if any) into a buffer the shell owns and
-//! says what happened, for the shell to send and count.
+//! The protocol core for SIP and STUN over UDP (and, message by message, TCP): no I/O,
+//! no clock. The shell hands it a message, the flow it came from and the time; it writes
+//! the answer to the sender into one buffer, messages for elsewhere (backends, relayed
+//! responses) into another, and says what happened, for the shell to send and count.
 //!
-//! Today it answers the steady-state keepalives — STUN, CRLF, OPTIONS to the proxy — with
-//! the bytes the XDP program sends for the same request, rejects malformed requests with
-//! a 400 that names the problem, and answers other requests 501 (registration and call
-//! routing come with the registration edge).
+//! Keepalives — STUN, CRLF, OPTIONS to the proxy — get the bytes the XDP program sends
+//! for the same request; REGISTERs go to the registrar when failover groups are
+//! configured; malformed requests get a 400 that names the problem; other requests get
+//! 501 (call routing comes with a later issue).
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,8 @@ use regedge_common::{ReplyKind, sip::CRLF_KEEPALIVES};
 
 use crate::{
     local_names::LocalNames,
+    registrar::{Now, Registrar, RegistrationOutcome, Send},
+    registry::{Flow, Transport},
     sip::{
         Message, ParseError, StartLine,
         stateless::{self, RequestError, ToTag},
@@ -32,6 +35,10 @@ pub enum Outcome {
     Rejected(Rejection),
     /// Nothing to send.
     Dropped(DropReason),
+    /// A REGISTER handled by the registrar.
+    Registration(RegistrationOutcome),
+    /// A backend's response relayed toward a phone.
+    Relayed,
 }
 
 /// Error responses the edge sends itself.
@@ -106,35 +113,61 @@ impl DropReason {
     }
 }
 
-/// Per-node facts the answers depend on.
-#[derive(Clone, Debug)]
-pub struct UdpEngine {
+/// The protocol core of a node.
+pub struct Engine {
     local_names: LocalNames,
     to_tag: ToTag,
+    /// `None` when no failover group is configured: REGISTERs are then answered 501.
+    pub registrar: Option<Registrar>,
 }
 
-impl UdpEngine {
-    pub fn new(local_names: LocalNames, to_tag: ToTag) -> Self {
-        Self { local_names, to_tag }
+/// What one message makes the node send: the answer to its sender, and the rest.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub reply: Vec<u8>,
+    pub sends: Vec<Send>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.reply.clear();
+        self.sends.clear();
+    }
+}
+
+impl Engine {
+    pub fn new(local_names: LocalNames, to_tag: ToTag, registrar: Option<Registrar>) -> Self {
+        Self { local_names, to_tag, registrar }
     }
 
-    /// Handles one datagram from `peer`; a reply, if any, is left in `out`.
-    pub fn on_datagram(&self, payload: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> Outcome {
+    /// Handles one datagram from `peer` with no registrar state involved (keepalives,
+    /// errors): the answer, if any, is left in `reply`. Used where only the answer to the
+    /// sender matters (parity with the kernel).
+    pub fn answer_datagram(&self, payload: &[u8], peer: SocketAddr, local: SocketAddr, reply: &mut Vec<u8>) -> Outcome {
+        let mut output = Output { reply: std::mem::take(reply), sends: Vec::new() };
+        let flow = Flow { transport: Transport::Udp, peer, local, connection: None };
+        let outcome = self.on_datagram(payload, flow, Now { mono_ms: 0, unix_secs: 0 }, &mut output);
+        *reply = output.reply;
+        outcome
+    }
+
+    /// Handles one datagram (or one framed TCP message) from `flow`.
+    pub fn on_datagram(&self, payload: &[u8], flow: Flow, now: Now, out: &mut Output) -> Outcome {
         out.clear();
         if CRLF_KEEPALIVES.contains(&payload) {
             return Outcome::Absorbed(ReplyKind::Crlf);
         }
-        if stun::is_stun(payload) {
-            return match stun::answer(payload, peer, out) {
+        if flow.transport == Transport::Udp && stun::is_stun(payload) {
+            return match stun::answer(payload, flow.peer, &mut out.reply) {
                 StunOutcome::Success => Outcome::Replied(ReplyKind::Stun),
                 StunOutcome::UnknownAttributes => Outcome::Rejected(Rejection::StunUnknownAttributes),
                 StunOutcome::NotBindingRequest | StunOutcome::Malformed => Outcome::Dropped(DropReason::StunIgnored),
             };
         }
-        self.on_sip(payload, out)
+        self.on_sip(payload, flow, now, out)
     }
 
-    fn on_sip(&self, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+    fn on_sip(&self, payload: &[u8], flow: Flow, now: Now, out: &mut Output) -> Outcome {
         let (msg, framing_error) = match Message::parse(payload) {
             Ok(msg) => (msg, None),
             Err(err) => match Message::frame(payload) {
@@ -143,6 +176,12 @@ impl UdpEngine {
             },
         };
         let StartLine::Request { method, uri } = msg.start else {
+            if framing_error.is_none()
+                && let Some(registrar) = &self.registrar
+                && registrar.on_response(&msg, payload, now, &mut out.sends)
+            {
+                return Outcome::Relayed;
+            }
             return Outcome::Dropped(DropReason::StrayResponse);
         };
         if method == b"ACK" {
@@ -152,16 +191,28 @@ impl UdpEngine {
             if !err.is_answerable() {
                 return Outcome::Dropped(DropReason::Unanswerable);
             }
-            return self.reject(&msg, Rejection::BadRequest(err), out);
+            return self.reject(&msg, Rejection::BadRequest(err), &mut out.reply);
         }
         if let Some(err) = framing_error {
-            return self.reject(&msg, Rejection::Malformed(err), out);
+            return self.reject(&msg, Rejection::Malformed(err), &mut out.reply);
         }
         if method == b"OPTIONS" && uri::proxy_host(uri).is_some_and(|h| self.local_names.contains(h)) {
-            stateless::write_response(&msg, 200, "OK", self.to_tag, out);
+            stateless::write_response(&msg, 200, "OK", self.to_tag, &mut out.reply);
             return Outcome::Replied(ReplyKind::Options);
         }
-        self.reject(&msg, Rejection::NotImplemented, out)
+        if method == b"REGISTER"
+            && let Some(registrar) = &self.registrar
+        {
+            return Outcome::Registration(registrar.on_register(
+                &msg,
+                payload,
+                flow,
+                now,
+                &mut out.reply,
+                &mut out.sends,
+            ));
+        }
+        self.reject(&msg, Rejection::NotImplemented, &mut out.reply)
     }
 
     fn reject(&self, msg: &Message<'_>, rejection: Rejection, out: &mut Vec<u8>) -> Outcome {
@@ -169,15 +220,22 @@ impl UdpEngine {
         stateless::write_response(msg, status, reason, self.to_tag, out);
         Outcome::Rejected(rejection)
     }
+
+    /// Timers (once per tick from one event loop).
+    pub fn on_tick(&self, now: Now, sends: &mut Vec<Send>) {
+        if let Some(registrar) = &self.registrar {
+            registrar.on_tick(now, sends);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn engine() -> UdpEngine {
+    fn engine() -> Engine {
         let listen = ["192.0.2.1:5060".parse().unwrap()];
-        UdpEngine::new(LocalNames::new(&["edge.example.net".into()], &listen, &[]), ToTag::for_node("t"))
+        Engine::new(LocalNames::new(&["edge.example.net".into()], &listen, &[]), ToTag::for_node("t"), None)
     }
 
     fn sip(text: &str) -> Vec<u8> {
@@ -188,7 +246,8 @@ mod tests {
 
     fn run(payload: &[u8]) -> (Outcome, String) {
         let mut out = Vec::new();
-        let outcome = engine().on_datagram(payload, PEER.parse().unwrap(), &mut out);
+        let outcome =
+            engine().answer_datagram(payload, PEER.parse().unwrap(), "192.0.2.1:5060".parse().unwrap(), &mut out);
         (outcome, String::from_utf8_lossy(&out).into_owned())
     }
 

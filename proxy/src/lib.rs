@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`engine`]: protocol decisions without I/O.
+//! - [`registrar`], [`registry`], [`failover`]: the registration edge: bindings, the
+//!   absorb-or-forward decision, failover groups, health state and rate limits.
 //! - [`sip`], [`stun`]: message parsing and the responses the edge sends itself.
 //! - [`local_names`]: what "this proxy" means in a Request-URI.
 //! - [`datapath`]: the XDP fast path seen from userspace.
@@ -13,9 +15,13 @@
 pub mod config;
 pub mod datapath;
 pub mod engine;
+pub mod failover;
+pub mod health;
 pub mod io;
 pub mod local_names;
 pub mod metrics;
+pub mod registrar;
+pub mod registry;
 pub mod run;
 pub mod sip;
 pub mod stun;

@@ -16,7 +16,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
@@ -25,6 +25,9 @@ use regedge_common::{PassReason, ReplyKind};
 use crate::{
     datapath::KernelCounters,
     engine::{DropReason, Outcome, Rejection},
+    failover::BackendState,
+    io::udp::Shared,
+    registrar::{RESPONSE_BUCKETS_MS, Registrar, RegistrationOutcome},
 };
 
 /// Metric names.
@@ -43,6 +46,22 @@ pub mod names {
     pub const USERSPACE_DROPPED: &str = "regedge_userspace_dropped";
     /// `regedge_build_info{version}`: always 1.
     pub const BUILD_INFO: &str = "regedge_build_info";
+    /// `regedge_registrations_total{protocol,outcome}`: REGISTERs by what became of them.
+    pub const REGISTRATIONS: &str = "regedge_registrations";
+    /// `regedge_bindings{protocol}`: phones registered through this node.
+    pub const BINDINGS: &str = "regedge_bindings";
+    /// `regedge_backend_up{backend}`: 1 when the backend is up, else 0.
+    pub const BACKEND_UP: &str = "regedge_backend_up";
+    /// `regedge_backend_bindings{backend}`: bindings held on each backend.
+    pub const BACKEND_BINDINGS: &str = "regedge_backend_bindings";
+    /// `regedge_failovers_total{group}`: phones moved off a backend that went down or drained.
+    pub const FAILOVERS: &str = "regedge_failovers";
+    /// `regedge_backend_response_seconds`: time from forwarding a REGISTER to its final answer.
+    pub const BACKEND_RESPONSE: &str = "regedge_backend_response_seconds";
+    /// `regedge_backend_timeouts_total`: forwarded REGISTERs that got no final answer in time.
+    pub const BACKEND_TIMEOUTS: &str = "regedge_backend_timeouts";
+    /// `regedge_bindings_lapsed_total`: bindings whose phone stopped refreshing.
+    pub const BINDINGS_LAPSED: &str = "regedge_bindings_lapsed";
 }
 
 /// Counters the event loops bump; lock-free, summed at scrape time.
@@ -59,6 +78,8 @@ impl UserspaceCounters {
             Outcome::Replied(kind) | Outcome::Absorbed(kind) => &self.replies[kind as usize],
             Outcome::Rejected(rejection) => &self.rejected[rejection.index()],
             Outcome::Dropped(reason) => &self.dropped[reason as usize],
+            // Counted by the registrar.
+            Outcome::Registration(_) | Outcome::Relayed => return,
         };
         slot.fetch_add(1, Ordering::Relaxed);
     }
@@ -69,9 +90,8 @@ impl UserspaceCounters {
 }
 
 /// Everything /metrics reports.
-#[derive(Debug)]
 pub struct MetricsCollector {
-    pub userspace: Arc<UserspaceCounters>,
+    pub shared: Arc<Shared>,
     /// `None` when the fast path is off.
     pub kernel: Option<Arc<KernelCounters>>,
     /// Attached interfaces per mode label.
@@ -124,7 +144,7 @@ impl Collector for MetricsCollector {
             ConstGauge::new(*count).encode(attached.encode_family(&[("mode", *mode)])?)?;
         }
 
-        let user = &self.userspace;
+        let user = &self.shared.counters;
         encode_counter(
             &mut encoder,
             names::USERSPACE_REPLIES,
@@ -145,9 +165,92 @@ impl Collector for MetricsCollector {
             "Datagrams userspace did not answer, by reason.",
             "reason",
             DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
-        )
+        )?;
+        if let Some(registrar) = &self.shared.engine.registrar {
+            encode_registrar(&mut encoder, registrar)?;
+        }
+        Ok(())
     }
 }
+
+impl std::fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsCollector").finish_non_exhaustive()
+    }
+}
+
+fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> std::fmt::Result {
+    let stats = &registrar.stats;
+    let mut registrations = encoder.encode_descriptor(
+        names::REGISTRATIONS,
+        "REGISTERs by what became of them.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, count) in RegistrationOutcome::ALL.iter().zip(&stats.outcomes) {
+        let labels = [("protocol", "sip"), ("outcome", outcome.label())];
+        ConstCounter::new(count.load(Ordering::Relaxed)).encode(registrations.encode_family(&labels)?)?;
+    }
+    let mut bindings =
+        encoder.encode_descriptor(names::BINDINGS, "Phones registered through this node.", None, MetricType::Gauge)?;
+    ConstGauge::new(registrar.registry.len() as i64).encode(bindings.encode_family(&[("protocol", "sip")])?)?;
+
+    let routing = &registrar.routing;
+    let per_backend = registrar.registry.per_backend(routing.backends.len());
+    let mut up = encoder.encode_descriptor(names::BACKEND_UP, "1 when the backend is up.", None, MetricType::Gauge)?;
+    for backend in &routing.backends {
+        let state = i64::from(backend.state() == BackendState::Up);
+        ConstGauge::new(state).encode(up.encode_family(&[("backend", backend.name.as_str())])?)?;
+    }
+    let mut held = encoder.encode_descriptor(
+        names::BACKEND_BINDINGS,
+        "Bindings held on each backend.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (backend, count) in routing.backends.iter().zip(per_backend) {
+        ConstGauge::new(count as i64).encode(held.encode_family(&[("backend", backend.name.as_str())])?)?;
+    }
+    let mut failovers = encoder.encode_descriptor(
+        names::FAILOVERS,
+        "Phones moved to another backend of their group.",
+        None,
+        MetricType::Counter,
+    )?;
+    for group in &routing.groups {
+        let count = stats.failovers.get(&group.name).map_or(0, |c| *c);
+        ConstCounter::new(count).encode(failovers.encode_family(&[("group", group.name.as_str())])?)?;
+    }
+    let mut timeouts = encoder.encode_descriptor(
+        names::BACKEND_TIMEOUTS,
+        "Forwarded REGISTERs without a final answer in time.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(stats.backend_timeouts.load(Ordering::Relaxed)).encode(timeouts.encode_family(&NO_LABELS)?)?;
+    let mut lapsed = encoder.encode_descriptor(
+        names::BINDINGS_LAPSED,
+        "Bindings whose phone stopped refreshing.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(stats.lapsed.load(Ordering::Relaxed)).encode(lapsed.encode_family(&NO_LABELS)?)?;
+
+    let counts: Vec<u64> = stats.response_ms.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let mut buckets: Vec<(f64, u64)> =
+        RESPONSE_BUCKETS_MS.iter().zip(&counts).map(|(ms, c)| (*ms as f64 / 1000.0, *c)).collect();
+    buckets.push((f64::MAX, counts[RESPONSE_BUCKETS_MS.len()]));
+    let sum = stats.response_ms_sum.load(Ordering::Relaxed) as f64 / 1000.0;
+    let mut histogram = encoder.encode_descriptor(
+        names::BACKEND_RESPONSE,
+        "Time from forwarding a REGISTER to its final answer.",
+        None,
+        MetricType::Histogram,
+    )?;
+    histogram.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+}
+
+const NO_LABELS: [(&str, &str); 0] = [];
 
 /// The /metrics endpoint on its own thread.
 pub struct MetricsServer {

@@ -10,13 +10,19 @@ use signal_hook::{
     iterator::Signals,
 };
 
+use std::net::{IpAddr, SocketAddr};
+
 use crate::{
-    config::{Config, FastpathMode},
+    config::{BackendTransport, Config, FastpathMode},
     datapath::{DatapathError, Fastpath},
-    engine::UdpEngine,
-    io::udp::UdpWorkers,
+    engine::Engine,
+    failover::Routing,
+    health::HealthChecker,
+    io::udp::{Shared, UdpWorkers},
     local_names::{self, LocalNames},
-    metrics::{MetricsCollector, MetricsServer, UserspaceCounters},
+    metrics::{MetricsCollector, MetricsServer},
+    registrar::{Node, Policy, Registrar},
+    registry::Transport,
     sip::stateless::ToTag,
 };
 
@@ -34,16 +40,38 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let userspace = Arc::new(UserspaceCounters::default());
-    let engine = Arc::new(UdpEngine::new(names, tag));
-    let udp = UdpWorkers::start(&config.sip.listen, workers, engine, Arc::clone(&userspace))?;
+    let routing = Arc::new(Routing::from_config(&config));
+    let backend_listener = backend_listeners(&config)?;
+    let registrar = (!routing.is_empty()).then(|| {
+        let backend_facing = backend_listener.iter().map(|(_, facing)| (Transport::Udp, *facing)).collect();
+        let node = Node { to_tag: tag, backend_facing, token_key: random_u64() };
+        Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
+    });
+    let shared = Arc::new(Shared {
+        engine: Engine::new(names, tag, registrar),
+        counters: Default::default(),
+        clock: Default::default(),
+    });
+    let (health_tx, health_rx) = crossbeam_channel::unbounded();
+    let udp = UdpWorkers::start(
+        &config.sip.listen,
+        workers,
+        Arc::clone(&shared),
+        backend_listener.iter().map(|(index, _)| *index).collect(),
+        Some(health_rx),
+    )?;
+    let waker = udp.timekeeper_waker();
+    let health = HealthChecker::start(&routing, &config.health, health_tx, move || {
+        let _ = waker.wake();
+    })
+    .context("starting health checks")?;
 
     let attached = fastpath.as_ref().map_or_else(Vec::new, |f| {
         ["native", "generic"]
             .map(|mode| (mode, f.attached().iter().filter(|(_, m)| m.label() == mode).count() as i64))
             .to_vec()
     });
-    let collector = MetricsCollector { userspace, kernel: fastpath.as_ref().map(Fastpath::counters), attached };
+    let collector = MetricsCollector { shared, kernel: fastpath.as_ref().map(Fastpath::counters), attached };
     let metrics = MetricsServer::start(config.metrics.listen, collector)
         .with_context(|| format!("starting the metrics endpoint on {}", config.metrics.listen))?;
 
@@ -51,12 +79,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         node = %config.node.name,
         sip = ?config.sip.listen,
         workers,
+        backends = routing.backends.len(),
+        groups = routing.groups.len(),
         metrics = %format!("http://{}/metrics", metrics.local_addr),
         fastpath = %describe(fastpath.as_ref()),
         "regedge running"
     );
     let signal = wait_for_shutdown()?;
     tracing::info!(signal, "shutting down");
+    drop(health);
     drop(udp);
     drop(metrics);
     if fastpath.is_some() {
@@ -64,6 +95,48 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("XDP program detached");
     }
     Ok(())
+}
+
+/// For each backend: the index of the listen address that talks to it (the first of its
+/// family), and that address as the backend reaches it (a wildcard resolved through the
+/// routing table). TCP backends are refused until the TCP transport reaches backends.
+fn backend_listeners(config: &Config) -> anyhow::Result<Vec<(usize, SocketAddr)>> {
+    config
+        .backends
+        .iter()
+        .map(|backend| {
+            anyhow::ensure!(
+                backend.transport == BackendTransport::Udp,
+                "backend {}: transport \"tcp\" is not supported yet; use \"udp\"",
+                backend.name
+            );
+            let (index, listen) = config
+                .sip
+                .listen
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.is_ipv4() == backend.address.is_ipv4())
+                .with_context(|| format!("backend {}: no [sip] listen address of its family", backend.name))?;
+            let ip = if listen.ip().is_unspecified() { source_address_toward(backend.address)? } else { listen.ip() };
+            Ok((index, SocketAddr::new(ip, listen.port())))
+        })
+        .collect()
+}
+
+/// The local address the routing table picks to reach `target`.
+fn source_address_toward(target: SocketAddr) -> anyhow::Result<IpAddr> {
+    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.connect(target).with_context(|| format!("no route to backend {target}"))?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// A key for flow tokens, fresh at every start.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.finish()
 }
 
 fn local_interface_addresses() -> anyhow::Result<Vec<std::net::IpAddr>> {

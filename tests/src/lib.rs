@@ -2,8 +2,11 @@
 //! namespaces joined by veth pairs, frame builders, keepalive fixtures, and the regedge
 //! binary run as a process.
 
+pub mod baresip;
 pub mod fixtures;
 pub mod frames;
+pub mod kamailio;
 pub mod netns;
 pub mod privilege;
 pub mod process;
+pub mod sipp;

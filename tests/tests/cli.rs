@@ -14,7 +14,7 @@ fn check_config_reports_every_error_with_its_line() {
     let dir = TempDir::new("check-config");
     let path = dir.write(
         "bad.toml",
-        "[node]\nname = \"edge 1\"\n\n[sip]\nlisten = [\"127.0.0.1:5060\"]\nlisen = 1\n\n[fastpath]\nmode = \"turbo\"\n\n[health]\ninterval = \"2s\"\n",
+        "[node]\nname = \"edge 1\"\n\n[sip]\nlisten = [\"127.0.0.1:5060\"]\nlisen = 1\n\n[fastpath]\nmode = \"turbo\"\n\n[alerts]\nemail = \"ops@example.net\"\n",
     );
     let out = Command::new(regedge_binary()).arg("check-config").arg(&path).output().expect("run regedge");
     let stderr = String::from_utf8_lossy(&out.stderr);

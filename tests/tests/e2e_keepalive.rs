@@ -12,7 +12,7 @@ use std::{
 
 use regedge::{
     datapath::{AttachMode, Fastpath},
-    engine::UdpEngine,
+    engine::Engine,
     local_names::LocalNames,
     sip::stateless::ToTag,
 };
@@ -103,8 +103,8 @@ impl Proxy {
     }
 
     /// What the userspace engine answers (the same bytes whichever side answers).
-    fn engine(&self) -> UdpEngine {
-        UdpEngine::new(LocalNames::new(&[LOCAL_NAME.to_owned()], &self.targets, &[]), ToTag::for_node(NODE))
+    fn engine(&self) -> Engine {
+        Engine::new(LocalNames::new(&[LOCAL_NAME.to_owned()], &self.targets, &[]), ToTag::for_node(NODE), None)
     }
 
     /// Stops regedge with SIGTERM: it must exit 0 and leave no XDP program on its veth.
@@ -158,7 +158,7 @@ fn exchange(proxy: &Proxy) -> Sent {
             .unwrap_or_else(|| panic!("no STUN reply to {me}"));
         assert_eq!(decode_stun_success(&reply), Some((transaction, me)), "STUN reply to {me}");
         let mut expected = Vec::new();
-        engine.on_datagram(&stun_request(transaction, &[]), me, &mut expected);
+        engine.answer_datagram(&stun_request(transaction, &[]), me, server, &mut expected);
         assert_eq!(reply, expected, "STUN reply differs from the userspace answer");
         sent.stun += 1;
 
@@ -168,7 +168,7 @@ fn exchange(proxy: &Proxy) -> Sent {
             let reply = send_and_receive(&socket, server, &request, REPLY_WAIT)
                 .unwrap_or_else(|| panic!("no reply to OPTIONS {uri} from {me}"));
             let mut expected = Vec::new();
-            engine.on_datagram(&request, me, &mut expected);
+            engine.answer_datagram(&request, me, server, &mut expected);
             assert_eq!(String::from_utf8_lossy(&reply), String::from_utf8_lossy(&expected), "OPTIONS {uri}");
             assert!(reply.starts_with(b"SIP/2.0 200 OK\r\n"));
             sent.options += 1;

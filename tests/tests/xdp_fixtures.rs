@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use regedge::{
     datapath::Fastpath,
-    engine::{Outcome, UdpEngine},
+    engine::{Engine, Outcome},
     local_names::LocalNames,
     sip::stateless::ToTag,
 };
@@ -496,7 +496,7 @@ fn fixture_table() {
         return;
     }
     let fastpath = load();
-    let engine = UdpEngine::new(local_names(), ToTag::for_node(NODE));
+    let engine = Engine::new(local_names(), ToTag::for_node(NODE), None);
     let mut failures = Vec::new();
     for row in rows() {
         let before = counters(&fastpath);
@@ -528,7 +528,7 @@ fn fixture_table() {
                     }
                     // Parity: the userspace engine answers the same request with the same bytes.
                     let mut user = Vec::new();
-                    let outcome = engine.on_datagram(&row.payload, row.phone, &mut user);
+                    let outcome = engine.answer_datagram(&row.payload, row.phone, row.proxy, &mut user);
                     if outcome != Outcome::Replied(*kind) || user != reply.payload {
                         return Err(format!("userspace differs ({outcome:?}):\n{}", String::from_utf8_lossy(&user)));
                     }
@@ -542,7 +542,7 @@ fn fixture_table() {
                         return Err(format!("action {}, want XDP_DROP", run.action));
                     }
                     let mut user = Vec::new();
-                    if engine.on_datagram(&row.payload, row.phone, &mut user) != Outcome::Absorbed(*kind)
+                    if engine.answer_datagram(&row.payload, row.phone, row.proxy, &mut user) != Outcome::Absorbed(*kind)
                         || !user.is_empty()
                     {
                         return Err("userspace does not absorb it the same way".into());

@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use super::FastpathMode;
+use super::duration::Shown;
 use super::spans::line_of;
+use super::{BackendProtocol, FastpathMode};
 
 /// Every problem found in one config file, sorted by line.
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +117,101 @@ pub enum ConfigErrorKind {
     /// `metrics.listen` is also a `sip.listen` address.
     #[error("metrics.listen address {addr} is also in sip.listen")]
     MetricsListenCollides { addr: SocketAddr },
+
+    /// `registration.phone_expires` is outside `min..=max` seconds.
+    #[error("registration.phone_expires = {seconds} is outside the allowed {min} to {max} seconds")]
+    PhoneExpiresOutOfRange { seconds: u32, min: u32, max: u32 },
+    /// `registration.backend_expires` is shorter than `registration.phone_expires`.
+    #[error(
+        "registration.backend_expires = {backend_expires} is less than registration.phone_expires = {phone_expires}"
+    )]
+    BackendExpiresBelowPhoneExpires { backend_expires: u32, phone_expires: u32 },
+    /// `registration.backend_expires` is above the maximum.
+    #[error("registration.backend_expires = {seconds} is more than the maximum of {max} seconds")]
+    BackendExpiresTooLong { seconds: u32, max: u32 },
+    /// `registration.expires_jitter` is outside `0.0..=max` (or not a number).
+    #[error("registration.expires_jitter = {jitter} is outside the allowed 0.0 to {max}")]
+    ExpiresJitterOutOfRange { jitter: FloatValue, max: FloatValue },
+    /// A duration that must be positive is zero; `key` is its full name, such as
+    /// `"health.interval"`.
+    #[error("{key} is zero; it must be more than zero")]
+    ZeroDuration { key: &'static str },
+
+    /// `health.timeout` is not shorter than `health.interval`.
+    #[error("health.timeout = \"{}\" must be shorter than health.interval = \"{}\"", Shown(*timeout), Shown(*interval))]
+    HealthTimeoutNotBelowInterval { timeout: Duration, interval: Duration },
+    /// A count that must be at least 1 is 0; `key` is its full name, such as
+    /// `"health.down_after"`.
+    #[error("{key} = 0 must be at least 1")]
+    ZeroCount { key: &'static str },
+
+    /// `routing.default_group` names no group, though groups are configured.
+    #[error("routing.default_group {group:?} is not the name of a [[groups]] entry")]
+    DefaultGroupUnknown { group: String },
+
+    /// A backend's name breaks the naming rules.
+    #[error("backend name {name:?} {problem}")]
+    BackendName { name: String, problem: NameProblem },
+    /// Two `[[backends]]` entries have the same name (reported on the second).
+    #[error("backend name {name:?} is used by an earlier [[backends]] entry")]
+    BackendNameDuplicate { name: String },
+    /// A backend address has port 0.
+    #[error("backend {name:?} address {addr} has port 0")]
+    BackendPortZero { name: String, addr: SocketAddr },
+    /// A backend has `protocol = "sccp"` with `transport = "udp"`: SCCP runs over TCP only.
+    #[error("backend {name:?} has protocol = \"sccp\" and transport = \"udp\"; SCCP needs transport = \"tcp\"")]
+    SccpOverUdp { name: String },
+    /// A backend has `max_register_rate = 0`.
+    #[error("backend {name:?} max_register_rate = 0 must be at least 1")]
+    BackendRateZero { name: String },
+
+    /// A group's name breaks the naming rules.
+    #[error("group name {name:?} {problem}")]
+    GroupName { name: String, problem: NameProblem },
+    /// Two `[[groups]]` entries have the same name (reported on the second).
+    #[error("group name {name:?} is used by an earlier [[groups]] entry")]
+    GroupNameDuplicate { name: String },
+    /// A group lists no backend.
+    #[error("group {group:?} has no backends; at least one is needed")]
+    GroupBackendsEmpty { group: String },
+    /// A group lists more backends than allowed.
+    #[error("group {group:?} lists {count} backends; at most {max} are allowed")]
+    GroupTooManyBackends { group: String, count: usize, max: usize },
+    /// A group lists a name that is not that of a `[[backends]]` entry.
+    #[error("group {group:?} lists {backend:?}, which is not the name of a [[backends]] entry")]
+    GroupUnknownBackend { group: String, backend: String },
+    /// A group lists a backend more than once (reported on the repeat).
+    #[error("group {group:?} lists backend {backend:?} more than once")]
+    GroupBackendDuplicate { group: String, backend: String },
+    /// A group mixes protocols: `backend` speaks `protocol`, the group's first backend
+    /// `expected`.
+    #[error(
+        "group {group:?} mixes protocols: backend {backend:?} is {protocol}, the group's first backend is {expected}"
+    )]
+    GroupMixedProtocols { group: String, backend: String, protocol: BackendProtocol, expected: BackendProtocol },
+
+    /// A rule names a group that is not that of a `[[groups]]` entry.
+    #[error("rule group {group:?} is not the name of a [[groups]] entry")]
+    RuleUnknownGroup { group: String },
+    /// A rule sets none of `device`, `mac_prefix`, `domain`.
+    #[error("rule sets none of device, mac_prefix, domain; exactly one is needed")]
+    RuleWithoutMatcher,
+    /// A rule sets more than one of `device`, `mac_prefix`, `domain`; `keys` are those it sets.
+    #[error("rule sets {}; exactly one of device, mac_prefix, domain is allowed", keys.join(" and "))]
+    RuleWithSeveralMatchers { keys: Vec<&'static str> },
+    /// A rule's `device` glob breaks the pattern rules.
+    #[error("rule device pattern {pattern:?} {problem}")]
+    RuleDevice { pattern: String, problem: NameProblem },
+    /// A rule's `mac_prefix` is not a MAC address prefix.
+    #[error("rule mac_prefix {prefix:?} {problem}")]
+    RuleMacPrefix { prefix: String, problem: MacPrefixProblem },
+    /// A rule's `domain` breaks the host name rules.
+    #[error("rule domain {domain:?} {problem}")]
+    RuleDomain { domain: String, problem: NameProblem },
 }
 
-/// Why a name (node name, local name, interface name) is rejected.
+/// Why a name (node, backend or group name, local name, interface name, device pattern,
+/// rule domain) is rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameProblem {
     /// The name is the empty string.
@@ -132,4 +226,42 @@ pub enum NameProblem {
     /// The name starts with `[` but is not a bracketed IPv6 address.
     #[error("is not a valid bracketed IPv6 address")]
     InvalidIpv6Literal,
+    /// The host name starts or ends with `.`, or has two in a row.
+    #[error("has an empty label (a leading, trailing or doubled '.')")]
+    EmptyLabel,
+}
+
+/// Why a rule's `mac_prefix` is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MacPrefixProblem {
+    /// The prefix has no hex digit.
+    #[error("has no hex digit")]
+    Empty,
+    /// The prefix has `digits` hex digits, more than the `max` of a whole MAC address.
+    #[error("has {digits} hex digits; at most {max} are allowed")]
+    TooManyDigits { digits: usize, max: usize },
+    /// The prefix contains `ch`, neither a hex digit nor a separator (`:`, `-`, `.`).
+    #[error("contains {ch:?}, which is neither a hex digit nor one of ':' '-' '.'")]
+    InvalidChar { ch: char },
+    /// The prefix starts or ends with a separator, or has two in a row.
+    #[error("starts or ends with a separator, or has two in a row")]
+    MisplacedSeparator,
+}
+
+/// A floating-point value in an error, compared bit for bit so that errors can be `Eq`.
+#[derive(Debug, Clone, Copy)]
+pub struct FloatValue(pub f64);
+
+impl PartialEq for FloatValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for FloatValue {}
+
+impl fmt::Display for FloatValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
 }

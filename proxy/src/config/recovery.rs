@@ -1,7 +1,11 @@
-//! Deserialization that reports every unknown key and wrongly typed value, not just the
-//! first: serde stops at the first error, so after each one the entry it points at is
-//! blanked out (every byte but newlines turned into a space, so offsets and lines stay
-//! those of the original text) and the text is deserialized again.
+//! Deserialization that reports every unknown key, wrongly typed value and missing required
+//! key, not just the first: serde stops at the first error, so after each one the entry it
+//! points at is blanked out (every byte but newlines turned into a space, so offsets and
+//! lines stay those of the original text) and the text is deserialized again.
+//!
+//! A `[[table]]` entry missing a required key is blanked out as a whole. When that key was
+//! written but blanked out for an error of its own, the "missing field" that follows is not
+//! reported a second time.
 
 use std::ops::Range;
 
@@ -20,28 +24,79 @@ pub(super) struct Recovered {
     pub config: Option<Config>,
     /// One error per offending entry, in the order serde met them.
     pub errors: Vec<ConfigError>,
+    /// The text with every offending entry blanked out: `config` was read from it.
+    pub text: String,
 }
 
-/// Deserializes syntactically valid TOML `text`, collecting every serde error.
-pub(super) fn deserialize_reporting_all(text: &str) -> Recovered {
+/// Deserializes syntactically valid TOML `text`, parsed as `document`, collecting every
+/// serde error.
+pub(super) fn deserialize_reporting_all(text: &str, document: &Document<&str>) -> Recovered {
     let mut working = text.to_owned();
     let mut errors = Vec::new();
     for _ in 0..MAX_ROUNDS {
         let err = match toml::from_str::<Config>(&working) {
             Ok(config) => {
-                return Recovered { config: Some(config), errors };
+                return Recovered { config: Some(config), errors, text: working };
             }
             Err(err) => err,
         };
         let offset = err.span().map(|span| span.start);
-        let kind = ConfigErrorKind::Field { message: err.message().to_owned() };
-        errors.push(ConfigError::at_offset(text, offset, kind));
+        if !offset.is_some_and(|offset| is_blanked_key(document, offset, err.message())) {
+            let kind = ConfigErrorKind::Field { message: err.message().to_owned() };
+            errors.push(ConfigError::at_offset(text, offset, kind));
+        }
         match offset.and_then(|offset| blank_entry_at(&working, offset)) {
             Some(blanked) => working = blanked,
             None => break,
         }
     }
-    Recovered { config: None, errors }
+    Recovered { config: None, errors, text: working }
+}
+
+/// Whether `message` says a key is missing from the table at `offset` though the original
+/// `document` has it there: the key was blanked out for an error already reported.
+fn is_blanked_key(document: &Document<&str>, offset: usize, message: &str) -> bool {
+    let Some(key) = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) else {
+        return false;
+    };
+    // Not the root table, which may start at offset 0 too.
+    let table = document.as_table().iter().find_map(|(_, item)| table_at(item, offset));
+    table.is_some_and(|table| table.contains_key(key))
+}
+
+/// The table, `[[table]]` entry or inline table within `item` that starts at `offset`.
+fn table_at(item: &Item, offset: usize) -> Option<&dyn TableLike> {
+    let starts_there = |span: Option<Range<usize>>| span.is_some_and(|span| span.start == offset);
+    match item {
+        Item::Table(table) => {
+            if starts_there(table.span()) {
+                return Some(table);
+            }
+            table.iter().find_map(|(_, child)| table_at(child, offset))
+        }
+        Item::ArrayOfTables(tables) => tables.iter().find_map(|table| {
+            if starts_there(table.span()) {
+                return Some(table as &dyn TableLike);
+            }
+            table.iter().find_map(|(_, child)| table_at(child, offset))
+        }),
+        Item::Value(value) => value_table_at(value, offset),
+        Item::None => None,
+    }
+}
+
+/// The inline table within `value` that starts at `offset`.
+fn value_table_at(value: &Value, offset: usize) -> Option<&dyn TableLike> {
+    match value {
+        Value::InlineTable(table) => {
+            if table.span().is_some_and(|span| span.start == offset) {
+                return Some(table);
+            }
+            table.iter().find_map(|(_, child)| value_table_at(child, offset))
+        }
+        Value::Array(array) => array.iter().find_map(|element| value_table_at(element, offset)),
+        _ => None,
+    }
 }
 
 /// A part of the document that can be blanked out as a unit.
@@ -123,20 +178,31 @@ fn line_pair_ranges(table: &Table, text: &str) -> Vec<Range<usize>> {
     ranges
 }
 
-/// Pushes the pairs inside `value` if it is an inline table, each blanked along with the
-/// comma that separates it from a neighbour.
+/// Pushes the pairs inside `value` if it is an inline table, and the inline tables inside
+/// it if it is an array (such as `backends = [{ name = "a" }]`), each blanked along with
+/// the comma that separates it from a neighbour.
 fn collect_inline_entries(value: &Value, text: &str, entries: &mut Vec<Entry>) {
-    let Some(inline) = value.as_inline_table() else {
-        return;
-    };
-    for (key, item) in keyed_items(inline) {
-        let Some(value) = item.as_value() else {
-            continue;
-        };
-        if let Some(anchor) = pair_span(key, value) {
-            entries.push(Entry { blank: vec![with_separator(text, anchor.clone())], anchor });
+    match value {
+        Value::InlineTable(inline) => {
+            for (key, item) in keyed_items(inline) {
+                let Some(value) = item.as_value() else {
+                    continue;
+                };
+                if let Some(anchor) = pair_span(key, value) {
+                    entries.push(Entry { blank: vec![with_separator(text, anchor.clone())], anchor });
+                }
+                collect_inline_entries(value, text, entries);
+            }
         }
-        collect_inline_entries(value, text, entries);
+        Value::Array(array) => {
+            for element in array.iter().filter(|element| element.is_inline_table()) {
+                if let Some(anchor) = element.span() {
+                    entries.push(Entry { blank: vec![with_separator(text, anchor.clone())], anchor });
+                }
+                collect_inline_entries(element, text, entries);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -1,14 +1,18 @@
 //! Semantic checks on a config that deserialized: each problem with the key it is about.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::Ipv6Addr;
+use std::time::Duration;
 
-use toml_edit::Document;
+use toml_edit::{Document, Item};
 
-use super::error::{ConfigError, ConfigErrorKind, NameProblem};
+use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, NameProblem};
 use super::spans::KeyPath;
-use super::{Config, FastpathConfig, FastpathMode, MetricsConfig, NodeConfig, SipConfig};
+use super::{
+    BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig, HealthConfig,
+    MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SipConfig,
+};
 
 const MAX_NODE_NAME_LEN: usize = 64;
 const MAX_WORKERS: usize = 256;
@@ -16,39 +20,88 @@ const MAX_WORKERS: usize = 256;
 const MAX_LOCAL_NAME_LEN: usize = 63;
 /// `IFNAMSIZ` less the terminating NUL.
 const MAX_INTERFACE_NAME_LEN: usize = 15;
+const MIN_PHONE_EXPIRES: u32 = 10;
+/// One day, for both `phone_expires` and `backend_expires`.
+const MAX_EXPIRES: u32 = 86_400;
+const MAX_EXPIRES_JITTER: f64 = 0.5;
+/// For backend and group names.
+const MAX_EDGE_NAME_LEN: usize = 64;
+const MAX_GROUP_BACKENDS: usize = 8;
+const MAX_DEVICE_PATTERN_LEN: usize = 64;
+/// Hex digits in a whole MAC address.
+const MAX_MAC_PREFIX_DIGITS: usize = 12;
+/// A DNS name's limit.
+const MAX_DOMAIN_LEN: usize = 253;
 
-/// A failed check and the key it is about.
+/// A failed check and the keys it is about.
 pub(super) struct Issue {
     kind: ConfigErrorKind,
-    key: KeyPath,
-    /// Where to report it instead when `key` is not written in the file.
-    fallback_key: Option<KeyPath>,
+    /// The keys the problem is reported on, preferred first.
+    keys: Vec<KeyPath>,
 }
 
 impl Issue {
     fn new(key: KeyPath, kind: ConfigErrorKind) -> Self {
-        Self { kind, key, fallback_key: None }
+        Self { kind, keys: vec![key] }
     }
 
-    fn or_at(self, fallback_key: KeyPath) -> Self {
-        Self { fallback_key: Some(fallback_key), ..self }
+    /// The problem is reported on `fallback_key` when that key is written and the keys
+    /// before it are not.
+    fn or_at(mut self, fallback_key: KeyPath) -> Self {
+        self.keys.push(fallback_key);
+        self
     }
 
-    /// The error, on the line where its key is written in `document`.
+    /// The error, on the line where the first of its keys that is written is; if none is,
+    /// where the deepest written part of the first key that has one is.
     pub(super) fn located_in(self, document: &Document<&str>) -> ConfigError {
-        let offset = self.key.offset_in(document).or_else(|| self.fallback_key?.offset_in(document));
-        ConfigError::at_offset(document.raw(), offset, self.kind)
+        let locations: Vec<_> = self.keys.iter().filter_map(|key| key.location_in(document)).collect();
+        let best = locations.iter().find(|location| location.exact).or(locations.first());
+        ConfigError::at_offset(document.raw(), best.map(|location| location.offset), self.kind)
     }
 }
 
-/// Every failed check of `config`.
-pub(super) fn check(config: &Config) -> Vec<Issue> {
+/// Every failed check of `config`. `document` is the text as written: a reference to a
+/// backend or group whose entry it has but `config` lacks (the entry was dropped for an
+/// error already reported) is not reported.
+pub(super) fn check(config: &Config, document: &Document<&str>) -> Vec<Issue> {
     let mut issues = Vec::new();
     check_node(&config.node, &mut issues);
     check_sip(&config.sip, &mut issues);
     check_fastpath(&config.fastpath, &mut issues);
     check_metrics(&config.metrics, &config.sip, &mut issues);
+    check_registration(&config.registration, &mut issues);
+    check_health(&config.health, &mut issues);
+    let backend_protocols = check_backends(&config.backends, &mut issues);
+    let backend_names = written_names(document, "backends");
+    let is_backend = |name: &str| backend_protocols.contains_key(name) || backend_names.contains(name);
+    check_groups(&config.groups, &backend_protocols, is_backend, &mut issues);
+    let group_names = written_names(document, "groups");
+    let is_group = |name: &str| config.groups.iter().any(|group| group.name == name) || group_names.contains(name);
+    check_rules(&config.rules, is_group, &mut issues);
+    let any_group = !config.groups.is_empty() || !group_names.is_empty();
+    if any_group && !is_group(&config.routing.default_group) {
+        let kind = ConfigErrorKind::DefaultGroupUnknown { group: config.routing.default_group.clone() };
+        issues.push(Issue::new(KeyPath::field("routing", "default_group"), kind).or_at(KeyPath::entry("groups", 0)));
+    }
     issues
+}
+
+/// The `name` strings of the entries of the array of tables `array` written in `document`.
+fn written_names<'a>(document: &'a Document<&str>, array: &str) -> HashSet<&'a str> {
+    let Some(item) = document.get(array) else {
+        return HashSet::new();
+    };
+    let name_of = |item: Option<&'a Item>| item.and_then(Item::as_str);
+    match item {
+        Item::ArrayOfTables(tables) => tables.iter().filter_map(|table| name_of(table.get("name"))).collect(),
+        _ => item
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|element| element.as_inline_table()?.get("name")?.as_str())
+            .collect(),
+    }
 }
 
 fn check_node(node: &NodeConfig, issues: &mut Vec<Issue>) {
@@ -114,7 +167,7 @@ fn check_metrics(metrics: &MetricsConfig, sip: &SipConfig, issues: &mut Vec<Issu
     let key = KeyPath::field("metrics", "listen");
     let addr = metrics.listen;
     if addr.port() == 0 {
-        issues.push(Issue::new(key, ConfigErrorKind::MetricsListenPortZero { addr }));
+        issues.push(Issue::new(key.clone(), ConfigErrorKind::MetricsListenPortZero { addr }));
     }
     if let Some(index) = sip.listen.iter().position(|&sip_addr| sip_addr == addr) {
         let kind = ConfigErrorKind::MetricsListenCollides { addr };
@@ -122,10 +175,236 @@ fn check_metrics(metrics: &MetricsConfig, sip: &SipConfig, issues: &mut Vec<Issu
     }
 }
 
+fn check_registration(registration: &RegistrationConfig, issues: &mut Vec<Issue>) {
+    let key = |field| KeyPath::field("registration", field);
+    let phone_expires = registration.phone_expires;
+    if !(MIN_PHONE_EXPIRES..=MAX_EXPIRES).contains(&phone_expires) {
+        let kind = ConfigErrorKind::PhoneExpiresOutOfRange {
+            seconds: phone_expires,
+            min: MIN_PHONE_EXPIRES,
+            max: MAX_EXPIRES,
+        };
+        issues.push(Issue::new(key("phone_expires"), kind));
+    }
+    let backend_expires = registration.backend_expires;
+    if backend_expires > MAX_EXPIRES {
+        let kind = ConfigErrorKind::BackendExpiresTooLong { seconds: backend_expires, max: MAX_EXPIRES };
+        issues.push(Issue::new(key("backend_expires"), kind));
+    } else if backend_expires < phone_expires {
+        let kind = ConfigErrorKind::BackendExpiresBelowPhoneExpires { backend_expires, phone_expires };
+        issues.push(Issue::new(key("backend_expires"), kind).or_at(key("phone_expires")));
+    }
+    let jitter = registration.expires_jitter;
+    if !(0.0..=MAX_EXPIRES_JITTER).contains(&jitter) {
+        let kind = ConfigErrorKind::ExpiresJitterOutOfRange {
+            jitter: FloatValue(jitter),
+            max: FloatValue(MAX_EXPIRES_JITTER),
+        };
+        issues.push(Issue::new(key("expires_jitter"), kind));
+    }
+    check_positive(registration.transaction_timeout, "registration.transaction_timeout", issues);
+}
+
+fn check_health(health: &HealthConfig, issues: &mut Vec<Issue>) {
+    let interval_is_positive = check_positive(health.interval, "health.interval", issues);
+    let timeout_is_positive = check_positive(health.timeout, "health.timeout", issues);
+    if interval_is_positive && timeout_is_positive && health.timeout >= health.interval {
+        let kind =
+            ConfigErrorKind::HealthTimeoutNotBelowInterval { timeout: health.timeout, interval: health.interval };
+        issues.push(Issue::new(KeyPath::field("health", "timeout"), kind).or_at(KeyPath::field("health", "interval")));
+    }
+    for (count, key) in [(health.down_after, "health.down_after"), (health.up_after, "health.up_after")] {
+        if count == 0 {
+            issues.push(Issue::new(KeyPath::dotted(key), ConfigErrorKind::ZeroCount { key }));
+        }
+    }
+}
+
+/// Whether `duration`, the value of `key` (`section.field`), is more than zero; an issue
+/// if not.
+fn check_positive(duration: Duration, key: &'static str, issues: &mut Vec<Issue>) -> bool {
+    if duration.is_zero() {
+        issues.push(Issue::new(KeyPath::dotted(key), ConfigErrorKind::ZeroDuration { key }));
+    }
+    !duration.is_zero()
+}
+
+/// Checks the `[[backends]]` entries; returns the protocol of each backend by name.
+fn check_backends<'a>(backends: &'a [BackendConfig], issues: &mut Vec<Issue>) -> HashMap<&'a str, BackendProtocol> {
+    for (index, backend) in backends.iter().enumerate() {
+        let key = |field| KeyPath::entry("backends", index).then(field);
+        let name = &backend.name;
+        if let Some(problem) = edge_name_problem(name) {
+            issues.push(Issue::new(key("name"), ConfigErrorKind::BackendName { name: name.clone(), problem }));
+        }
+        if backend.address.port() == 0 {
+            let kind = ConfigErrorKind::BackendPortZero { name: name.clone(), addr: backend.address };
+            issues.push(Issue::new(key("address"), kind));
+        }
+        if backend.protocol == BackendProtocol::Sccp && backend.transport == BackendTransport::Udp {
+            let kind = ConfigErrorKind::SccpOverUdp { name: name.clone() };
+            issues.push(Issue::new(key("transport"), kind).or_at(key("protocol")));
+        }
+        if backend.max_register_rate == 0 {
+            let kind = ConfigErrorKind::BackendRateZero { name: name.clone() };
+            issues.push(Issue::new(key("max_register_rate"), kind));
+        }
+    }
+    for index in repeated_indices(backends, |backend| backend.name.clone()) {
+        let kind = ConfigErrorKind::BackendNameDuplicate { name: backends[index].name.clone() };
+        issues.push(Issue::new(KeyPath::entry("backends", index).then("name"), kind));
+    }
+    let mut protocols = HashMap::new();
+    for backend in backends {
+        protocols.entry(backend.name.as_str()).or_insert(backend.protocol);
+    }
+    protocols
+}
+
+/// Checks the `[[groups]]` entries against the backends: `protocols` of those configured,
+/// `is_backend` also true for those dropped for an error already reported.
+fn check_groups(
+    groups: &[GroupConfig],
+    protocols: &HashMap<&str, BackendProtocol>,
+    is_backend: impl Fn(&str) -> bool,
+    issues: &mut Vec<Issue>,
+) {
+    for (index, group) in groups.iter().enumerate() {
+        let entry = || KeyPath::entry("groups", index);
+        let name = &group.name;
+        if let Some(problem) = edge_name_problem(name) {
+            issues.push(Issue::new(entry().then("name"), ConfigErrorKind::GroupName { name: name.clone(), problem }));
+        }
+        let members = &group.backends;
+        if members.is_empty() {
+            issues.push(Issue::new(
+                entry().then("backends"),
+                ConfigErrorKind::GroupBackendsEmpty { group: name.clone() },
+            ));
+        }
+        if members.len() > MAX_GROUP_BACKENDS {
+            let kind = ConfigErrorKind::GroupTooManyBackends {
+                group: name.clone(),
+                count: members.len(),
+                max: MAX_GROUP_BACKENDS,
+            };
+            issues.push(Issue::new(entry().then("backends"), kind));
+        }
+        for (position, backend) in members.iter().enumerate() {
+            if !is_backend(backend) {
+                let kind = ConfigErrorKind::GroupUnknownBackend { group: name.clone(), backend: backend.clone() };
+                issues.push(Issue::new(entry().then("backends").at(position), kind));
+            }
+        }
+        for position in repeated_indices(members, Clone::clone) {
+            let kind =
+                ConfigErrorKind::GroupBackendDuplicate { group: name.clone(), backend: members[position].clone() };
+            issues.push(Issue::new(entry().then("backends").at(position), kind));
+        }
+        let mut known = members
+            .iter()
+            .enumerate()
+            .filter_map(|(position, backend)| Some((position, backend, *protocols.get(backend.as_str())?)));
+        if let Some((_, _, expected)) = known.next()
+            && let Some((position, backend, protocol)) = known.find(|&(_, _, protocol)| protocol != expected)
+        {
+            let kind = ConfigErrorKind::GroupMixedProtocols {
+                group: name.clone(),
+                backend: backend.clone(),
+                protocol,
+                expected,
+            };
+            issues.push(Issue::new(entry().then("backends").at(position), kind));
+        }
+    }
+    for index in repeated_indices(groups, |group| group.name.clone()) {
+        let kind = ConfigErrorKind::GroupNameDuplicate { name: groups[index].name.clone() };
+        issues.push(Issue::new(KeyPath::entry("groups", index).then("name"), kind));
+    }
+}
+
+/// Checks the `[[rules]]` entries; `is_group` tells the names of the groups.
+fn check_rules(rules: &[RuleConfig], is_group: impl Fn(&str) -> bool, issues: &mut Vec<Issue>) {
+    for (index, rule) in rules.iter().enumerate() {
+        let entry = || KeyPath::entry("rules", index);
+        if !is_group(&rule.group) {
+            let kind = ConfigErrorKind::RuleUnknownGroup { group: rule.group.clone() };
+            issues.push(Issue::new(entry().then("group"), kind));
+        }
+        let matchers = [("device", &rule.device), ("mac_prefix", &rule.mac_prefix), ("domain", &rule.domain)];
+        let set: Vec<&'static str> =
+            matchers.iter().filter(|(_, value)| value.is_some()).map(|&(key, _)| key).collect();
+        match set.len() {
+            0 => issues.push(Issue::new(entry(), ConfigErrorKind::RuleWithoutMatcher)),
+            1 => {}
+            _ => issues.push(Issue::new(entry(), ConfigErrorKind::RuleWithSeveralMatchers { keys: set })),
+        }
+        if let Some(pattern) = &rule.device
+            && let Some(problem) = device_pattern_problem(pattern)
+        {
+            let kind = ConfigErrorKind::RuleDevice { pattern: pattern.clone(), problem };
+            issues.push(Issue::new(entry().then("device"), kind));
+        }
+        if let Some(prefix) = &rule.mac_prefix
+            && let Some(problem) = mac_prefix_problem(prefix)
+        {
+            let kind = ConfigErrorKind::RuleMacPrefix { prefix: prefix.clone(), problem };
+            issues.push(Issue::new(entry().then("mac_prefix"), kind));
+        }
+        if let Some(domain) = &rule.domain
+            && let Some(problem) = domain_problem(domain)
+        {
+            let kind = ConfigErrorKind::RuleDomain { domain: domain.clone(), problem };
+            issues.push(Issue::new(entry().then("domain"), kind));
+        }
+    }
+}
+
 /// Indices of the items whose `identity` equals that of an earlier item.
 fn repeated_indices<T, K: Eq + Hash>(items: &[T], identity: impl Fn(&T) -> K) -> Vec<usize> {
     let mut seen = HashSet::new();
     (0..items.len()).filter(|&index| !seen.insert(identity(&items[index]))).collect()
+}
+
+/// A backend or group name: 1 to 64 characters from `[A-Za-z0-9._-]`.
+fn edge_name_problem(name: &str) -> Option<NameProblem> {
+    length_problem(name, MAX_EDGE_NAME_LEN).or_else(|| char_problem(name, is_node_name_char))
+}
+
+/// A glob of printable ASCII characters; `*` and `?` are its only wildcards, so the
+/// bracket, brace and escape characters of other glob dialects are refused.
+fn device_pattern_problem(pattern: &str) -> Option<NameProblem> {
+    let allowed = |ch: char| ch.is_ascii_graphic() && !matches!(ch, '[' | ']' | '{' | '}' | '\\');
+    length_problem(pattern, MAX_DEVICE_PATTERN_LEN).or_else(|| char_problem(pattern, allowed))
+}
+
+/// 1 to 12 hex digits, with single `:`, `-` or `.` separators between them.
+fn mac_prefix_problem(prefix: &str) -> Option<MacPrefixProblem> {
+    if let Some(ch) = prefix.chars().find(|&ch| !ch.is_ascii_hexdigit() && !is_mac_separator(ch)) {
+        return Some(MacPrefixProblem::InvalidChar { ch });
+    }
+    let digits = prefix.chars().filter(char::is_ascii_hexdigit).count();
+    if digits == 0 {
+        return Some(MacPrefixProblem::Empty);
+    }
+    if digits > MAX_MAC_PREFIX_DIGITS {
+        return Some(MacPrefixProblem::TooManyDigits { digits, max: MAX_MAC_PREFIX_DIGITS });
+    }
+    let misplaced = prefix.starts_with(is_mac_separator)
+        || prefix.ends_with(is_mac_separator)
+        || prefix.as_bytes().windows(2).any(|pair| pair.iter().all(|&byte| is_mac_separator(char::from(byte))));
+    misplaced.then_some(MacPrefixProblem::MisplacedSeparator)
+}
+
+fn is_mac_separator(ch: char) -> bool {
+    matches!(ch, ':' | '-' | '.')
+}
+
+/// A host name: letters, digits, `-` and `.`, without empty labels.
+fn domain_problem(domain: &str) -> Option<NameProblem> {
+    length_problem(domain, MAX_DOMAIN_LEN)
+        .or_else(|| char_problem(domain, is_host_char))
+        .or_else(|| domain.split('.').any(str::is_empty).then_some(NameProblem::EmptyLabel))
 }
 
 fn length_problem(name: &str, max: usize) -> Option<NameProblem> {

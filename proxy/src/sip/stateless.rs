@@ -145,6 +145,19 @@ fn has_tag(to_value: &[u8]) -> bool {
 
 /// Writes a stateless response to `request` into `out` (cleared first).
 pub fn write_response(request: &Message<'_>, status: u16, reason: &str, tag: ToTag, out: &mut Vec<u8>) {
+    write_response_with(request, status, reason, tag, b"", out);
+}
+
+/// Like [`write_response`], with `extra` header lines (each ending in CRLF) before
+/// Content-Length.
+pub fn write_response_with(
+    request: &Message<'_>,
+    status: u16,
+    reason: &str,
+    tag: ToTag,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(b"SIP/2.0 ");
     out.extend_from_slice(&[
@@ -167,6 +180,7 @@ pub fn write_response(request: &Message<'_>, status: u16, reason: &str, tag: ToT
             _ => out.extend_from_slice(header.raw),
         }
     }
+    out.extend_from_slice(extra);
     out.extend_from_slice(CONTENT_LENGTH_0);
 }
 

@@ -1,0 +1,242 @@
+//! Failover groups: backends with their health and registration rate limit, ordered
+//! groups of them (a CUCM Call Manager Group), and the rules that put a device in a group.
+//! The table is read-mostly and shared by every event loop; health changes are atomic.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use crate::{
+    config::{BackendConfig, BackendTransport, Config, RuleMatcher},
+    registrar::request::Device,
+};
+
+/// Index of a backend in [`Routing::backends`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub usize);
+
+/// Index of a group in [`Routing::groups`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupId(pub usize);
+
+/// A backend's state as the health checker (or an operator) sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BackendState {
+    Up = 0,
+    Down = 1,
+    /// Takes no new phones; existing ones move at their next refresh.
+    Draining = 2,
+}
+
+impl BackendState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Up,
+            1 => Self::Down,
+            _ => Self::Draining,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `rate` stored (one second of burst).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    updated_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32) -> Self {
+        Self { rate: rate as f64, tokens: rate as f64, updated_ms: 0 }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.updated_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.updated_ms = self.updated_ms.max(now_ms);
+    }
+
+    /// Takes a token if one is there.
+    pub fn try_take(&mut self, now_ms: u64) -> bool {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub transport: BackendTransport,
+    state: AtomicU8,
+    limiter: Mutex<TokenBucket>,
+}
+
+impl Backend {
+    fn new(config: &BackendConfig) -> Self {
+        Self {
+            name: config.name.clone(),
+            address: config.address,
+            transport: config.transport,
+            state: AtomicU8::new(BackendState::Up as u8),
+            limiter: Mutex::new(TokenBucket::new(config.max_register_rate)),
+        }
+    }
+
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Sets the state; returns the previous one.
+    pub fn set_state(&self, state: BackendState) -> BackendState {
+        BackendState::from_u8(self.state.swap(state as u8, Ordering::Relaxed))
+    }
+
+    /// One forwarded REGISTER's worth of the rate limit.
+    pub fn try_admit(&self, now_ms: u64) -> bool {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).try_take(now_ms)
+    }
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    /// Priority order.
+    pub backends: Vec<BackendId>,
+}
+
+/// Backends, groups and the rules that map devices to groups.
+#[derive(Debug)]
+pub struct Routing {
+    pub backends: Vec<Backend>,
+    pub groups: Vec<Group>,
+    rules: Vec<(RuleMatcher, GroupId)>,
+    default_group: Option<GroupId>,
+}
+
+impl Routing {
+    /// Built from a validated config (every name it references exists).
+    pub fn from_config(config: &Config) -> Self {
+        let backends: Vec<Backend> = config.backends.iter().map(Backend::new).collect();
+        let backend_id =
+            |name: &str| BackendId(config.backends.iter().position(|b| b.name == name).expect("validated"));
+        let groups: Vec<Group> = config
+            .groups
+            .iter()
+            .map(|g| Group { name: g.name.clone(), backends: g.backends.iter().map(|b| backend_id(b)).collect() })
+            .collect();
+        let group_id = |name: &str| config.groups.iter().position(|g| g.name == name).map(GroupId);
+        let rules = config.rules.iter().filter_map(|r| Some((r.matcher(), group_id(&r.group)?))).collect();
+        Self { backends, groups, rules, default_group: group_id(&config.routing.default_group) }
+    }
+
+    /// Whether any group is configured (else there is no registration edge).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn backend(&self, id: BackendId) -> &Backend {
+        &self.backends[id.0]
+    }
+
+    /// The group of a device: the first matching rule, else the default group.
+    pub fn group_for(&self, device: &Device) -> Option<GroupId> {
+        self.rules.iter().find(|(m, _)| matches(m, device)).map(|(_, g)| *g).or(self.default_group)
+    }
+
+    /// The backend a group's phones register with now: the first one that is up.
+    pub fn active_backend(&self, group: GroupId) -> Option<BackendId> {
+        self.groups[group.0].backends.iter().copied().find(|b| self.backend(*b).state() == BackendState::Up)
+    }
+
+    /// The group's most preferred backend (its primary), whatever its state.
+    pub fn primary(&self, group: GroupId) -> BackendId {
+        self.groups[group.0].backends[0]
+    }
+}
+
+fn matches(matcher: &RuleMatcher, device: &Device) -> bool {
+    match matcher {
+        RuleMatcher::Device(pattern) => {
+            device.name.as_deref().is_some_and(|n| glob_match(pattern.as_bytes(), n.as_bytes()))
+        }
+        RuleMatcher::MacPrefix(prefix) => device.mac.as_deref().is_some_and(|m| m.starts_with(prefix.as_str())),
+        RuleMatcher::Domain(domain) => device.domain == *domain,
+    }
+}
+
+/// `*` matches any run, `?` one character; letters compare case-insensitively.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c.eq_ignore_ascii_case(&text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bt)) => {
+                    p = bp + 1;
+                    t = bt + 1;
+                    backtrack = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("SEP0011*", "SEP001122334455", true),
+            ("sep0011*", "SEP001122334455", true),
+            ("SEP0011*", "SEP0012", false),
+            ("SEP????22*", "SEP00112233", true),
+            ("*", "", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), t.as_bytes()), want, "{p} ~ {t}");
+        }
+    }
+
+    #[test]
+    fn token_bucket_paces() {
+        let mut bucket = TokenBucket::new(10);
+        let taken = (0..20).filter(|_| bucket.try_take(0)).count();
+        assert_eq!(taken, 10, "one second of burst");
+        assert!(!bucket.try_take(50));
+        assert!(bucket.try_take(100), "one token per 100 ms");
+        assert!(!bucket.try_take(100));
+    }
+}

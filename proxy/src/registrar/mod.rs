@@ -1,0 +1,564 @@
+//! The SIP registration edge (registration throttling, OpenSIPS mid_registrar mode 1):
+//! phones get a short expiry, backends a long one; refreshes in between are answered
+//! here, full registrations go to the group's active backend. No I/O, no clock: every
+//! call takes `now` and returns what to send.
+
+pub mod decision;
+pub mod request;
+#[cfg(test)]
+mod simulation;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use dashmap::DashMap;
+
+use crate::{
+    config::RegistrationConfig,
+    failover::{BackendId, BackendState, GroupId, Routing},
+    registry::{Binding, Flow, Registry},
+    sip::{
+        Message, StartLine,
+        forward::{self, ForwardRequest, TooManyHops},
+        stateless::{self, ToTag},
+    },
+};
+
+use decision::{Context, Decision, ForwardReason};
+use request::{Contacts, RegisterRequest};
+
+/// The clock, read by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds.
+    pub mono_ms: u64,
+    /// Wall-clock seconds since the epoch (for Date).
+    pub unix_secs: u64,
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Phone(Flow),
+    Backend(BackendId),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Send {
+    pub to: Destination,
+    pub bytes: Vec<u8>,
+}
+
+/// What happened to a REGISTER, as counted in `regedge_registrations_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationOutcome {
+    Forwarded,
+    Absorbed,
+    Rejected,
+    Challenged,
+    RateLimited,
+    BackupProbe,
+}
+
+impl RegistrationOutcome {
+    pub const ALL: [Self; 6] =
+        [Self::Forwarded, Self::Absorbed, Self::Rejected, Self::Challenged, Self::RateLimited, Self::BackupProbe];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Absorbed => "absorbed",
+            Self::Rejected => "rejected",
+            Self::Challenged => "challenged",
+            Self::RateLimited => "rate_limited",
+            Self::BackupProbe => "backup_probe",
+        }
+    }
+}
+
+/// How the node presents itself to backends.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub to_tag: ToTag,
+    /// Per backend: our `transport host:port` as the backend reaches us (Via sent-by and Path host).
+    pub backend_facing: Vec<(crate::registry::Transport, std::net::SocketAddr)>,
+    /// Keys flow tokens in Path so that they cannot be forged.
+    pub token_key: u64,
+}
+
+/// Timing policy, from `[registration]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub phone_expires: u32,
+    pub backend_expires: u32,
+    pub expires_jitter: f64,
+    pub lapse_grace_ms: u64,
+    pub transaction_timeout_ms: u64,
+}
+
+impl From<&RegistrationConfig> for Policy {
+    fn from(c: &RegistrationConfig) -> Self {
+        Self {
+            phone_expires: c.phone_expires,
+            backend_expires: c.backend_expires,
+            expires_jitter: c.expires_jitter,
+            lapse_grace_ms: c.lapse_grace.as_millis() as u64,
+            transaction_timeout_ms: c.transaction_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// A REGISTER forwarded and not yet answered, keyed by our Via branch.
+#[derive(Clone, Debug)]
+struct Pending {
+    /// The phone to relay the answer to; `None` for regedge's own de-registrations.
+    phone: Option<Flow>,
+    device: String,
+    /// What becomes the binding on a 2xx (`None`: nothing is cached, e.g. several contacts).
+    candidate: Option<Binding>,
+    deregister: bool,
+    grant: u32,
+    sent_ms: u64,
+}
+
+/// Counters the registrar keeps (read by metrics).
+#[derive(Debug, Default)]
+pub struct RegistrarStats {
+    pub outcomes: [std::sync::atomic::AtomicU64; RegistrationOutcome::ALL.len()],
+    pub failovers: DashMap<String, u64>,
+    pub lapsed: std::sync::atomic::AtomicU64,
+    pub backend_timeouts: std::sync::atomic::AtomicU64,
+    /// Backend response times in milliseconds, bucketed by `RESPONSE_BUCKETS_MS`.
+    pub response_ms: [std::sync::atomic::AtomicU64; RESPONSE_BUCKETS_MS.len() + 1],
+    pub response_ms_sum: std::sync::atomic::AtomicU64,
+}
+
+/// Upper bounds of the backend response-time histogram, in milliseconds.
+pub const RESPONSE_BUCKETS_MS: [u64; 8] = [5, 10, 25, 50, 100, 250, 1000, 4000];
+
+impl RegistrarStats {
+    fn count(&self, outcome: RegistrationOutcome) {
+        let index = RegistrationOutcome::ALL.iter().position(|o| *o == outcome).expect("listed");
+        self.outcomes[index].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn observe_response(&self, ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bucket = RESPONSE_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(RESPONSE_BUCKETS_MS.len());
+        self.response_ms[bucket].fetch_add(1, Relaxed);
+        self.response_ms_sum.fetch_add(ms, Relaxed);
+    }
+}
+
+/// Our Via branches start with this (after the RFC 3261 magic cookie).
+const BRANCH_PREFIX: &str = "z9hG4bK-rg";
+
+pub struct Registrar {
+    pub registry: Registry,
+    pub routing: Arc<Routing>,
+    pub stats: RegistrarStats,
+    pending: DashMap<String, Pending>,
+    policy: Policy,
+    node: Node,
+}
+
+fn hash_of(parts: &[&[u8]]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+impl Registrar {
+    pub fn new(routing: Arc<Routing>, policy: Policy, node: Node) -> Self {
+        Self {
+            registry: Registry::default(),
+            routing,
+            stats: RegistrarStats::default(),
+            pending: DashMap::new(),
+            policy,
+            node,
+        }
+    }
+
+    /// Seconds granted to a phone that asked for `requested`: at most `phone_expires`,
+    /// shortened by up to `expires_jitter` (deterministically per device and CSeq, so
+    /// phones restarted together drift apart, like Kamailio's expires_range).
+    fn grant(&self, requested: Option<u32>, device: &str, cseq: u32) -> u32 {
+        let ceiling = requested.unwrap_or(self.policy.phone_expires).min(self.policy.phone_expires);
+        let spread = (ceiling as f64 * self.policy.expires_jitter) as u64;
+        if spread == 0 {
+            return ceiling.max(1);
+        }
+        let cut = hash_of(&[device.as_bytes(), &cseq.to_be_bytes()]) % (spread + 1);
+        (ceiling as u64 - cut).max(1) as u32
+    }
+
+    fn retry_after(&self, device: &str, now: Now) -> u32 {
+        // 5 to 20 seconds, spread per device.
+        5 + (hash_of(&[device.as_bytes(), &now.mono_ms.to_be_bytes()]) % 16) as u32
+    }
+
+    /// A flow token for Path: the flow, keyed so that it cannot be forged.
+    fn flow_token(&self, flow: &Flow) -> String {
+        let text = format!("{}-{}-{}", flow.transport.label(), flow.peer, flow.connection.map_or(0, |c| c.0));
+        let mac = hash_of(&[&self.node.token_key.to_be_bytes(), text.as_bytes()]);
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}.{mac:016x}")
+    }
+
+    /// Handles a REGISTER from `flow`. The answer to the phone, if any, goes to `reply`;
+    /// messages to backends go to `sends`.
+    pub fn on_register(
+        &self,
+        msg: &Message<'_>,
+        raw: &[u8],
+        flow: Flow,
+        now: Now,
+        reply: &mut Vec<u8>,
+        sends: &mut Vec<Send>,
+    ) -> RegistrationOutcome {
+        let request = match RegisterRequest::parse(msg) {
+            Ok(r) => r,
+            Err(err) => {
+                let reason = match err {
+                    request::RegisterError::BadTo => "Bad To",
+                    request::RegisterError::BadExpires => "Bad Expires",
+                    request::RegisterError::BadCSeq => "Bad CSeq",
+                };
+                return self.answer(msg, 400, reason, b"", reply, RegistrationOutcome::Rejected);
+            }
+        };
+        if request.backup_probe {
+            let date = format!("Date: {}\r\n", forward::http_date(now.unix_secs));
+            return self.answer(msg, 200, "OK", date.as_bytes(), reply, RegistrationOutcome::BackupProbe);
+        }
+        let Some(group) = self.routing.group_for(&request.device) else {
+            return self.answer(msg, 403, "No Group For Device", b"", reply, RegistrationOutcome::Rejected);
+        };
+        let active = self.routing.active_backend(group);
+        let Contacts::One(contact) = request.contacts else {
+            // Queries, `*` and several contacts pass through; nothing is cached.
+            return self.forward(msg, raw, flow, now, group, active, &request, None, None, reply, sends);
+        };
+        let binding = self.registry.get(&request.device.key);
+        let grant = self.grant(request.expires, &request.device.key, request.cseq);
+        let ctx = Context {
+            now_ms: now.mono_ms,
+            grant,
+            active_backend: active,
+            binding_backend_state: binding
+                .as_ref()
+                .map_or(BackendState::Down, |b| self.routing.backend(b.backend).state()),
+        };
+        let decision = decision::decide(&request, contact.uri, &flow, binding.as_ref(), &ctx);
+        match decision {
+            Decision::Absorb | Decision::Retransmission => {
+                let binding = binding.expect("absorbing needs a binding");
+                if decision == Decision::Absorb {
+                    self.registry.update(&request.device.key, |b| {
+                        b.cseq = request.cseq;
+                        b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
+                        b.last_seen_ms = now.mono_ms;
+                    });
+                }
+                self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
+                RegistrationOutcome::Absorbed
+            }
+            Decision::OutOfOrder => {
+                self.answer(msg, 400, "CSeq Out Of Order", b"", reply, RegistrationOutcome::Rejected)
+            }
+            Decision::Forward(reason) => {
+                let deregister = reason == ForwardReason::Deregister;
+                let candidate = (!deregister).then(|| Binding {
+                    aor: String::from_utf8_lossy(request.aor).into_owned(),
+                    contact: String::from_utf8_lossy(contact.uri).into_owned(),
+                    flow,
+                    call_id: String::from_utf8_lossy(request.call_id).into_owned(),
+                    cseq: request.cseq,
+                    credentials: request.credentials.or(binding.as_ref().and_then(|b| b.credentials)),
+                    group,
+                    backend: active.unwrap_or(BackendId(0)),
+                    backend_granted: self.policy.backend_expires,
+                    backend_valid_until_ms: 0,
+                    phone_expires_at_ms: now.mono_ms + grant as u64 * 1000,
+                    last_seen_ms: now.mono_ms,
+                });
+                // A due refresh that the rate limit holds back is answered here while the
+                // backend's registration is still valid.
+                let fallback = (reason == ForwardReason::BackendRefreshDue).then_some(binding.as_ref()).flatten();
+                let outcome = self.forward(
+                    msg,
+                    raw,
+                    flow,
+                    now,
+                    group,
+                    active,
+                    &request,
+                    candidate.map(|c| (c, grant)),
+                    fallback,
+                    reply,
+                    sends,
+                );
+                // A failover is a move off a backend that is down or draining (a return
+                // to the primary is a fallback, not counted).
+                if outcome == RegistrationOutcome::Forwarded
+                    && reason == ForwardReason::BackendChanged
+                    && ctx.binding_backend_state != BackendState::Up
+                {
+                    *self.stats.failovers.entry(self.routing.groups[group.0].name.clone()).or_insert(0) += 1;
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Writes a stateless answer to the phone's request.
+    fn answer(
+        &self,
+        msg: &Message<'_>,
+        status: u16,
+        reason: &str,
+        extra: &[u8],
+        reply: &mut Vec<u8>,
+        outcome: RegistrationOutcome,
+    ) -> RegistrationOutcome {
+        stateless::write_response_with(msg, status, reason, self.node.to_tag, extra, reply);
+        self.stats.count(outcome);
+        outcome
+    }
+
+    /// The 200 OK regedge sends for an absorbed refresh: the request's dialog headers,
+    /// the binding's contact with the phone's grant, Expires and Date.
+    fn absorbed_ok(&self, msg: &Message<'_>, contact: &[u8], grant: u32, now: Now, reply: &mut Vec<u8>) {
+        let mut extra = Vec::with_capacity(128);
+        forward::push_binding_headers(&mut extra, contact, grant, &forward::http_date(now.unix_secs));
+        stateless::write_response_with(msg, 200, "OK", self.node.to_tag, &extra, reply);
+        self.stats.count(RegistrationOutcome::Absorbed);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        msg: &Message<'_>,
+        raw: &[u8],
+        flow: Flow,
+        now: Now,
+        group: GroupId,
+        active: Option<BackendId>,
+        request: &RegisterRequest<'_>,
+        candidate: Option<(Binding, u32)>,
+        fallback: Option<&Binding>,
+        reply: &mut Vec<u8>,
+        sends: &mut Vec<Send>,
+    ) -> RegistrationOutcome {
+        let device = &request.device.key;
+        let Some(backend) = active else {
+            let retry = format!("Retry-After: {}\r\n", self.retry_after(device, now));
+            let _ = group;
+            return self.answer(
+                msg,
+                503,
+                "No Backend Available",
+                retry.as_bytes(),
+                reply,
+                RegistrationOutcome::Rejected,
+            );
+        };
+        if !self.routing.backend(backend).try_admit(now.mono_ms) {
+            if let Some(binding) = fallback {
+                let grant = candidate.as_ref().map_or(self.policy.phone_expires, |(_, g)| *g);
+                self.registry.update(device, |b| {
+                    b.cseq = request.cseq;
+                    b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
+                    b.last_seen_ms = now.mono_ms;
+                });
+                self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
+                return RegistrationOutcome::Absorbed;
+            }
+            let retry = format!("Retry-After: {}\r\n", self.retry_after(device, now));
+            return self.answer(
+                msg,
+                503,
+                "Registration Rate Limited",
+                retry.as_bytes(),
+                reply,
+                RegistrationOutcome::RateLimited,
+            );
+        }
+        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
+        let branch = format!(
+            "{BRANCH_PREFIX}{:016x}",
+            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
+        );
+        let (transport, us) = self.node.backend_facing[backend.0];
+        let via = format!("SIP/2.0/{} {us};branch={branch};rport", transport.via());
+        let path = format!("<sip:{}@{us};lr;ob>", self.flow_token(&flow));
+        let deregister = request.expires == Some(0);
+        let how = ForwardRequest {
+            via: &via,
+            path: Some(&path),
+            expires: if deregister || candidate.is_none() { None } else { Some(self.policy.backend_expires) },
+        };
+        let mut bytes = Vec::with_capacity(raw.len() + 200);
+        if forward::forward_request(msg, raw, &how, &mut bytes) == Err(TooManyHops) {
+            return self.answer(msg, 483, "Too Many Hops", b"", reply, RegistrationOutcome::Rejected);
+        }
+        let (candidate, grant) = match candidate {
+            Some((mut binding, grant)) => {
+                binding.backend = backend;
+                (Some(binding), grant)
+            }
+            None => (None, 0),
+        };
+        self.pending.insert(
+            branch,
+            Pending { phone: Some(flow), device: device.clone(), candidate, deregister, grant, sent_ms: now.mono_ms },
+        );
+        sends.push(Send { to: Destination::Backend(backend), bytes });
+        self.stats.count(RegistrationOutcome::Forwarded);
+        RegistrationOutcome::Forwarded
+    }
+
+    /// Handles a response; returns false if it is not an answer to a request regedge
+    /// forwarded (then the caller drops it).
+    pub fn on_response(&self, msg: &Message<'_>, raw: &[u8], now: Now, sends: &mut Vec<Send>) -> bool {
+        let StartLine::Response { code, .. } = msg.start else { return false };
+        let Some(branch) = forward::top_via_branch(msg).filter(|b| b.starts_with(BRANCH_PREFIX.as_bytes())) else {
+            return false;
+        };
+        let branch = String::from_utf8_lossy(branch);
+        if code < 200 {
+            if let Some(pending) = self.pending.get(branch.as_ref()).and_then(|p| p.phone) {
+                let mut bytes = Vec::with_capacity(raw.len());
+                forward::relay_response(msg, raw, &mut bytes);
+                sends.push(Send { to: Destination::Phone(pending), bytes });
+            }
+            return true;
+        }
+        let Some((_, pending)) = self.pending.remove(branch.as_ref()) else { return true };
+        self.stats.observe_response(now.mono_ms.saturating_sub(pending.sent_ms));
+        let mut bytes = Vec::with_capacity(raw.len());
+        match code {
+            200..=299 if pending.deregister => {
+                self.registry.remove(&pending.device);
+                forward::relay_response(msg, raw, &mut bytes);
+            }
+            200..=299 => match pending.candidate {
+                Some(mut binding) => {
+                    let granted = forward::granted_expires(msg, binding.contact.as_bytes())
+                        .unwrap_or(self.policy.backend_expires);
+                    if granted == 0 {
+                        self.registry.remove(&pending.device);
+                    } else {
+                        binding.backend_granted = granted;
+                        binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
+                        binding.phone_expires_at_ms = now.mono_ms + pending.grant as u64 * 1000;
+                        let contact = binding.contact.clone();
+                        self.registry.insert(pending.device.clone(), binding);
+                        let grant = pending.grant.min(granted);
+                        forward::registration_ok(
+                            msg,
+                            raw,
+                            contact.as_bytes(),
+                            grant,
+                            &forward::http_date(now.unix_secs),
+                            &mut bytes,
+                        );
+                    }
+                    if bytes.is_empty() {
+                        forward::relay_response(msg, raw, &mut bytes);
+                    }
+                }
+                None => forward::relay_response(msg, raw, &mut bytes),
+            },
+            401 | 407 => {
+                self.stats.count(RegistrationOutcome::Challenged);
+                forward::relay_response(msg, raw, &mut bytes);
+            }
+            _ => {
+                // Nothing is stored on a failure; a backend that refuses the phone
+                // (403, 404) also ends what regedge had cached for it.
+                if matches!(code, 403 | 404) {
+                    self.registry.remove(&pending.device);
+                }
+                self.stats.count(RegistrationOutcome::Rejected);
+                forward::relay_response(msg, raw, &mut bytes);
+            }
+        }
+        if let Some(phone) = pending.phone {
+            sends.push(Send { to: Destination::Phone(phone), bytes });
+        } else if !(200..300).contains(&code) {
+            tracing::info!(device = %pending.device, code, "backend did not accept regedge's de-registration");
+        }
+        true
+    }
+
+    /// Timers: forwarded REGISTERs that got no answer, and bindings whose phone stopped
+    /// refreshing (de-registered at the backend, best effort).
+    pub fn on_tick(&self, now: Now, sends: &mut Vec<Send>) {
+        let timeout = self.policy.transaction_timeout_ms;
+        let expired: Vec<String> =
+            self.pending.iter().filter(|p| now.mono_ms >= p.sent_ms + timeout).map(|p| p.key().clone()).collect();
+        for branch in expired {
+            if self.pending.remove(&branch).is_some() {
+                self.stats.backend_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let grace = self.policy.lapse_grace_ms;
+        for (device, binding) in self.registry.remove_where(|b| now.mono_ms > b.phone_expires_at_ms + grace) {
+            self.stats.lapsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%device, "binding lapsed: de-registering at the backend");
+            if now.mono_ms < binding.backend_valid_until_ms
+                && self.routing.backend(binding.backend).state() != BackendState::Down
+            {
+                self.deregister_at_backend(&device, &binding, now, sends);
+            }
+        }
+    }
+
+    /// A REGISTER with Expires 0 for a lapsed binding, sent as the phone would have.
+    fn deregister_at_backend(&self, device: &str, binding: &Binding, now: Now, sends: &mut Vec<Send>) {
+        let cseq = binding.cseq.saturating_add(1);
+        let branch = format!(
+            "{BRANCH_PREFIX}{:016x}",
+            hash_of(&[device.as_bytes(), binding.call_id.as_bytes(), &cseq.to_be_bytes()])
+        );
+        let (transport, us) = self.node.backend_facing[binding.backend.0];
+        let domain = String::from_utf8_lossy(crate::sip::contact::uri_hostport(binding.aor.as_bytes())).into_owned();
+        let tag = String::from_utf8_lossy(&self.node.to_tag.bytes()).into_owned();
+        let bytes = format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/{} {us};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <{aor}>;tag={tag}\r\nTo: <{aor}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <{contact}>;expires=0\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n",
+            transport.via(),
+            aor = binding.aor,
+            call_id = binding.call_id,
+            contact = binding.contact,
+        )
+        .into_bytes();
+        self.pending.insert(
+            branch,
+            Pending {
+                phone: None,
+                device: device.to_owned(),
+                candidate: None,
+                deregister: true,
+                grant: 0,
+                sent_ms: now.mono_ms,
+            },
+        );
+        sends.push(Send { to: Destination::Backend(binding.backend), bytes });
+    }
+
+    /// Forwarded REGISTERs waiting for an answer.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}

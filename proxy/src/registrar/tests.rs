@@ -1,0 +1,464 @@
+//! The registrar's decision table, row by row, through its public API: REGISTERs in,
+//! what goes to the backend and back to the phone out, with a scripted backend.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    config::Config,
+    failover::BackendState,
+    registry::{Flow, Transport},
+    sip::Message,
+};
+
+const CONFIG: &str = r#"
+[registration]
+phone_expires = 120
+backend_expires = 3600
+expires_jitter = 0.0
+lapse_grace = "10s"
+transaction_timeout = "4s"
+
+[[backends]]
+name = "cm1"
+address = "10.0.0.11:5060"
+max_register_rate = 5
+
+[[backends]]
+name = "cm2"
+address = "10.0.0.12:5060"
+max_register_rate = 5
+
+[[groups]]
+name = "default"
+backends = ["cm1", "cm2"]
+"#;
+
+pub(super) fn registrar_from(config_text: &str) -> Registrar {
+    let config = Config::from_toml(config_text, "test").unwrap_or_else(|e| panic!("{e}"));
+    let routing = Arc::new(Routing::from_config(&config));
+    let facing = config.backends.iter().map(|_| (Transport::Udp, "10.0.0.1:5060".parse().unwrap())).collect();
+    let node = Node { to_tag: ToTag::for_node("test"), backend_facing: facing, token_key: 7 };
+    Registrar::new(routing, Policy::from(&config.registration), node)
+}
+
+pub(super) fn flow(port: u16) -> Flow {
+    Flow {
+        transport: Transport::Udp,
+        peer: format!("192.0.2.7:{port}").parse().unwrap(),
+        local: "10.0.0.1:5060".parse().unwrap(),
+        connection: None,
+    }
+}
+
+/// A phone's REGISTER.
+#[derive(Clone)]
+pub(super) struct Phone {
+    pub device: String,
+    pub user: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub port: u16,
+    pub contact_host: String,
+}
+
+impl Phone {
+    pub fn new(n: u32) -> Self {
+        Self {
+            device: format!("SEP{n:012X}"),
+            user: format!("{}", 1000 + n),
+            call_id: format!("call-{n}"),
+            cseq: 1,
+            port: 40000 + (n % 20000) as u16,
+            contact_host: "192.0.2.7".into(),
+        }
+    }
+
+    pub fn register(&self, expires: u32, extra: &str) -> Vec<u8> {
+        format!(
+            "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:{port};branch=z9hG4bK-{cseq}-{port};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@example.net>;tag=p{port}\r\nTo: <sip:{user}@example.net>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{user}@{host}:{port}>;+u.sip!devicename.ccm.cisco.com=\"{device}\"\r\n\
+             Expires: {expires}\r\n{extra}Content-Length: 0\r\n\r\n",
+            port = self.port,
+            cseq = self.cseq,
+            user = self.user,
+            call_id = self.call_id,
+            host = self.contact_host,
+            device = self.device,
+        )
+        .into_bytes()
+    }
+}
+
+pub(super) fn now(secs: u64) -> Now {
+    Now { mono_ms: secs * 1000, unix_secs: 1_795_608_000 + secs }
+}
+
+/// What one REGISTER produced.
+pub(super) struct Step {
+    pub outcome: RegistrationOutcome,
+    pub reply: String,
+    pub sends: Vec<Send>,
+}
+
+pub(super) fn send(registrar: &Registrar, phone: &Phone, bytes: &[u8], at: Now) -> Step {
+    let msg = Message::parse(bytes).unwrap();
+    let (mut reply, mut sends) = (Vec::new(), Vec::new());
+    let outcome = registrar.on_register(&msg, bytes, flow(phone.port), at, &mut reply, &mut sends);
+    Step { outcome, reply: String::from_utf8(reply).unwrap(), sends }
+}
+
+/// The backend's answer to a forwarded request: `status`, with the Via list, dialog
+/// headers and (for 200) the contact granted `granted` seconds.
+pub(super) fn backend_answer(forwarded: &[u8], status: &str, granted: u32) -> Vec<u8> {
+    let msg = Message::parse(forwarded).unwrap();
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for h in msg.headers() {
+        let name = String::from_utf8_lossy(h.name).to_ascii_lowercase();
+        if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+            out.push_str(&String::from_utf8_lossy(h.raw));
+        } else if name == "to" {
+            out.push_str(&format!("{};tag=backend\r\n", String::from_utf8_lossy(&h.raw[..h.raw.len() - 2])));
+        } else if name == "contact" && status.starts_with("200") {
+            let contact = crate::sip::contact::Contact::parse(h.value).unwrap();
+            out.push_str(&format!("Contact: <{}>;expires={granted}\r\n", String::from_utf8_lossy(contact.uri)));
+        }
+    }
+    if status.starts_with("401") {
+        out.push_str("WWW-Authenticate: Digest realm=\"example.net\", nonce=\"n-1\"\r\n");
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// Delivers the backend's answer to the one request in `sends`; returns what went to the phone.
+pub(super) fn answer(registrar: &Registrar, sends: &[Send], status: &str, granted: u32, at: Now) -> String {
+    assert_eq!(sends.len(), 1, "one request to the backend");
+    let response = backend_answer(&sends[0].bytes, status, granted);
+    let msg = Message::parse(&response).unwrap();
+    let mut relayed = Vec::new();
+    assert!(registrar.on_response(&msg, &response, at, &mut relayed), "the response matches a pending request");
+    assert_eq!(relayed.len(), 1);
+    String::from_utf8(relayed.pop().unwrap().bytes).unwrap()
+}
+
+fn registered(registrar: &Registrar, phone: &Phone, at: Now) {
+    let step = send(registrar, phone, &phone.register(120, ""), at);
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded);
+    let to_phone = answer(registrar, &step.sends, "200 OK", 3600, at);
+    assert!(to_phone.starts_with("SIP/2.0 200 OK\r\n"), "{to_phone}");
+}
+
+fn backend_of(step: &Step) -> BackendId {
+    match step.sends[0].to {
+        Destination::Backend(b) => b,
+        Destination::Phone(_) => panic!("sent to a phone"),
+    }
+}
+
+#[test]
+fn a_new_binding_is_forwarded_with_our_via_path_and_the_backend_expiry() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(1);
+    let step = send(&r, &phone, &phone.register(120, ""), now(0));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded);
+    assert!(step.reply.is_empty(), "no answer before the backend's");
+    assert_eq!(backend_of(&step), BackendId(0));
+    let forwarded = String::from_utf8(step.sends[0].bytes.clone()).unwrap();
+    assert!(forwarded.contains("\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-rg"), "{forwarded}");
+    assert!(forwarded.contains("\r\nPath: <sip:") && forwarded.contains("@10.0.0.1:5060;lr;ob>\r\n"), "{forwarded}");
+    assert!(
+        forwarded.contains("\r\nExpires: 3600\r\n") && forwarded.contains("\r\nMax-Forwards: 69\r\n"),
+        "{forwarded}"
+    );
+    let to_phone = answer(&r, &step.sends, "200 OK", 3600, now(0));
+    assert!(
+        to_phone.contains("\r\nContact: <sip:1001@192.0.2.7:40001>;expires=120\r\nExpires: 120\r\nDate: "),
+        "{to_phone}"
+    );
+    assert!(!to_phone.contains("10.0.0.1"), "our Via is removed: {to_phone}");
+    let binding = r.registry.get("dev:SEP000000000001").expect("stored on 200");
+    assert_eq!((binding.backend_granted, binding.cseq), (3600, 1));
+}
+
+#[test]
+fn decision_table() {
+    let r = registrar_from(CONFIG);
+    let base = Phone::new(2);
+    registered(&r, &base, now(0));
+    let next = |change: &dyn Fn(&mut Phone)| {
+        let mut p = base.clone();
+        p.cseq = 2;
+        change(&mut p);
+        p
+    };
+    let rows: Vec<(&str, Phone, &str, RegistrationOutcome)> = vec![
+        ("same flow, Call-ID, contact, higher CSeq", next(&|_| {}), "", RegistrationOutcome::Absorbed),
+        ("a new Call-ID", next(&|p| p.call_id = "other".into()), "", RegistrationOutcome::Forwarded),
+        ("a new source port", next(&|p| p.port += 1), "", RegistrationOutcome::Forwarded),
+        ("a changed contact", next(&|p| p.contact_host = "192.0.2.99".into()), "", RegistrationOutcome::Forwarded),
+        (
+            "new credentials",
+            next(&|_| {}),
+            "Authorization: Digest username=\"1002\", realm=\"example.net\", nonce=\"x\", response=\"y\"\r\n",
+            RegistrationOutcome::Forwarded,
+        ),
+        ("a lower CSeq", next(&|p| p.cseq = 0), "", RegistrationOutcome::Rejected),
+        ("the same CSeq again (retransmission)", next(&|_| {}), "", RegistrationOutcome::Absorbed),
+    ];
+    for (name, phone, extra, want) in rows {
+        let step = send(&r, &phone, &phone.register(120, extra), now(10));
+        assert_eq!(step.outcome, want, "{name}");
+        if want == RegistrationOutcome::Absorbed {
+            assert!(
+                step.reply.starts_with("SIP/2.0 200 OK\r\n")
+                    && step.reply.contains(";expires=120\r\n")
+                    && step.reply.contains("\r\nDate: "),
+                "{name}: {}",
+                step.reply
+            );
+            assert!(step.sends.is_empty(), "{name}: nothing to the backend");
+        }
+        if want == RegistrationOutcome::Rejected {
+            assert!(step.reply.starts_with("SIP/2.0 400 CSeq Out Of Order\r\n"), "{name}: {}", step.reply);
+        }
+    }
+    // None of the forwarded rows changed the cached binding (no 2xx came back).
+    assert_eq!(r.registry.get("dev:SEP000000000002").unwrap().call_id, "call-2");
+
+    // Expires 0 is forwarded and, once accepted, removes the binding.
+    let mut phone = base.clone();
+    phone.cseq = 5;
+    let step = send(&r, &phone, &phone.register(0, ""), now(11));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded);
+    assert!(String::from_utf8_lossy(&step.sends[0].bytes).contains("\r\nExpires: 0\r\n"));
+    answer(&r, &step.sends, "200 OK", 0, now(11));
+    assert!(r.registry.get("dev:SEP000000000002").is_none());
+}
+
+#[test]
+fn refreshes_go_to_the_backend_once_its_registration_is_past_half_its_life() {
+    let r = registrar_from(CONFIG);
+    let mut phone = Phone::new(3);
+    registered(&r, &phone, now(0));
+    let mut forwarded_at = Vec::new();
+    for t in (110..=3600).step_by(110) {
+        phone.cseq += 1;
+        let step = send(&r, &phone, &phone.register(120, ""), now(t));
+        if step.outcome == RegistrationOutcome::Forwarded {
+            forwarded_at.push(t);
+            answer(&r, &step.sends, "200 OK", 3600, now(t));
+        } else {
+            assert_eq!(step.outcome, RegistrationOutcome::Absorbed, "at {t}s");
+        }
+    }
+    // Valid until 3600 s; half life 1800 s; the refresh whose next one (120 s later)
+    // would be past half life is forwarded: the first after 3600 - 1800 - 120 = 1680 s.
+    assert_eq!(forwarded_at.first(), Some(&1760), "{forwarded_at:?}");
+    assert_eq!(forwarded_at.len(), 2, "{forwarded_at:?}");
+}
+
+#[test]
+fn the_backup_probe_is_answered_and_changes_nothing() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(4);
+    registered(&r, &phone, now(0));
+    let before = r.registry.get("dev:SEP000000000004").unwrap();
+    let mut probe = phone.clone();
+    probe.cseq = 9;
+    let bytes = String::from_utf8(probe.register(0, "")).unwrap().replace(
+        &format!("+u.sip!devicename.ccm.cisco.com=\"{}\"", probe.device),
+        &format!("+u.sip!devicename.ccm.cisco.com=\"{}\";expires=0;cisco-keep-alive", probe.device),
+    );
+    let step = send(&r, &probe, bytes.as_bytes(), now(5));
+    assert_eq!(step.outcome, RegistrationOutcome::BackupProbe);
+    assert!(step.reply.starts_with("SIP/2.0 200 OK\r\n") && step.reply.contains("\r\nDate: "), "{}", step.reply);
+    assert!(step.sends.is_empty(), "never forwarded as a de-registration");
+    assert_eq!(r.registry.get("dev:SEP000000000004").unwrap(), before);
+}
+
+#[test]
+fn challenges_pass_through_and_nothing_is_stored_without_a_2xx() {
+    let r = registrar_from(CONFIG);
+    let mut phone = Phone::new(5);
+    let step = send(&r, &phone, &phone.register(120, ""), now(0));
+    let to_phone = answer(&r, &step.sends, "401 Unauthorized", 0, now(0));
+    assert!(
+        to_phone.starts_with("SIP/2.0 401 Unauthorized\r\n") && to_phone.contains("WWW-Authenticate"),
+        "{to_phone}"
+    );
+    assert!(r.registry.get("dev:SEP000000000005").is_none(), "nothing stored on 401");
+    phone.cseq = 2;
+    let auth = "Authorization: Digest username=\"1005\", realm=\"example.net\", nonce=\"n-1\", response=\"r\"\r\n";
+    let step = send(&r, &phone, &phone.register(120, auth), now(1));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "the retry with credentials is forwarded");
+    assert!(String::from_utf8_lossy(&step.sends[0].bytes).contains("Authorization: Digest"));
+    answer(&r, &step.sends, "200 OK", 3600, now(1));
+    // A refresh that repeats the accepted credentials (nonce reuse) is absorbed.
+    phone.cseq = 3;
+    assert_eq!(
+        send(&r, &phone, &phone.register(120, &auth.replace("r\"", "r2\"")), now(60)).outcome,
+        RegistrationOutcome::Absorbed
+    );
+    let stats = &r.stats.outcomes;
+    assert_eq!(
+        stats[RegistrationOutcome::ALL.iter().position(|o| *o == RegistrationOutcome::Challenged).unwrap()]
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+/// OpenSIPS #3193: a second device on the same AOR must not ride the first one's cache.
+#[test]
+fn opensips_3193_a_second_device_of_an_aor_is_not_absorbed() {
+    let r = registrar_from(CONFIG);
+    let first = Phone::new(6);
+    registered(&r, &first, now(0));
+    let mut second = Phone::new(7);
+    second.user = first.user.clone();
+    second.call_id = first.call_id.clone();
+    let step = send(&r, &second, &second.register(120, ""), now(5));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "unknown device: the backend decides");
+    answer(&r, &step.sends, "401 Unauthorized", 0, now(5));
+    assert!(r.registry.get(&format!("dev:{}", second.device)).is_none());
+}
+
+/// OpenSIPS #2536: a contact must not be saved when the backend says 403.
+#[test]
+fn opensips_2536_nothing_is_saved_on_403_and_the_cache_is_dropped() {
+    let r = registrar_from(CONFIG);
+    let mut phone = Phone::new(8);
+    let step = send(&r, &phone, &phone.register(120, ""), now(0));
+    answer(&r, &step.sends, "403 Forbidden", 0, now(0));
+    assert!(r.registry.get("dev:SEP000000000008").is_none());
+    registered(&r, &phone, now(1));
+    phone.call_id = "new".into();
+    let step = send(&r, &phone, &phone.register(120, ""), now(2));
+    answer(&r, &step.sends, "403 Forbidden", 0, now(2));
+    assert!(r.registry.get("dev:SEP000000000008").is_none(), "a refused re-registration ends the cached binding");
+}
+
+/// OpenSIPS #1156: a renewal carrying new credentials must reach the backend.
+#[test]
+fn opensips_1156_a_renewal_with_new_credentials_is_forwarded() {
+    let r = registrar_from(CONFIG);
+    let mut phone = Phone::new(9);
+    let first = "Authorization: Digest username=\"1009\", realm=\"example.net\", nonce=\"a\", response=\"1\"\r\n";
+    phone.cseq = 1;
+    let step = send(&r, &phone, &phone.register(120, first), now(0));
+    answer(&r, &step.sends, "200 OK", 3600, now(0));
+    phone.cseq = 2;
+    let renewed = first.replace("nonce=\"a\"", "nonce=\"b\"");
+    assert_eq!(send(&r, &phone, &phone.register(120, &renewed), now(100)).outcome, RegistrationOutcome::Forwarded);
+}
+
+#[test]
+fn phones_fail_over_at_their_next_refresh_and_fall_back() {
+    let r = registrar_from(CONFIG);
+    let mut phone = Phone::new(10);
+    registered(&r, &phone, now(0));
+    r.routing.backend(BackendId(0)).set_state(BackendState::Down);
+    phone.cseq = 2;
+    let step = send(&r, &phone, &phone.register(120, ""), now(100));
+    assert_eq!(
+        (step.outcome, backend_of(&step)),
+        (RegistrationOutcome::Forwarded, BackendId(1)),
+        "moved to the secondary"
+    );
+    answer(&r, &step.sends, "200 OK", 3600, now(100));
+    assert_eq!(r.registry.get("dev:SEP00000000000A").unwrap().backend, BackendId(1));
+    assert_eq!(r.stats.failovers.get("default").map(|c| *c), Some(1));
+    phone.cseq = 3;
+    assert_eq!(
+        send(&r, &phone, &phone.register(120, ""), now(200)).outcome,
+        RegistrationOutcome::Absorbed,
+        "settled on the secondary"
+    );
+    r.routing.backend(BackendId(0)).set_state(BackendState::Up);
+    phone.cseq = 4;
+    let step = send(&r, &phone, &phone.register(120, ""), now(300));
+    assert_eq!(
+        (step.outcome, backend_of(&step)),
+        (RegistrationOutcome::Forwarded, BackendId(0)),
+        "falls back to the primary"
+    );
+}
+
+#[test]
+fn forwarded_registers_are_rate_limited_per_backend() {
+    let r = registrar_from(CONFIG);
+    let outcomes: Vec<_> = (100..110)
+        .map(|n| {
+            let phone = Phone::new(n);
+            let step = send(&r, &phone, &phone.register(120, ""), now(0));
+            if step.outcome == RegistrationOutcome::RateLimited {
+                assert!(
+                    step.reply.starts_with("SIP/2.0 503 Registration Rate Limited\r\n")
+                        && step.reply.contains("\r\nRetry-After: "),
+                    "{}",
+                    step.reply
+                );
+            }
+            step.outcome
+        })
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == RegistrationOutcome::Forwarded).count(),
+        5,
+        "max_register_rate = 5: {outcomes:?}"
+    );
+    assert_eq!(outcomes.iter().filter(|o| **o == RegistrationOutcome::RateLimited).count(), 5);
+}
+
+#[test]
+fn no_backend_up_is_a_503() {
+    let r = registrar_from(CONFIG);
+    for b in &r.routing.backends {
+        b.set_state(BackendState::Down);
+    }
+    let phone = Phone::new(11);
+    let step = send(&r, &phone, &phone.register(120, ""), now(0));
+    assert_eq!(step.outcome, RegistrationOutcome::Rejected);
+    assert!(
+        step.reply.starts_with("SIP/2.0 503 No Backend Available\r\n") && step.reply.contains("Retry-After: "),
+        "{}",
+        step.reply
+    );
+}
+
+#[test]
+fn a_silent_phone_lapses_and_is_deregistered_at_its_backend() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(12);
+    registered(&r, &phone, now(0));
+    let mut sends = Vec::new();
+    r.on_tick(now(125), &mut sends);
+    assert!(sends.is_empty() && r.registry.get("dev:SEP00000000000C").is_some(), "still within the grace");
+    r.on_tick(now(131), &mut sends);
+    assert!(r.registry.get("dev:SEP00000000000C").is_none(), "lapsed at expiry + grace");
+    assert_eq!(sends.len(), 1);
+    let dereg = String::from_utf8(sends[0].bytes.clone()).unwrap();
+    assert!(
+        dereg.starts_with("REGISTER sip:example.net SIP/2.0\r\n")
+            && dereg.contains("\r\nExpires: 0\r\n")
+            && dereg.contains("Call-ID: call-12\r\nCSeq: 2 REGISTER"),
+        "{dereg}"
+    );
+    let response = backend_answer(&sends[0].bytes, "200 OK", 0);
+    let mut relayed = Vec::new();
+    assert!(r.on_response(&Message::parse(&response).unwrap(), &response, now(131), &mut relayed));
+    assert!(relayed.is_empty(), "the answer to our own de-registration goes nowhere");
+}
+
+#[test]
+fn unanswered_forwards_time_out() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(13);
+    send(&r, &phone, &phone.register(120, ""), now(0));
+    assert_eq!(r.pending_len(), 1);
+    r.on_tick(now(5), &mut Vec::new());
+    assert_eq!(r.pending_len(), 0);
+    assert_eq!(r.stats.backend_timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -1,0 +1,126 @@
+//! Bindings: what regedge knows about each registered phone, keyed by device identity
+//! and shared by every event loop (dashmap). Each binding carries what usrloc's
+//! `ucontact` carries: the flow it came from, Call-ID, CSeq, contact, the expiries on
+//! both sides, and the backend that holds it.
+
+use std::net::SocketAddr;
+
+use dashmap::DashMap;
+
+use crate::failover::{BackendId, GroupId};
+
+/// Transport of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    /// As written in a Via header.
+    pub const fn via(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+/// A TCP connection, numbered by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// Where a phone's messages come from and its answers go: the same UDP address and
+/// port, or the same TCP connection (NAT-friendly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    /// The local address the phone sent to.
+    pub local: SocketAddr,
+    pub connection: Option<ConnectionId>,
+}
+
+/// One registered phone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub aor: String,
+    /// The contact URI, as the phone wrote it.
+    pub contact: String,
+    pub flow: Flow,
+    pub call_id: String,
+    /// CSeq of the last REGISTER accepted (forwarded and answered 2xx, or absorbed).
+    pub cseq: u32,
+    /// Credentials of the last REGISTER the backend accepted (see `RegisterRequest`).
+    pub credentials: Option<u64>,
+    pub group: GroupId,
+    pub backend: BackendId,
+    /// Seconds the backend granted, and until when (monotonic milliseconds).
+    pub backend_granted: u32,
+    pub backend_valid_until_ms: u64,
+    /// When the phone's own registration runs out (monotonic milliseconds).
+    pub phone_expires_at_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// Every binding, keyed by `Device::key`.
+#[derive(Debug, Default)]
+pub struct Registry {
+    bindings: DashMap<String, Binding>,
+}
+
+impl Registry {
+    pub fn get(&self, device: &str) -> Option<Binding> {
+        self.bindings.get(device).map(|b| b.clone())
+    }
+
+    pub fn insert(&self, device: String, binding: Binding) {
+        self.bindings.insert(device, binding);
+    }
+
+    pub fn remove(&self, device: &str) -> Option<Binding> {
+        self.bindings.remove(device).map(|(_, b)| b)
+    }
+
+    /// Applies `update` to the binding of `device`, if there is one.
+    pub fn update(&self, device: &str, update: impl FnOnce(&mut Binding)) -> bool {
+        self.bindings.get_mut(device).map(|mut b| update(&mut b)).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    /// Removes and returns the bindings for which `lapsed` holds.
+    pub fn remove_where(&self, lapsed: impl Fn(&Binding) -> bool) -> Vec<(String, Binding)> {
+        let keys: Vec<String> = self.bindings.iter().filter(|e| lapsed(e.value())).map(|e| e.key().clone()).collect();
+        keys.into_iter().filter_map(|k| self.bindings.remove_if(&k, |_, b| lapsed(b))).collect()
+    }
+
+    /// Number of bindings per backend (index = `BackendId`).
+    pub fn per_backend(&self, backends: usize) -> Vec<usize> {
+        let mut counts = vec![0; backends];
+        for b in self.bindings.iter() {
+            if let Some(c) = counts.get_mut(b.backend.0) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// A copy of every binding (tests and the simulation).
+    pub fn snapshot(&self) -> Vec<(String, Binding)> {
+        self.bindings.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+}
