@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{kamailio::plain_temp_dir, netns::NetNs, process::TempDir, sipp::Transport};
+use crate::{netns::NetNs, process::TempDir, sipp::Transport};
 
 /// Where the modules of the Debian package are.
 pub const MODULE_PATH: &str = "/usr/lib/baresip/modules";
@@ -66,7 +66,7 @@ impl Baresip {
     }
 
     pub fn start_with(ns: &NetNs, opts: &BaresipOpts) -> Self {
-        let dir = plain_temp_dir("baresip");
+        let dir = TempDir::new("baresip");
         // No sip_listen: baresip binds ephemeral ports on the namespace's addresses, so
         // several instances can share a namespace. DNS stays on the namespace's loopback
         // (nothing is resolved: every address is an IP).

@@ -35,22 +35,6 @@ use crate::{
 pub const SIP_PORT: u16 = 5060;
 
 static RPC_SEQUENCE: AtomicU32 = AtomicU32::new(0);
-static DIR_SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
-/// A [`TempDir`] whose path has no spaces or braces: `TempDir::new` names carry
-/// `Instant { tv_sec: .., tv_nsec: .. }`, which Kamailio rejects in a socket address
-/// ("ctl: bad listen socket"). `regedge-<tag>-<pid>-<n>` under the temp dir.
-pub fn plain_temp_dir(tag: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "regedge-{tag}-{}-{}",
-        std::process::id(),
-        DIR_SEQUENCE.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    TempDir(dir)
-}
-
 /// How Kamailio is run.
 #[derive(Clone, Debug)]
 pub struct KamailioOpts {
@@ -127,7 +111,7 @@ impl Kamailio {
     /// (UDP and TCP); returns once its control socket answers. Panics, with the log, when
     /// it exits or does not answer within `opts.ready_timeout`.
     pub fn start(ns: &NetNs, address: Ipv4Addr, opts: KamailioOpts) -> Self {
-        let dir = plain_temp_dir("kamailio");
+        let dir = TempDir::new("kamailio");
         let ctl = dir.0.join("ctl.sock");
         let fifo = dir.0.join("rpc.fifo");
         // sun_path holds 108 bytes.

@@ -6,7 +6,10 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -38,9 +41,15 @@ pub fn regedge_binary() -> &'static Path {
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
+static DIR_SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
 impl TempDir {
+    /// `regedge-<tag>-<pid>-<n>` under the temp dir: no spaces or braces, which some
+    /// programs (Kamailio's ctl socket) reject in paths.
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("regedge-{tag}-{}-{:?}", std::process::id(), Instant::now()));
+        let n = DIR_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("regedge-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use crate::{
-    kamailio::plain_temp_dir,
     netns::NetNs,
     process::{TempDir, workspace_root},
 };
@@ -175,7 +174,7 @@ impl Sipp {
 
     fn spawn(ns: &NetNs, local_ip: IpAddr, target: SocketAddr, opts: &FleetOpts, scenario: &str) -> Sipp {
         assert!(opts.users > 0, "a fleet needs at least one user");
-        let dir = plain_temp_dir("sipp");
+        let dir = TempDir::new("sipp");
         let mut csv = String::from("SEQUENTIAL\n");
         for n in opts.first_user..opts.first_user + opts.users {
             csv.push_str(&format!("{};{};\n", user_name(n), user_mac(n)));
