@@ -26,7 +26,7 @@ use crate::{
     datapath::KernelCounters,
     engine::{DropReason, Outcome, Rejection},
     failover::BackendState,
-    io::udp::Shared,
+    io::{tcp::CloseReason, workers::Shared},
     registrar::{RESPONSE_BUCKETS_MS, Registrar, RegistrationOutcome},
 };
 
@@ -60,6 +60,10 @@ pub mod names {
     pub const BACKEND_RESPONSE: &str = "regedge_backend_response_seconds";
     /// `regedge_backend_timeouts_total`: forwarded REGISTERs that got no final answer in time.
     pub const BACKEND_TIMEOUTS: &str = "regedge_backend_timeouts";
+    /// `regedge_sip_tcp_connections`: open SIP TCP connections.
+    pub const SIP_TCP_CONNECTIONS: &str = "regedge_sip_tcp_connections";
+    /// `regedge_sip_tcp_closed_total{reason}`: SIP TCP connections closed, by reason.
+    pub const SIP_TCP_CLOSED: &str = "regedge_sip_tcp_closed";
     /// `regedge_bindings_lapsed_total`: bindings whose phone stopped refreshing.
     pub const BINDINGS_LAPSED: &str = "regedge_bindings_lapsed";
 }
@@ -70,6 +74,7 @@ pub struct UserspaceCounters {
     replies: [AtomicU64; ReplyKind::COUNT as usize],
     rejected: [AtomicU64; Rejection::LABELS.len()],
     dropped: [AtomicU64; DropReason::ALL.len()],
+    tcp_closed: [AtomicU64; CloseReason::LABELS.len()],
 }
 
 impl UserspaceCounters {
@@ -82,6 +87,10 @@ impl UserspaceCounters {
             Outcome::Registration(_) | Outcome::Relayed => return,
         };
         slot.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_tcp_close(&self, reason: CloseReason) {
+        self.tcp_closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn replies(&self, kind: ReplyKind) -> u64 {
@@ -165,6 +174,16 @@ impl Collector for MetricsCollector {
             "Datagrams userspace did not answer, by reason.",
             "reason",
             DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
+        )?;
+        let mut connections =
+            encoder.encode_descriptor(names::SIP_TCP_CONNECTIONS, "Open SIP TCP connections.", None, MetricType::Gauge)?;
+        ConstGauge::new(self.shared.connections() as i64).encode(connections.encode_family(&NO_LABELS)?)?;
+        encode_counter(
+            &mut encoder,
+            names::SIP_TCP_CLOSED,
+            "SIP TCP connections closed, by reason.",
+            "reason",
+            CloseReason::LABELS.into_iter().zip(&user.tcp_closed).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
         )?;
         if let Some(registrar) = &self.shared.engine.registrar {
             encode_registrar(&mut encoder, registrar)?;

@@ -18,7 +18,7 @@ use crate::{
     engine::Engine,
     failover::Routing,
     health::HealthChecker,
-    io::udp::{Shared, UdpWorkers},
+    io::workers::{Shared, Workers},
     local_names::{self, LocalNames},
     metrics::{MetricsCollector, MetricsServer},
     registrar::{Node, Policy, Registrar},
@@ -47,20 +47,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let node = Node { to_tag: tag, backend_facing, token_key: random_u64() };
         Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
     });
-    let shared = Arc::new(Shared {
-        engine: Engine::new(names, tag, registrar),
-        counters: Default::default(),
-        clock: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(Engine::new(names, tag, registrar)));
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
-    let udp = UdpWorkers::start(
+    let workers_running = Workers::start(
         &config.sip.listen,
         workers,
         Arc::clone(&shared),
         backend_listener.iter().map(|(index, _)| *index).collect(),
         Some(health_rx),
     )?;
-    let waker = udp.timekeeper_waker();
+    let waker = workers_running.timekeeper_waker();
     let health = HealthChecker::start(&routing, &config.health, health_tx, move || {
         let _ = waker.wake();
     })
@@ -88,7 +84,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let signal = wait_for_shutdown()?;
     tracing::info!(signal, "shutting down");
     drop(health);
-    drop(udp);
+    drop(workers_running);
     drop(metrics);
     if fastpath.is_some() {
         drop(fastpath);

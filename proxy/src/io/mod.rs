@@ -1,4 +1,6 @@
-//! The thin I/O shell: sockets, event loops, signals. Decisions live in `engine`.
+//! The thin I/O shell: sockets and event loops. Decisions live in `engine`.
 
 mod pktinfo;
+pub mod tcp;
 pub mod udp;
+pub mod workers;

@@ -1,0 +1,445 @@
+//! The event loops: one mio loop per worker thread. Each has its own SO_REUSEPORT UDP
+//! socket and TCP listener on every `[sip] listen` address, so the kernel spreads
+//! datagrams and connections over the loops. Every message goes to the engine; the loop
+//! sends what it says — the answer to the sender, REGISTERs to backends, relayed
+//! responses to phones — and counts. A TCP connection belongs to the loop that accepted
+//! it; messages for it from other loops arrive through that loop's mailbox. The first
+//! loop also runs the registrar's timers and applies health changes.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use dashmap::DashMap;
+use mio::{Events, Interest, Poll, Token, Waker, net::TcpListener};
+
+use super::{
+    pktinfo,
+    tcp::{self, CloseReason, Connection},
+    udp::bind_reuseport,
+};
+use crate::{
+    engine::{Engine, Output},
+    health::HealthEvent,
+    metrics::UserspaceCounters,
+    registrar::{Destination, Now, Send},
+    registry::{ConnectionId, Flow, Transport},
+    sip::framing::{Frame, PONG},
+};
+use regedge_common::ReplyKind;
+
+const WAKE: Token = Token(usize::MAX);
+/// Tokens of TCP connections start here (UDP sockets and TCP listeners come first).
+const CONNECTION_BASE: usize = 1 << 32;
+/// Largest datagram read; a UDP SIP message over the MTU is fragmented, not larger.
+const RECV_BUFFER: usize = 65_535;
+const EVENTS_CAPACITY: usize = 256;
+/// How often the first loop runs the registrar's timers.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The clock the shell reads for the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self { start: Instant::now() }
+    }
+}
+
+impl Clock {
+    pub fn now(&self) -> Now {
+        let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Now { mono_ms: self.start.elapsed().as_millis() as u64, unix_secs }
+    }
+}
+
+/// What every loop shares.
+pub struct Shared {
+    pub engine: Engine,
+    pub counters: UserspaceCounters,
+    pub clock: Clock,
+    /// Which loop owns each open TCP connection.
+    connections: DashMap<ConnectionId, usize>,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            counters: UserspaceCounters::default(),
+            clock: Clock::default(),
+            connections: DashMap::new(),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// Open TCP connections.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+/// Bytes for a connection owned by another loop.
+type Mail = (ConnectionId, Vec<u8>);
+
+/// The running loops. Dropping stops and joins them.
+pub struct Workers {
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Binds every listen address (UDP and TCP) once per worker — a port in use fails
+    /// here, before anything runs — and starts the loops. `backend_listener[i]` is the
+    /// index in `listen` of the UDP socket that talks to backend `i`.
+    pub fn start(
+        listen: &[SocketAddr],
+        workers: usize,
+        shared: Arc<Shared>,
+        backend_listener: Vec<usize>,
+        health: Option<Receiver<HealthEvent>>,
+    ) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        fn with_addr(addr: SocketAddr, what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+            move |e| io::Error::new(e.kind(), format!("binding {what} {addr}: {e}"))
+        }
+        let mut prepared = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+            let mut udp = Vec::with_capacity(listen.len());
+            let mut tcp = Vec::with_capacity(listen.len());
+            for (i, addr) in listen.iter().enumerate() {
+                let mut socket = mio::net::UdpSocket::from_std(bind_reuseport(*addr).map_err(with_addr(*addr, "UDP"))?);
+                poll.registry().register(&mut socket, Token(i), Interest::READABLE)?;
+                udp.push(UdpListener { socket, addr: *addr });
+                let mut listener = tcp::bind_listener(*addr).map_err(with_addr(*addr, "TCP"))?;
+                poll.registry().register(&mut listener, Token(listen.len() + i), Interest::READABLE)?;
+                tcp.push(listener);
+            }
+            prepared.push((poll, waker, udp, tcp));
+        }
+        let mailboxes: Vec<(Sender<Mail>, Receiver<Mail>)> = (0..workers).map(|_| crossbeam_channel::unbounded()).collect();
+        let wakers: Vec<Arc<Waker>> = prepared.iter().map(|(_, w, _, _)| Arc::clone(w)).collect();
+        let post: Arc<Vec<(Sender<Mail>, Arc<Waker>)>> =
+            Arc::new(mailboxes.iter().zip(&wakers).map(|((tx, _), w)| (tx.clone(), Arc::clone(w))).collect());
+        let mut threads = Vec::with_capacity(workers);
+        let mut health = health;
+        for (id, ((poll, _, udp, tcp), (_, inbox))) in prepared.into_iter().zip(mailboxes).enumerate() {
+            let event_loop = Loop {
+                id,
+                poll,
+                udp,
+                tcp,
+                connections: HashMap::new(),
+                inbox,
+                post: Arc::clone(&post),
+                shared: Arc::clone(&shared),
+                stop: Arc::clone(&stop),
+                backend_listener: backend_listener.clone(),
+                timekeeper: id == 0,
+                health: if id == 0 { health.take() } else { None },
+            };
+            threads.push(std::thread::Builder::new().name(format!("sip-{id}")).spawn(move || event_loop.run())?);
+        }
+        Ok(Self { stop, wakers, threads })
+    }
+
+    /// Wakes the first loop (the one that applies health changes).
+    pub fn timekeeper_waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.wakers[0])
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP socket; a wildcard one learns and replies from each datagram's destination.
+struct UdpListener {
+    socket: mio::net::UdpSocket,
+    addr: SocketAddr,
+}
+
+impl UdpListener {
+    fn wildcard(&self) -> bool {
+        self.addr.ip().is_unspecified()
+    }
+}
+
+struct Loop {
+    id: usize,
+    poll: Poll,
+    udp: Vec<UdpListener>,
+    tcp: Vec<TcpListener>,
+    connections: HashMap<usize, Connection>,
+    inbox: Receiver<Mail>,
+    post: Arc<Vec<(Sender<Mail>, Arc<Waker>)>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    backend_listener: Vec<usize>,
+    timekeeper: bool,
+    health: Option<Receiver<HealthEvent>>,
+}
+
+fn connection_token(id: ConnectionId) -> usize {
+    CONNECTION_BASE + id.0 as usize
+}
+
+impl Loop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut recv = vec![0u8; RECV_BUFFER];
+        let mut output = Output::default();
+        let mut next_tick = Instant::now() + TICK;
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = self.timekeeper.then(|| next_tick.saturating_duration_since(Instant::now()));
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %err, "event loop stopped");
+                return;
+            }
+            for event in &events {
+                let token = event.token().0;
+                if event.token() == WAKE {
+                    continue;
+                } else if token < self.udp.len() {
+                    self.drain_udp(token, &mut recv, &mut output);
+                } else if token < self.udp.len() + self.tcp.len() {
+                    self.accept(token - self.udp.len());
+                } else {
+                    if event.is_writable() {
+                        self.flush(token);
+                    }
+                    if event.is_readable() || event.is_read_closed() {
+                        self.read_connection(token, &mut output);
+                    }
+                }
+            }
+            self.deliver_mail();
+            if self.timekeeper {
+                self.apply_health_events();
+                if Instant::now() >= next_tick {
+                    next_tick = Instant::now() + TICK;
+                    output.clear();
+                    self.shared.engine.on_tick(self.shared.clock.now(), &mut output.sends);
+                    self.dispatch(&output.sends);
+                }
+            }
+        }
+        for (_, connection) in self.connections.drain() {
+            self.shared.connections.remove(&connection.id);
+        }
+    }
+
+    fn apply_health_events(&self) {
+        let (Some(events), Some(registrar)) = (&self.health, &self.shared.engine.registrar) else { return };
+        for event in events.try_iter() {
+            registrar.routing.backend(event.backend).set_state(event.state);
+        }
+    }
+
+    /// Reads a UDP socket until it would block (mio is edge-triggered).
+    fn drain_udp(&mut self, index: usize, recv: &mut [u8], output: &mut Output) {
+        loop {
+            let listener = &self.udp[index];
+            let fd = listener.socket.as_raw_fd();
+            let received = if listener.wildcard() {
+                pktinfo::recv(fd, recv)
+            } else {
+                listener.socket.recv_from(recv).map(|(len, peer)| (len, peer, None))
+            };
+            let (len, peer, local_ip) = match received {
+                Ok(received) => received,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors from earlier sends surface here; they concern one peer only.
+                Err(err) => {
+                    tracing::debug!(error = %err, "UDP receive error");
+                    continue;
+                }
+            };
+            let local = SocketAddr::new(local_ip.unwrap_or(listener.addr.ip()), listener.addr.port());
+            let flow = Flow { transport: Transport::Udp, peer, local, connection: None };
+            let outcome = self.shared.engine.on_datagram(&recv[..len], flow, self.shared.clock.now(), output);
+            if !output.reply.is_empty() {
+                self.send_udp(&flow, &output.reply);
+            }
+            self.dispatch(&output.sends);
+            self.shared.counters.record(outcome);
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let (mut stream, peer) = match self.tcp[index].accept() {
+                Ok(accepted) => accepted,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "TCP accept failed");
+                    return;
+                }
+            };
+            let Ok(local) = stream.local_addr() else { continue };
+            let id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
+            let token = connection_token(id);
+            if let Err(err) = self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE) {
+                tracing::warn!(error = %err, "registering a TCP connection failed");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            self.shared.connections.insert(id, self.id);
+            self.connections.insert(token, Connection::new(stream, id, peer, local));
+        }
+    }
+
+    fn read_connection(&mut self, token: usize, output: &mut Output) {
+        let Some(connection) = self.connections.get_mut(&token) else { return };
+        let open = match connection.fill() {
+            Ok(open) => open,
+            Err(_) => return self.close(token, CloseReason::Io),
+        };
+        let flow = Flow { transport: Transport::Tcp, peer: connection.peer, local: connection.local, connection: Some(connection.id) };
+        let mut replies: Vec<Vec<u8>> = Vec::new();
+        let mut sends: Vec<Send> = Vec::new();
+        loop {
+            let Some(connection) = self.connections.get_mut(&token) else { return };
+            match connection.decoder.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Ping)) => {
+                    replies.push(PONG.to_vec());
+                    self.shared.counters.record(crate::engine::Outcome::Replied(ReplyKind::Crlf));
+                }
+                Ok(Some(Frame::Message(bytes))) => {
+                    let outcome = self.shared.engine.on_datagram(bytes, flow, self.shared.clock.now(), output);
+                    if !output.reply.is_empty() {
+                        replies.push(std::mem::take(&mut output.reply));
+                    }
+                    sends.append(&mut output.sends);
+                    self.shared.counters.record(outcome);
+                }
+                Err(err) => {
+                    tracing::info!(peer = %flow.peer, error = %err, "closing a SIP TCP connection");
+                    return self.close(token, CloseReason::Framing(err));
+                }
+            }
+        }
+        for reply in replies {
+            self.send_to_connection(token, &reply);
+        }
+        self.dispatch(&sends);
+        if !open {
+            self.close(token, CloseReason::PeerClosed);
+        }
+    }
+
+    fn flush(&mut self, token: usize) {
+        let Some(connection) = self.connections.get_mut(&token) else { return };
+        if connection.wants_write()
+            && let Err(reason) = connection.flush()
+        {
+            self.close(token, reason);
+        }
+    }
+
+    fn send_to_connection(&mut self, token: usize, bytes: &[u8]) {
+        let Some(connection) = self.connections.get_mut(&token) else { return };
+        if let Err(reason) = connection.send(bytes) {
+            tracing::info!(peer = %connection.peer, reason = reason.label(), "closing a SIP TCP connection");
+            self.close(token, reason);
+        }
+    }
+
+    fn close(&mut self, token: usize, reason: CloseReason) {
+        if let Some(mut connection) = self.connections.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+            self.shared.connections.remove(&connection.id);
+            self.shared.counters.record_tcp_close(reason);
+        }
+    }
+
+    fn deliver_mail(&mut self) {
+        while let Ok((id, bytes)) = self.inbox.try_recv() {
+            self.send_to_connection(connection_token(id), &bytes);
+        }
+    }
+
+    fn dispatch(&mut self, sends: &[Send]) {
+        for send in sends {
+            match send.to {
+                Destination::Phone(flow) => self.send_to_flow(&flow, &send.bytes),
+                Destination::Backend(id) => {
+                    let Some(registrar) = &self.shared.engine.registrar else { continue };
+                    let backend = registrar.routing.backend(id);
+                    let listener = &self.udp[self.backend_listener[id.0]];
+                    if let Err(err) = listener.socket.send_to(&send.bytes, backend.address) {
+                        tracing::debug!(backend = %backend.name, error = %err, "UDP send to backend failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_to_flow(&mut self, flow: &Flow, bytes: &[u8]) {
+        match (flow.transport, flow.connection) {
+            (Transport::Tcp, Some(id)) => match self.shared.connections.get(&id).map(|owner| *owner) {
+                Some(owner) if owner == self.id => self.send_to_connection(connection_token(id), bytes),
+                Some(owner) => {
+                    let (mailbox, waker) = &self.post[owner];
+                    if mailbox.send((id, bytes.to_vec())).is_ok() {
+                        let _ = waker.wake();
+                    }
+                }
+                None => tracing::debug!(peer = %flow.peer, "the phone's TCP connection is gone"),
+            },
+            _ => self.send_udp(flow, bytes),
+        }
+    }
+
+    /// Sends to a phone's UDP flow from the address it sent to.
+    fn send_udp(&self, flow: &Flow, bytes: &[u8]) {
+        let port = flow.local.port();
+        let listener = self.udp.iter().find(|l| l.addr == flow.local).or_else(|| {
+            self.udp.iter().find(|l| l.wildcard() && l.addr.port() == port && l.addr.is_ipv4() == flow.local.is_ipv4())
+        });
+        let Some(listener) = listener else {
+            tracing::debug!(local = %flow.local, "no listener for a flow's local address");
+            return;
+        };
+        let sent = if listener.wildcard() {
+            pktinfo::send_from(listener.socket.as_raw_fd(), bytes, flow.peer, flow.local.ip())
+        } else {
+            listener.socket.send_to(bytes, flow.peer).map(drop)
+        };
+        if let Err(err) = sent {
+            tracing::debug!(peer = %flow.peer, error = %err, "UDP send failed");
+        }
+    }
+}

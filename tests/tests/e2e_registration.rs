@@ -1,0 +1,498 @@
+//! End-to-end: regedge as a registration edge between a fleet of phones and two real
+//! Kamailio registrars. Three namespaces: phones —veth— proxy (regedge) —veth— backends
+//! (Kamailio cm1 and cm2 on two addresses of one subnet). regedge listens on its
+//! phone-side address only and forwards to the backends from that socket, so the backends'
+//! namespace routes the phone-side subnet back through regedge's backend-side address.
+//!
+//! Checked from both sides: what the phones saw (sipp's counts, baresip's log), what the
+//! registrars hold (`ul.dump`, Kamailio's own counters) and what regedge says (/metrics).
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use regedge_tests::{
+    baresip::Baresip,
+    kamailio::{Binding, Kamailio, KamailioOpts},
+    netns::NetNs,
+    privilege::{require_program, require_root},
+    process::{Regedge, TempDir, scrape},
+    sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_name},
+};
+
+const METRICS: &str = "127.0.0.1:9100";
+const SIP_PORT: u16 = 5060;
+
+/// Picks the subnets of one test: phones 10.212.<n>.0/24, backends 10.213.<n>.0/24.
+static SUBNET: AtomicU32 = AtomicU32::new(0);
+
+/// The three namespaces, both registrars and regedge. Drop order: regedge, the
+/// registrars, the scratch dir, then the namespaces.
+struct Lab {
+    regedge: Regedge,
+    cm1: Kamailio,
+    cm2: Kamailio,
+    _dir: TempDir,
+    phones: NetNs,
+    proxy: NetNs,
+    _backends: NetNs,
+    /// The phones' address.
+    phone_ip: Ipv4Addr,
+    /// regedge's SIP address (phone side), UDP and TCP.
+    edge: SocketAddr,
+}
+
+impl Lab {
+    fn start(test: &str) -> Self {
+        let n = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
+        let phone_ip = Ipv4Addr::new(10, 212, n, 2);
+        let edge_ip = Ipv4Addr::new(10, 212, n, 1);
+        let edge_backend_side = Ipv4Addr::new(10, 213, n, 1);
+        let cm1_ip = Ipv4Addr::new(10, 213, n, 11);
+        let cm2_ip = Ipv4Addr::new(10, 213, n, 12);
+
+        let phones = NetNs::new("phones");
+        let proxy = NetNs::new("edge");
+        let backends = NetNs::new("cms");
+        phones.link("rgph0", &phone_ip.to_string(), &proxy, "rgpp0", &edge_ip.to_string(), 24);
+        proxy.link("rgpb0", &edge_backend_side.to_string(), &backends, "rgbk0", &cm1_ip.to_string(), 24);
+        backends.ip(&["addr", "add", &format!("{cm2_ip}/24"), "dev", "rgbk0"]);
+        // regedge forwards from its phone-side socket: answers come back through it.
+        backends.route(&format!("10.212.{n}.0/24"), &edge_backend_side.to_string());
+
+        let opts = KamailioOpts { children: 2, ..KamailioOpts::default() };
+        let cm1 = Kamailio::start(&backends, cm1_ip, opts.clone());
+        let cm2 = Kamailio::start(&backends, cm2_ip, opts);
+
+        let dir = TempDir::new(test);
+        let edge = SocketAddr::new(edge_ip.into(), SIP_PORT);
+        let config = dir.write(
+            "regedge.toml",
+            &format!(
+                "[node]\nname = \"e2e\"\nworkers = 2\n\n[sip]\nlisten = [\"{edge}\"]\n\n\
+                 [registration]\nphone_expires = 30\nbackend_expires = 600\nexpires_jitter = 0.1\n\n\
+                 [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\ndown_after = 2\nup_after = 2\n\n\
+                 [metrics]\nlisten = \"{METRICS}\"\n\n[routing]\ndefault_group = \"default\"\n\n\
+                 [[backends]]\nname = \"cm1\"\naddress = \"{}\"\nmax_register_rate = 2000\n\n\
+                 [[backends]]\nname = \"cm2\"\naddress = \"{}\"\nmax_register_rate = 2000\n\n\
+                 [[groups]]\nname = \"default\"\nbackends = [\"cm1\", \"cm2\"]\n",
+                cm1.sip_addr(),
+                cm2.sip_addr()
+            ),
+        );
+        let mut regedge = Regedge::start(Some(&proxy), &config, dir.0.join("regedge.log"));
+        if let Err(err) = regedge.wait_ready(METRICS.parse().unwrap(), Some(&proxy), Duration::from_secs(20)) {
+            panic!("{test}: {err}");
+        }
+        Self { regedge, cm1, cm2, _dir: dir, phones, proxy, _backends: backends, phone_ip, edge }
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics(scrape(METRICS.parse().unwrap(), Some(&self.proxy)).expect("scrape /metrics"))
+    }
+
+    /// The end of regedge's log, for assertion messages.
+    fn regedge_log(&self) -> String {
+        tail(&self.regedge.log(), 4000)
+    }
+
+    fn fleet(&self, opts: &FleetOpts) -> FleetSummary {
+        Sipp::register_fleet(&self.phones, IpAddr::V4(self.phone_ip), self.edge, opts)
+    }
+
+    fn spawn_fleet(&self, opts: &FleetOpts) -> Sipp {
+        Sipp::spawn_fleet(&self.phones, IpAddr::V4(self.phone_ip), self.edge, opts)
+    }
+
+    /// The Path a backend stores for a phone registered through regedge names regedge's
+    /// phone-side address (the one regedge forwards from), loose-routing, outbound.
+    fn path_names_regedge(&self, binding: &Binding) -> bool {
+        binding.path.as_deref().is_some_and(|p| {
+            p.starts_with("<sip:") && p.contains(&format!("@{};lr;ob>", self.edge)) && !p.contains(',')
+        })
+    }
+}
+
+/// Root and the programs the test runs (SKIPPED without them, a failure under CI).
+fn prerequisites(test: &str, programs: &[&str]) -> bool {
+    require_root(test) && ["ip", "kamailio", "kamcmd"].iter().chain(programs).all(|p| require_program(test, p))
+}
+
+/// A /metrics text.
+struct Metrics(String);
+
+impl Metrics {
+    /// The sample of `name` whose label set is exactly `labels` (in any order).
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        want.sort();
+        self.0.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (sample_name, mut found) = match series.split_once('{') {
+                Some((sample_name, rest)) => (sample_name, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, Vec::new()),
+            };
+            found.sort();
+            (sample_name == name && found == want).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
+        })
+    }
+
+    /// Like [`Metrics::get`], panicking (with the whole text) when the sample is missing.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics:\n{}", self.0))
+    }
+
+    /// `regedge_registrations_total{protocol="sip",outcome=...}`.
+    fn registrations(&self, outcome: &str) -> u64 {
+        self.value("regedge_registrations_total", &[("protocol", "sip"), ("outcome", outcome)])
+    }
+
+    fn bindings(&self) -> u64 {
+        self.value("regedge_bindings", &[("protocol", "sip")])
+    }
+
+    fn backend_up(&self, backend: &str) -> u64 {
+        self.value("regedge_backend_up", &[("backend", backend)])
+    }
+
+    fn backend_bindings(&self, backend: &str) -> u64 {
+        self.value("regedge_backend_bindings", &[("backend", backend)])
+    }
+
+    fn failovers(&self) -> u64 {
+        self.value("regedge_failovers_total", &[("group", "default")])
+    }
+
+    /// Every registration outcome, for messages.
+    fn outcomes(&self) -> String {
+        ["forwarded", "absorbed", "rejected", "challenged", "rate_limited", "backup_probe"]
+            .iter()
+            .map(|o| format!("{o}={}", self.registrations(o)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `k="v",k2="v2"` (values without escaped quotes or commas, as regedge's are).
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().strip_prefix('"')?.strip_suffix('"')?.to_owned()))
+        })
+        .collect()
+}
+
+fn tail(text: &str, chars: usize) -> String {
+    let skip = text.chars().count().saturating_sub(chars);
+    text.chars().skip(skip).collect()
+}
+
+fn users(first: u32, count: u32) -> BTreeSet<String> {
+    (first..first + count).map(user_name).collect()
+}
+
+/// The AORs registered at `kamailio` (`ul.dump`).
+fn aors(kamailio: &Kamailio) -> BTreeSet<String> {
+    kamailio.registered_aors().into_iter().collect()
+}
+
+/// Polls `kamailio` until it holds every AOR of `want`; how long that took, or the AORs
+/// still missing when `timeout` passed.
+fn wait_all_registered(kamailio: &Kamailio, want: &BTreeSet<String>, timeout: Duration) -> Result<Duration, usize> {
+    let started = Instant::now();
+    loop {
+        let missing = want.difference(&aors(kamailio)).count();
+        if missing == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(missing);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A fleet registers through regedge and refreshes three times: the backend sees only
+/// the first REGISTER of each phone (with regedge's Path); regedge answers the refreshes.
+fn registrations_are_throttled(test: &str, transport: Transport, count: u32, first_user: u32, rate: u32) {
+    if !prerequisites(test, &["sipp"]) {
+        return;
+    }
+    let started = Instant::now();
+    let lab = Lab::start(test);
+    if transport == Transport::Tcp {
+        // Say plainly why the fleet cannot run rather than leave it to sipp's errors.
+        let edge = lab.edge;
+        let connected = lab.phones.run(|| TcpStream::connect_timeout(&edge, Duration::from_secs(2)));
+        if let Err(err) = connected {
+            panic!("{test}: regedge does not accept TCP on {edge} ([sip] listen): {err}\n{}", lab.regedge_log());
+        }
+    }
+    let opts = FleetOpts {
+        users: count,
+        first_user,
+        transport,
+        expires: 120,
+        refreshes: 3,
+        refresh_interval: Duration::from_secs(2),
+        rate,
+        timeout: Duration::from_secs(60),
+        ..FleetOpts::default()
+    };
+    let summary = lab.fleet(&opts);
+    let metrics = lab.metrics();
+    assert!(
+        summary.all_ok(count),
+        "{test}: sipp fleet of {count} through regedge did not succeed: {summary:#?}\nregedge: {}\n{}",
+        metrics.outcomes(),
+        lab.regedge_log()
+    );
+    let users = u64::from(count);
+    assert_eq!(summary.requests_sent, 4 * users, "a REGISTER and three refreshes per phone: {summary:#?}");
+
+    // The registrar's view: every phone once, reached through regedge.
+    let contacts = lab.cm1.contacts();
+    let seen: BTreeSet<String> = contacts.iter().map(|b| b.aor.clone()).collect();
+    assert_eq!(seen, self::users(first_user, count), "{test}: AORs registered at cm1");
+    assert_eq!(contacts.len(), count as usize, "{test}: one contact per phone at cm1");
+    for b in &contacts {
+        assert!(lab.path_names_regedge(b), "{test}: binding without regedge's Path (edge {}): {b:?}", lab.edge);
+        assert!(b.expires > 300 && b.expires <= 600, "{test}: cm1 did not get backend_expires: {b:?}");
+        assert_eq!(
+            b.contact,
+            format!("sip:{}@{}:5060;transport={}", b.aor, lab.phone_ip, transport.as_str().to_uppercase()),
+            "{test}"
+        );
+    }
+    assert_eq!(aors(&lab.cm2), BTreeSet::new(), "{test}: cm2 got registrations while cm1 was up");
+    let cm1_registers = lab.cm1.stat("core:rcv_requests_register");
+    let cm2_registers = lab.cm2.stat("core:rcv_requests_register");
+    let phone_registers = summary.requests_sent + summary.retransmissions;
+    assert!(
+        cm1_registers >= users && cm1_registers * 10 <= users * 11,
+        "{test}: cm1 received {cm1_registers} REGISTERs for {users} phones that sent {phone_registers}"
+    );
+    assert_eq!(cm2_registers, 0, "{test}: REGISTERs at cm2");
+    assert_eq!(lab.cm1.stat("registrar:rejected_regs"), 0, "{test}");
+
+    // regedge's view.
+    let forwarded = metrics.registrations("forwarded");
+    let absorbed = metrics.registrations("absorbed");
+    let outcomes = metrics.outcomes();
+    assert!(forwarded >= users && forwarded * 10 <= users * 11, "{test}: {outcomes}");
+    assert!(absorbed >= 3 * users && absorbed <= 3 * users + summary.retransmissions, "{test}: {outcomes}");
+    assert!(
+        forwarded + absorbed >= summary.requests_sent && forwarded + absorbed <= phone_registers,
+        "{test}: every REGISTER the phones sent is forwarded or absorbed: {outcomes}, phones sent {phone_registers}"
+    );
+    for outcome in ["rejected", "rate_limited", "challenged"] {
+        assert_eq!(metrics.registrations(outcome), 0, "{test}: {outcomes}");
+    }
+    assert_eq!(metrics.bindings(), users, "{test}: regedge_bindings");
+    assert_eq!(metrics.backend_bindings("cm1"), users, "{test}");
+    assert_eq!(metrics.backend_bindings("cm2"), 0, "{test}");
+    assert_eq!(metrics.backend_up("cm1"), 1, "{test}");
+    assert_eq!(metrics.failovers(), 0, "{test}");
+    eprintln!(
+        "{test}: {count} phones over {}: phones sent {} REGISTERs (+{} retransmissions) in {:?}; \
+         cm1 received {cm1_registers}, cm2 {cm2_registers}; regedge {outcomes}, bindings {}; \
+         cm1 holds {} contacts (whole test {:?})",
+        transport.as_str(),
+        summary.requests_sent,
+        summary.retransmissions,
+        summary.elapsed,
+        metrics.bindings(),
+        contacts.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn registrations_are_throttled_over_udp() {
+    registrations_are_throttled("registrations_are_throttled_over_udp", Transport::Udp, 1000, 100_000, 500);
+}
+
+/// Needs regedge's TCP listener on the `[sip] listen` addresses (the TCP transport).
+#[test]
+fn registrations_over_tcp() {
+    registrations_are_throttled("registrations_over_tcp", Transport::Tcp, 300, 200_000, 300);
+}
+
+/// cm1 crashes while phones keep refreshing every second: each phone's next REGISTER
+/// after regedge marks cm1 down goes to cm2 as a full registration; when cm1 is back and
+/// up, the next one goes back to cm1. sipp retransmits over UDP and regedge answers
+/// refreshes itself until it marks cm1 down, so no phone sees a failure.
+#[test]
+fn phones_fail_over_and_fall_back() {
+    let test = "phones_fail_over_and_fall_back";
+    if !prerequisites(test, &["sipp"]) {
+        return;
+    }
+    let started = Instant::now();
+    let count = 300;
+    let first_user = 300_000;
+    let want = users(first_user, count);
+    let mut lab = Lab::start(test);
+    let opts = FleetOpts {
+        users: count,
+        first_user,
+        expires: 120,
+        refreshes: 25,
+        refresh_interval: Duration::from_secs(1),
+        rate: 300,
+        timeout: Duration::from_secs(60),
+        ..FleetOpts::default()
+    };
+    let fleet = lab.spawn_fleet(&opts);
+    let fleet_started = Instant::now();
+
+    let took = wait_all_registered(&lab.cm1, &want, Duration::from_secs(10)).unwrap_or_else(|missing| {
+        panic!(
+            "{test}: {missing} phones not registered at cm1 after 10 s; {}\n{}",
+            lab.metrics().outcomes(),
+            lab.regedge_log()
+        )
+    });
+    eprintln!("{test}: all {count} phones registered at cm1 {took:?} after the first check");
+
+    // A crash of cm1's whole process group.
+    let killed_at = Instant::now();
+    let cm1_pid = lab.cm1.pid();
+    lab.cm1.kill();
+    assert!(!lab.cm1.is_running(), "{test}: cm1 (pid {cm1_pid}) survived kill()");
+    let failover = wait_all_registered(&lab.cm2, &want, Duration::from_secs(10)).unwrap_or_else(|missing| {
+        panic!(
+            "{test}: {missing} phones not registered at cm2 10 s after cm1 was killed; {}, cm1 up {}\n{}",
+            lab.metrics().outcomes(),
+            lab.metrics().backend_up("cm1"),
+            lab.regedge_log()
+        )
+    });
+    let failover_total = killed_at.elapsed();
+    let metrics = lab.metrics();
+    assert_eq!(metrics.backend_up("cm1"), 0, "{test}: regedge still reports cm1 up");
+    assert_eq!(metrics.backend_up("cm2"), 1, "{test}");
+    assert_eq!(metrics.backend_bindings("cm2"), u64::from(count), "{test}");
+    let failovers = metrics.failovers();
+    assert!(failovers >= u64::from(count), "{test}: regedge_failovers_total {failovers} < {count}");
+    let cm2_contacts = lab.cm2.contacts();
+    assert_eq!(cm2_contacts.len(), count as usize, "{test}: one contact per phone at cm2");
+    assert!(cm2_contacts.iter().all(|b| lab.path_names_regedge(b)), "{test}: cm2 binding without regedge's Path");
+    eprintln!(
+        "{test}: failover: all {count} phones at cm2 {failover_total:?} after the kill (last check {failover:?}); \
+         failovers_total {failovers}; {}",
+        metrics.outcomes()
+    );
+
+    // cm1 comes back with an empty location table.
+    let restarted_at = Instant::now();
+    lab.cm1.restart();
+    let ready = restarted_at.elapsed();
+    let fallback = wait_all_registered(&lab.cm1, &want, Duration::from_secs(10)).unwrap_or_else(|missing| {
+        panic!(
+            "{test}: {missing} phones not back at cm1 10 s after it restarted; {}, cm1 up {}\n{}",
+            lab.metrics().outcomes(),
+            lab.metrics().backend_up("cm1"),
+            lab.regedge_log()
+        )
+    });
+    let metrics = lab.metrics();
+    assert_eq!(metrics.backend_up("cm1"), 1, "{test}");
+    assert_eq!(metrics.backend_bindings("cm1"), u64::from(count), "{test}");
+    assert_eq!(metrics.backend_bindings("cm2"), 0, "{test}");
+    assert!(lab.cm1.contacts().iter().all(|b| lab.path_names_regedge(b)), "{test}: cm1 binding without Path");
+    eprintln!(
+        "{test}: fallback: cm1 ready {ready:?} after restart(), all {count} phones back at cm1 {:?} after \
+         restart() began (last check {fallback:?}); {}",
+        restarted_at.elapsed(),
+        metrics.outcomes()
+    );
+
+    let summary = fleet.wait();
+    let metrics = lab.metrics();
+    assert!(
+        summary.all_ok(count),
+        "{test}: {} of {count} phones failed across the failover and fallback: {summary:#?}\nregedge: {}\n{}",
+        summary.failed,
+        metrics.outcomes(),
+        lab.regedge_log()
+    );
+    assert_eq!(summary.requests_sent, 26 * u64::from(count), "{test}: {summary:#?}");
+    assert_eq!(metrics.bindings(), u64::from(count), "{test}");
+    let cm1_registers = lab.cm1.stat("core:rcv_requests_register");
+    let cm2_registers = lab.cm2.stat("core:rcv_requests_register");
+    eprintln!(
+        "{test}: fleet: {} REGISTERs (+{} retransmissions, {} timeouts, {} failed phones) in {:?}; \
+         cm2 received {cm2_registers}, restarted cm1 {cm1_registers}; regedge {} (whole test {:?})",
+        summary.requests_sent,
+        summary.retransmissions,
+        summary.timeouts,
+        summary.failed,
+        summary.elapsed,
+        metrics.outcomes(),
+        started.elapsed()
+    );
+}
+
+/// A real UA: baresip registers through regedge as its outbound proxy; cm1 stores it with
+/// regedge's Path; its refresh is answered by regedge; its de-registration reaches cm1.
+#[test]
+fn baresip_registers_through_regedge() {
+    let test = "baresip_registers_through_regedge";
+    if !prerequisites(test, &["baresip"]) {
+        return;
+    }
+    let lab = Lab::start(test);
+    let domain = lab.edge.ip().to_string();
+    let mut alice = Baresip::start(&lab.phones, "alice", &domain, lab.edge);
+    let line = alice
+        .wait_registered(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{test}: {e}\nregedge: {}\n{}", lab.metrics().outcomes(), lab.regedge_log()));
+    eprintln!("{test}: {line}");
+
+    let contacts = lab.cm1.contacts();
+    let found: Vec<&Binding> = contacts.iter().filter(|b| b.aor == "alice").collect();
+    assert_eq!(found.len(), 1, "{test}: alice's contacts at cm1: {contacts:?}");
+    assert!(lab.path_names_regedge(found[0]), "{test}: no Path naming regedge {}: {:?}", lab.edge, found[0]);
+    assert!(found[0].contact.contains(&format!("@{}:", lab.phone_ip)), "{test}: {:?}", found[0]);
+    assert_eq!(aors(&lab.cm2), BTreeSet::new(), "{test}");
+    let metrics = lab.metrics();
+    assert_eq!(metrics.bindings(), 1, "{test}: {}", metrics.outcomes());
+    assert_eq!(metrics.backend_bindings("cm1"), 1, "{test}");
+    let cm1_registers = lab.cm1.stat("core:rcv_requests_register");
+
+    // regedge granted at most 30 s: baresip refreshes well within that, and regedge
+    // answers the refresh itself.
+    let line = alice
+        .wait_registered(Duration::from_secs(35))
+        .unwrap_or_else(|e| panic!("{test}: no refresh: {e}\nregedge: {}", lab.metrics().outcomes()));
+    eprintln!("{test}: refresh: {line}");
+    let metrics = lab.metrics();
+    assert!(metrics.registrations("absorbed") >= 1, "{test}: refresh not absorbed: {}", metrics.outcomes());
+    assert_eq!(
+        lab.cm1.stat("core:rcv_requests_register"),
+        cm1_registers,
+        "{test}: baresip's refresh reached cm1: {}",
+        metrics.outcomes()
+    );
+    assert_eq!(lab.cm1.contacts().len(), 1, "{test}");
+    let registered_outcomes = metrics.outcomes();
+
+    // SIGTERM: baresip de-registers (Expires 0), which regedge forwards.
+    alice.stop(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !lab.cm1.registered_aors().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = lab.metrics();
+    assert_eq!(lab.cm1.registered_aors(), Vec::<String>::new(), "{test}: de-registration did not reach cm1");
+    assert_eq!(metrics.bindings(), 0, "{test}: regedge kept the binding: {}", metrics.outcomes());
+    eprintln!("{test}: registered: {registered_outcomes}; after stop: {}", metrics.outcomes());
+}
