@@ -351,7 +351,6 @@ fn phones_fail_over_and_fall_back() {
         ..FleetOpts::default()
     };
     let fleet = lab.spawn_fleet(&opts);
-    let fleet_started = Instant::now();
 
     let took = wait_all_registered(&lab.cm1, &want, Duration::from_secs(10)).unwrap_or_else(|missing| {
         panic!(
