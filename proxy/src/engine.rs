@@ -254,6 +254,91 @@ mod tests {
     const HEADERS: &str =
         "Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:x>\nCall-ID: c\n";
 
+    /// Hostile input: hand-written breakage plus seeded mutations of valid messages.
+    /// Every input gets an outcome without a panic, and every answer is a SIP response.
+    #[test]
+    fn malformed_corpus_is_answered_or_dropped() {
+        let config = "[[backends]]\nname = \"cm1\"\naddress = \"10.0.0.11:5060\"\n[[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n";
+        let engine = Engine::new(
+            LocalNames::new(&["edge.example.net".into()], &["192.0.2.1:5060".parse().unwrap()], &[]),
+            ToTag::for_node("t"),
+            Some(crate::registrar::tests::registrar_from(config)),
+        );
+        let register = sip(&format!(
+            "REGISTER sip:example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\nContact: <sip:a@192.0.2.9:5062>;expires=60\nExpires: 60\n\n"
+        ));
+        let options = sip(&format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\n\n"));
+        let mut corpus: Vec<Vec<u8>> = [
+            "", "\r\n\r\n\r\n", "SIP/2.0", "REGISTER\r\n\r\n", "REGISTER sip:x SIP/2.0\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nVia: \r\nTo: \r\nFrom: x\r\nCall-ID: \r\nCSeq: 1 REGISTER\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nVia: v\r\nTo: <sip:a@b\r\nFrom: f\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nVia: v\r\nTo: t\r\nFrom: f\r\nCall-ID: c\r\nCSeq: 99999999999 REGISTER\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nVia: v\r\nTo: <sip:a@b>\r\nFrom: f\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nExpires: -1\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nVia: v\r\nTo: <sip:a@b>\r\nFrom: f\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *, <sip:x>\r\n\r\n",
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-rg0000000000000000\r\n\r\n",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        corpus.push(b"\x00\x01\x00\x04\x21\x12\xa4\x42abcdefghijkl\x80\x28\x00\x08".to_vec());
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut random = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut m = if random(2) == 0 { register.clone() } else { options.clone() };
+            const NOISE: &[u8] = b"\r\n:;<>\" ,@=0\x00\xff";
+            for _ in 0..1 + random(4) {
+                if m.is_empty() {
+                    break;
+                }
+                let at = random(m.len());
+                match random(4) {
+                    0 => m[at] = NOISE[random(NOISE.len())],
+                    1 => drop(m.remove(at)),
+                    2 => m.insert(at, NOISE[random(NOISE.len())]),
+                    _ => m.truncate(at),
+                }
+            }
+            corpus.push(m);
+        }
+        let flow = Flow {
+            transport: Transport::Udp,
+            peer: PEER.parse().unwrap(),
+            local: "192.0.2.1:5060".parse().unwrap(),
+            connection: None,
+        };
+        let mut out = Output::default();
+        let (mut registrations, mut rejected, mut dropped) = (0, 0, 0);
+        for (i, input) in corpus.iter().enumerate() {
+            let outcome = engine.on_datagram(input, flow, Now { mono_ms: i as u64, unix_secs: 0 }, &mut out);
+            match outcome {
+                Outcome::Registration(_) => registrations += 1,
+                Outcome::Rejected(_) => rejected += 1,
+                Outcome::Dropped(_) => dropped += 1,
+                _ => {}
+            }
+            if !out.reply.is_empty()
+                && !matches!(
+                    outcome,
+                    Outcome::Replied(ReplyKind::Stun) | Outcome::Rejected(Rejection::StunUnknownAttributes)
+                )
+            {
+                let reply = Message::parse(&out.reply).unwrap_or_else(|e| {
+                    panic!("answer to #{i} does not parse ({e}): {:?}", String::from_utf8_lossy(&out.reply))
+                });
+                assert!(matches!(reply.start, StartLine::Response { .. }), "answer to #{i} is not a response");
+            }
+        }
+        assert!(
+            registrations > 100 && rejected > 100 && dropped > 100,
+            "the corpus reaches every path: {registrations} {rejected} {dropped}"
+        );
+    }
+
     #[test]
     fn keepalives_are_answered() {
         assert_eq!(run(b"\r\n\r\n").0, Outcome::Absorbed(ReplyKind::Crlf));

@@ -231,6 +231,51 @@ mod tests {
     }
 
     #[test]
+    fn rules_pick_groups_in_order_then_the_default() {
+        let config = crate::config::Config::from_toml(
+            r#"
+            [routing]
+            default_group = "main"
+            [[backends]]
+            name = "cm1"
+            address = "10.0.0.11:5060"
+            [[groups]]
+            name = "main"
+            backends = ["cm1"]
+            [[groups]]
+            name = "lab"
+            backends = ["cm1"]
+            [[groups]]
+            name = "partner"
+            backends = ["cm1"]
+            [[rules]]
+            group = "lab"
+            device = "SEP0011*"
+            [[rules]]
+            group = "partner"
+            mac_prefix = "AA:BB"
+            [[rules]]
+            group = "lab"
+            domain = "lab.example.net"
+            "#,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let routing = Routing::from_config(&config);
+        let device = |name: Option<&str>, mac: Option<&str>, domain: &str| Device {
+            key: String::new(),
+            name: name.map(str::to_owned),
+            mac: mac.map(str::to_owned),
+            domain: domain.to_owned(),
+        };
+        let group_name = |d: &Device| routing.groups[routing.group_for(d).unwrap().0].name.clone();
+        assert_eq!(group_name(&device(Some("SEP001122334455"), Some("001122334455"), "example.net")), "lab");
+        assert_eq!(group_name(&device(None, Some("aabbcc000001"), "example.net")), "partner");
+        assert_eq!(group_name(&device(None, None, "lab.example.net")), "lab");
+        assert_eq!(group_name(&device(Some("SEP999999999999"), None, "example.net")), "main");
+    }
+
+    #[test]
     fn token_bucket_paces() {
         let mut bucket = TokenBucket::new(10);
         let taken = (0..20).filter(|_| bucket.try_take(0)).count();

@@ -175,8 +175,12 @@ impl Collector for MetricsCollector {
             "reason",
             DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
         )?;
-        let mut connections =
-            encoder.encode_descriptor(names::SIP_TCP_CONNECTIONS, "Open SIP TCP connections.", None, MetricType::Gauge)?;
+        let mut connections = encoder.encode_descriptor(
+            names::SIP_TCP_CONNECTIONS,
+            "Open SIP TCP connections.",
+            None,
+            MetricType::Gauge,
+        )?;
         ConstGauge::new(self.shared.connections() as i64).encode(connections.encode_family(&NO_LABELS)?)?;
         encode_counter(
             &mut encoder,

@@ -134,7 +134,8 @@ impl Workers {
             }
             prepared.push((poll, waker, udp, tcp));
         }
-        let mailboxes: Vec<(Sender<Mail>, Receiver<Mail>)> = (0..workers).map(|_| crossbeam_channel::unbounded()).collect();
+        let mailboxes: Vec<(Sender<Mail>, Receiver<Mail>)> =
+            (0..workers).map(|_| crossbeam_channel::unbounded()).collect();
         let wakers: Vec<Arc<Waker>> = prepared.iter().map(|(_, w, _, _)| Arc::clone(w)).collect();
         let post: Arc<Vec<(Sender<Mail>, Arc<Waker>)>> =
             Arc::new(mailboxes.iter().zip(&wakers).map(|((tx, _), w)| (tx.clone(), Arc::clone(w))).collect());
@@ -309,7 +310,9 @@ impl Loop {
             let Ok(local) = stream.local_addr() else { continue };
             let id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
             let token = connection_token(id);
-            if let Err(err) = self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE) {
+            if let Err(err) =
+                self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
+            {
                 tracing::warn!(error = %err, "registering a TCP connection failed");
                 continue;
             }
@@ -325,7 +328,12 @@ impl Loop {
             Ok(open) => open,
             Err(_) => return self.close(token, CloseReason::Io),
         };
-        let flow = Flow { transport: Transport::Tcp, peer: connection.peer, local: connection.local, connection: Some(connection.id) };
+        let flow = Flow {
+            transport: Transport::Tcp,
+            peer: connection.peer,
+            local: connection.local,
+            connection: Some(connection.id),
+        };
         let mut replies: Vec<Vec<u8>> = Vec::new();
         let mut sends: Vec<Send> = Vec::new();
         loop {

@@ -8,7 +8,7 @@ pub mod request;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     hash::{Hash, Hasher},
@@ -461,7 +461,18 @@ impl Registrar {
                         binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
                         binding.phone_expires_at_ms = now.mono_ms + pending.grant as u64 * 1000;
                         let contact = binding.contact.clone();
+                        let new_backend = binding.backend;
+                        let previous = self.registry.get(&pending.device);
                         self.registry.insert(pending.device.clone(), binding);
+                        // A phone that moved leaves its old backend, if that one can hear it,
+                        // so that it is registered on one backend of its group only.
+                        if let Some(old) = previous.filter(|old| {
+                            old.backend != new_backend
+                                && self.routing.backend(old.backend).state() == BackendState::Up
+                                && now.mono_ms < old.backend_valid_until_ms
+                        }) {
+                            self.deregister_at_backend(&pending.device, &old, now, sends);
+                        }
                         let grant = pending.grant.min(granted);
                         forward::registration_ok(
                             msg,

@@ -34,7 +34,7 @@ name = "default"
 backends = ["cm1", "cm2"]
 "#;
 
-pub(super) fn registrar_from(config_text: &str) -> Registrar {
+pub(crate) fn registrar_from(config_text: &str) -> Registrar {
     let config = Config::from_toml(config_text, "test").unwrap_or_else(|e| panic!("{e}"));
     let routing = Arc::new(Routing::from_config(&config));
     let facing = config.backends.iter().map(|_| (Transport::Udp, "10.0.0.1:5060".parse().unwrap())).collect();
@@ -384,6 +384,15 @@ fn phones_fail_over_at_their_next_refresh_and_fall_back() {
         (RegistrationOutcome::Forwarded, BackendId(0)),
         "falls back to the primary"
     );
+    // Once the primary accepts it, the phone leaves the secondary.
+    let response = backend_answer(&step.sends[0].bytes, "200 OK", 3600);
+    let mut sends = Vec::new();
+    assert!(r.on_response(&Message::parse(&response).unwrap(), &response, now(300), &mut sends));
+    let to_secondary: Vec<_> = sends.iter().filter(|s| s.to == Destination::Backend(BackendId(1))).collect();
+    assert_eq!(to_secondary.len(), 1, "a de-registration for the secondary");
+    let dereg = String::from_utf8_lossy(&to_secondary[0].bytes);
+    assert!(dereg.contains("\r\nExpires: 0\r\n") && dereg.contains("Call-ID: call-10\r\n"), "{dereg}");
+    assert_eq!(r.registry.get("dev:SEP00000000000A").unwrap().backend, BackendId(0));
 }
 
 #[test]
