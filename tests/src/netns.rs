@@ -63,7 +63,20 @@ impl NetNs {
     /// Joins this namespace to `other` with a veth pair: `local_if` here with
     /// `local_addr`, `other_if` there with `other_addr` (both `/prefix`), both up.
     pub fn link(&self, local_if: &str, local_addr: &str, other: &NetNs, other_if: &str, other_addr: &str, prefix: u8) {
-        ip(&["link", "add", local_if, "netns", &self.name, "type", "veth", "peer", "name", other_if, "netns", &other.name]);
+        ip(&[
+            "link",
+            "add",
+            local_if,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            other_if,
+            "netns",
+            &other.name,
+        ]);
         for (ns, dev, addr) in [(self, local_if, local_addr), (other, other_if, other_addr)] {
             ns.ip(&["addr", "add", &format!("{addr}/{prefix}"), "dev", dev]);
             ns.ip(&["link", "set", dev, "up"]);

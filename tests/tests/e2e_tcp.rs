@@ -76,7 +76,11 @@ fn tcp_keepalives_requests_and_broken_framing() {
     assert_eq!(read_exactly(&mut stream, 2), b"\r\n");
 
     let metrics = scrape(METRICS.parse().unwrap(), Some(&veth.proxy)).expect("scrape");
-    assert_eq!(metric(&metrics, "regedge_sip_tcp_closed_total", "reason", "missing_content_length"), Some(1), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "regedge_sip_tcp_closed_total", "reason", "missing_content_length"),
+        Some(1),
+        "{metrics}"
+    );
     assert_eq!(metric(&metrics, "regedge_userspace_replies_total", "kind", "crlf"), Some(3), "{metrics}");
     assert_eq!(metric(&metrics, "regedge_userspace_replies_total", "kind", "options"), Some(1), "{metrics}");
     let status = regedge.terminate(Duration::from_secs(10)).expect("exits on SIGTERM");
