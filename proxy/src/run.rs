@@ -43,7 +43,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let routing = Arc::new(Routing::from_config(&config));
     let backend_listener = backend_listeners(&config)?;
     let registrar = (!routing.is_empty()).then(|| {
-        let backend_facing = backend_listener.iter().map(|(_, facing)| (Transport::Udp, *facing)).collect();
+        let backend_facing = backend_listener
+            .iter()
+            .zip(&config.backends)
+            .map(|((_, facing), backend)| {
+                let transport = match backend.transport {
+                    BackendTransport::Udp => Transport::Udp,
+                    BackendTransport::Tcp => Transport::Tcp,
+                };
+                (transport, *facing)
+            })
+            .collect();
         let node = Node { to_tag: tag, backend_facing, token_key: random_u64() };
         Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
     });
@@ -95,17 +105,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// For each backend: the index of the listen address that talks to it (the first of its
 /// family), and that address as the backend reaches it (a wildcard resolved through the
-/// routing table). TCP backends are refused until the TCP transport reaches backends.
+/// routing table).
 fn backend_listeners(config: &Config) -> anyhow::Result<Vec<(usize, SocketAddr)>> {
     config
         .backends
         .iter()
         .map(|backend| {
-            anyhow::ensure!(
-                backend.transport == BackendTransport::Udp,
-                "backend {}: transport \"tcp\" is not supported yet; use \"udp\"",
-                backend.name
-            );
             let (index, listen) = config
                 .sip
                 .listen

@@ -86,3 +86,60 @@ fn tcp_keepalives_requests_and_broken_framing() {
     let status = regedge.terminate(Duration::from_secs(10)).expect("exits on SIGTERM");
     assert!(status.success(), "{}", regedge.log());
 }
+
+/// A backend reached over TCP: regedge opens a connection per event loop, forwards full
+/// registrations on it, relays the answers and absorbs the refreshes.
+#[test]
+fn registrations_reach_a_tcp_backend() {
+    use regedge_tests::{
+        kamailio::{Kamailio, KamailioOpts},
+        privilege::require_program,
+        sipp::{FleetOpts, Sipp, Transport},
+    };
+    let test = "registrations_reach_a_tcp_backend";
+    if !require_root(test) || !require_program(test, "kamailio") || !require_program(test, "sipp") {
+        return;
+    }
+    let veth = VethPair::new();
+    let server = SocketAddr::new(veth.proxy_v4.into(), 5060);
+    let [a, b, c, _] = veth.proxy_v4.octets();
+    let backend_ip = std::net::Ipv4Addr::new(a, b, c, 5);
+    veth.proxy.ip(&["addr", "add", &format!("{backend_ip}/24"), "dev", regedge_tests::netns::PROXY_IF]);
+    let kamailio = Kamailio::start(&veth.proxy, backend_ip, KamailioOpts::default());
+    let dir = TempDir::new("tcp-backend");
+    let config = dir.write(
+        "regedge.toml",
+        &format!(
+            "[node]\nname = \"tcp-backend\"\nworkers = 2\n[sip]\nlisten = [\"{server}\"]\n[fastpath]\nmode = \"off\"\n\
+             [[backends]]\nname = \"cm1\"\naddress = \"{backend_ip}:5060\"\ntransport = \"tcp\"\nmax_register_rate = 1000\n\
+             [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n"
+        ),
+    );
+    let mut regedge = Regedge::start(Some(&veth.proxy), &config, dir.0.join("regedge.log"));
+    regedge.wait_ready(METRICS.parse().unwrap(), Some(&veth.proxy), Duration::from_secs(20)).expect("regedge runs");
+    let users = 100;
+    let opts = FleetOpts {
+        users,
+        transport: Transport::Udp,
+        expires: 120,
+        refreshes: 2,
+        refresh_interval: Duration::from_millis(500),
+        rate: 200,
+        timeout: Duration::from_secs(30),
+        ..FleetOpts::default()
+    };
+    let summary = Sipp::register_fleet(&veth.phone, veth.phone_v4.into(), server, &opts);
+    assert!(summary.all_ok(users), "{summary:?}\n{}", regedge.log());
+    let contacts = kamailio.contacts();
+    assert_eq!(contacts.len(), users as usize, "every phone registered at the TCP backend");
+    assert!(
+        contacts.iter().all(|c| c.path.as_deref().is_some_and(|p| p.contains(&server.ip().to_string()))),
+        "{contacts:?}"
+    );
+    let received = kamailio.stat("core:rcv_requests_register");
+    assert_eq!(received, users as u64, "refreshes were absorbed: the backend saw one REGISTER per phone");
+    let metrics = scrape(METRICS.parse().unwrap(), Some(&veth.proxy)).expect("scrape");
+    assert_eq!(metric(&metrics, "regedge_backend_up", "backend", "cm1"), Some(1), "{metrics}");
+    let status = regedge.terminate(Duration::from_secs(10)).expect("exits on SIGTERM");
+    assert!(status.success(), "{}", regedge.log());
+}

@@ -69,7 +69,7 @@ impl CloseReason {
     }
 }
 
-/// One accepted connection.
+/// A SIP TCP connection: accepted from a phone, or opened to a backend.
 pub struct Connection {
     pub stream: TcpStream,
     pub id: ConnectionId,
@@ -77,11 +77,53 @@ pub struct Connection {
     pub local: SocketAddr,
     pub decoder: StreamDecoder,
     queued: Vec<u8>,
+    /// False while an outgoing connection is still being established.
+    connected: bool,
 }
 
 impl Connection {
+    /// An accepted connection.
     pub fn new(stream: TcpStream, id: ConnectionId, peer: SocketAddr, local: SocketAddr) -> Self {
-        Self { stream, id, peer, local, decoder: StreamDecoder::new(StreamLimits::default()), queued: Vec::new() }
+        Self {
+            stream,
+            id,
+            peer,
+            local,
+            decoder: StreamDecoder::new(StreamLimits::default()),
+            queued: Vec::new(),
+            connected: true,
+        }
+    }
+
+    /// A connection being opened to `peer` (non-blocking connect); writes queue until
+    /// it is established.
+    pub fn connect(peer: SocketAddr, id: ConnectionId, local: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(peer)?;
+        let mut connection = Self::new(stream, id, peer, local);
+        connection.connected = false;
+        Ok(connection)
+    }
+
+    /// On a writable event: whether an outgoing connection is now established (or
+    /// failed, as an error).
+    pub fn establish(&mut self) -> Result<(), CloseReason> {
+        if self.connected {
+            return Ok(());
+        }
+        if let Ok(Some(_)) | Err(_) = self.stream.take_error() {
+            return Err(CloseReason::Io);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.connected = true;
+                if let Ok(local) = self.stream.local_addr() {
+                    self.local = local;
+                }
+                Ok(())
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(_) => Err(CloseReason::Io),
+        }
     }
 
     /// Reads what is available into the decoder. `Ok(false)`: the peer closed.
@@ -100,7 +142,7 @@ impl Connection {
 
     /// Writes `bytes` now, queueing what the socket does not take.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
-        if self.queued.is_empty() {
+        if self.queued.is_empty() && self.connected {
             let written = write_some(&mut self.stream, bytes)?;
             self.queued.extend_from_slice(&bytes[written..]);
         } else {
@@ -114,6 +156,9 @@ impl Connection {
 
     /// Writes queued bytes (on a writable event).
     pub fn flush(&mut self) -> Result<(), CloseReason> {
+        if !self.connected {
+            return Ok(());
+        }
         let written = write_some(&mut self.stream, &self.queued)?;
         self.queued.drain(..written);
         Ok(())

@@ -29,7 +29,9 @@ use super::{
     udp::bind_reuseport,
 };
 use crate::{
+    config::BackendTransport,
     engine::{Engine, Output},
+    failover::BackendId,
     health::HealthEvent,
     metrics::UserspaceCounters,
     registrar::{Destination, Now, Send},
@@ -148,6 +150,7 @@ impl Workers {
                 udp,
                 tcp,
                 connections: HashMap::new(),
+                backend_connections: HashMap::new(),
                 inbox,
                 post: Arc::clone(&post),
                 shared: Arc::clone(&shared),
@@ -197,6 +200,8 @@ struct Loop {
     udp: Vec<UdpListener>,
     tcp: Vec<TcpListener>,
     connections: HashMap<usize, Connection>,
+    /// This loop's connection to each TCP backend (by backend index), once opened.
+    backend_connections: HashMap<usize, usize>,
     inbox: Receiver<Mail>,
     post: Arc<Vec<(Sender<Mail>, Arc<Waker>)>>,
     shared: Arc<Shared>,
@@ -370,9 +375,10 @@ impl Loop {
 
     fn flush(&mut self, token: usize) {
         let Some(connection) = self.connections.get_mut(&token) else { return };
-        if connection.wants_write()
-            && let Err(reason) = connection.flush()
-        {
+        let result =
+            connection.establish().and_then(|()| if connection.wants_write() { connection.flush() } else { Ok(()) });
+        if let Err(reason) = result {
+            tracing::info!(peer = %connection.peer, reason = reason.label(), "closing a SIP TCP connection");
             self.close(token, reason);
         }
     }
@@ -386,6 +392,7 @@ impl Loop {
     }
 
     fn close(&mut self, token: usize, reason: CloseReason) {
+        self.backend_connections.retain(|_, t| *t != token);
         if let Some(mut connection) = self.connections.remove(&token) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
             self.shared.connections.remove(&connection.id);
@@ -403,16 +410,52 @@ impl Loop {
         for send in sends {
             match send.to {
                 Destination::Phone(flow) => self.send_to_flow(&flow, &send.bytes),
-                Destination::Backend(id) => {
-                    let Some(registrar) = &self.shared.engine.registrar else { continue };
-                    let backend = registrar.routing.backend(id);
-                    let listener = &self.udp[self.backend_listener[id.0]];
-                    if let Err(err) = listener.socket.send_to(&send.bytes, backend.address) {
-                        tracing::debug!(backend = %backend.name, error = %err, "UDP send to backend failed");
+                Destination::Backend(id) => self.send_to_backend(id, &send.bytes),
+            }
+        }
+    }
+
+    /// To a backend: from the UDP socket that faces it, or over this loop's connection
+    /// to it (opened on first use; its answers come back on it).
+    fn send_to_backend(&mut self, id: BackendId, bytes: &[u8]) {
+        let Some(registrar) = &self.shared.engine.registrar else { return };
+        let backend = registrar.routing.backend(id);
+        let listener = &self.udp[self.backend_listener[id.0]];
+        if backend.transport == BackendTransport::Udp {
+            if let Err(err) = listener.socket.send_to(bytes, backend.address) {
+                tracing::debug!(backend = %backend.name, error = %err, "UDP send to backend failed");
+            }
+            return;
+        }
+        let token = match self.backend_connections.get(&id.0) {
+            Some(token) => *token,
+            None => {
+                let (address, local) = (backend.address, listener.addr);
+                let connection_id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
+                let token = connection_token(connection_id);
+                let opened = Connection::connect(address, connection_id, local).and_then(|mut connection| {
+                    self.poll.registry().register(
+                        &mut connection.stream,
+                        Token(token),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    Ok(connection)
+                });
+                match opened {
+                    Ok(connection) => {
+                        self.shared.connections.insert(connection_id, self.id);
+                        self.connections.insert(token, connection);
+                        self.backend_connections.insert(id.0, token);
+                        token
+                    }
+                    Err(err) => {
+                        tracing::debug!(backend = %address, error = %err, "TCP connection to backend failed");
+                        return;
                     }
                 }
             }
-        }
+        };
+        self.send_to_connection(token, bytes);
     }
 
     fn send_to_flow(&mut self, flow: &Flow, bytes: &[u8]) {
