@@ -89,6 +89,11 @@ impl Registry {
         self.bindings.remove(device).map(|(_, b)| b)
     }
 
+    /// Removes the binding of `device` if `condition` holds for it.
+    pub fn remove_if(&self, device: &str, condition: impl FnOnce(&Binding) -> bool) -> Option<Binding> {
+        self.bindings.remove_if(device, |_, b| condition(b)).map(|(_, b)| b)
+    }
+
     /// Applies `update` to the binding of `device`, if there is one.
     pub fn update(&self, device: &str, update: impl FnOnce(&mut Binding)) -> bool {
         self.bindings.get_mut(device).map(|mut b| update(&mut b)).is_some()

@@ -122,6 +122,8 @@ struct Pending {
     /// What becomes the binding on a 2xx (`None`: nothing is cached, e.g. several contacts).
     candidate: Option<Binding>,
     deregister: bool,
+    /// The backend the request went to.
+    backend: BackendId,
     grant: u32,
     sent_ms: u64,
 }
@@ -419,7 +421,15 @@ impl Registrar {
         };
         self.pending.insert(
             branch,
-            Pending { phone: Some(flow), device: device.clone(), candidate, deregister, grant, sent_ms: now.mono_ms },
+            Pending {
+                phone: Some(flow),
+                device: device.clone(),
+                candidate,
+                deregister,
+                backend,
+                grant,
+                sent_ms: now.mono_ms,
+            },
         );
         sends.push(Send { to: Destination::Backend(backend), bytes });
         self.stats.count(RegistrationOutcome::Forwarded);
@@ -447,7 +457,10 @@ impl Registrar {
         let mut bytes = Vec::with_capacity(raw.len());
         match code {
             200..=299 if pending.deregister => {
-                self.registry.remove(&pending.device);
+                // Only the binding on the backend that accepted the de-registration ends:
+                // a phone that moved is de-registered at its old backend while its new
+                // binding stands.
+                self.registry.remove_if(&pending.device, |b| b.backend == pending.backend);
                 forward::relay_response(msg, raw, &mut bytes);
             }
             200..=299 => match pending.candidate {
@@ -561,6 +574,7 @@ impl Registrar {
                 device: device.to_owned(),
                 candidate: None,
                 deregister: true,
+                backend: binding.backend,
                 grant: 0,
                 sent_ms: now.mono_ms,
             },

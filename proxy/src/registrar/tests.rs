@@ -393,6 +393,10 @@ fn phones_fail_over_at_their_next_refresh_and_fall_back() {
     let dereg = String::from_utf8_lossy(&to_secondary[0].bytes);
     assert!(dereg.contains("\r\nExpires: 0\r\n") && dereg.contains("Call-ID: call-10\r\n"), "{dereg}");
     assert_eq!(r.registry.get("dev:SEP00000000000A").unwrap().backend, BackendId(0));
+    // The secondary's 200 to that de-registration leaves the new binding alone.
+    let response = backend_answer(&to_secondary[0].bytes, "200 OK", 0);
+    assert!(r.on_response(&Message::parse(&response).unwrap(), &response, now(300), &mut Vec::new()));
+    assert_eq!(r.registry.get("dev:SEP00000000000A").map(|b| b.backend), Some(BackendId(0)));
 }
 
 #[test]
