@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::NetNs, process::TempDir, sipp::Transport};
+use crate::{
+    netns::NetNs,
+    process::{TempDir, stop_child},
+    sipp::Transport,
+};
 
 /// Where the modules of the Debian package are.
 pub const MODULE_PATH: &str = "/usr/lib/baresip/modules";
@@ -158,21 +162,9 @@ impl Baresip {
 
     /// SIGTERM by PID (baresip unregisters, then exits), SIGKILL after `timeout`.
     pub fn stop(&mut self, timeout: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, timeout);
         }
-        // SAFETY: signalling our own unreaped child by its PID.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

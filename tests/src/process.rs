@@ -166,3 +166,21 @@ pub fn metric(text: &str, name: &str, label: &str, value: &str) -> Option<u64> {
     let prefix = format!("{name}{{{label}=\"{value}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
+
+/// SIGTERM by PID, SIGKILL after `timeout`; reaps the child either way.
+pub fn stop_child(child: &mut Child, timeout: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: signalling our own unreaped child by its PID.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -17,7 +17,7 @@ use std::{
 
 use crate::{
     netns::NetNs,
-    process::{TempDir, workspace_root},
+    process::{TempDir, stop_child, workspace_root},
 };
 
 /// How the phones talk to the target: one socket for all phones either way.
@@ -241,7 +241,7 @@ impl Sipp {
                 break Some(status);
             }
             if Instant::now() > deadline {
-                stop_child(&mut child);
+                stop_child(&mut child, Duration::from_secs(2));
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -257,28 +257,11 @@ impl Sipp {
 impl Drop for Sipp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_child(&mut child);
+            stop_child(&mut child, Duration::from_secs(2));
         }
     }
 }
 
-/// SIGTERM by PID, SIGKILL after 2 s; reaps the child.
-fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    // SAFETY: signalling our own unreaped child by its PID.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
 fn scenario_path(name: &str) -> PathBuf {
     let path = workspace_root().join("tests/sipp").join(name);
