@@ -322,7 +322,7 @@ fn registrations_are_throttled_over_udp() {
 /// Needs regedge's TCP listener on the `[sip] listen` addresses (the TCP transport).
 #[test]
 fn registrations_over_tcp() {
-    registrations_are_throttled("registrations_over_tcp", Transport::Tcp, 300, 200_000, 300);
+    registrations_are_throttled("registrations_over_tcp", Transport::Tcp, 1000, 200_000, 500);
 }
 
 /// cm1 crashes while phones keep refreshing every second: each phone's next REGISTER
