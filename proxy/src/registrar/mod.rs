@@ -19,7 +19,7 @@ use dashmap::DashMap;
 
 use crate::{
     config::RegistrationConfig,
-    failover::{BackendId, BackendState, GroupId, Routing},
+    failover::{BackendId, BackendState, Routing},
     registry::{Binding, Flow, Registry},
     sip::{
         Message, StartLine,
@@ -157,6 +157,25 @@ impl RegistrarStats {
     }
 }
 
+/// One REGISTER being handled: the message, where it came from, when.
+struct Incoming<'r, 'm> {
+    msg: &'r Message<'m>,
+    raw: &'m [u8],
+    flow: Flow,
+    now: Now,
+    request: &'r RegisterRequest<'m>,
+}
+
+/// What forwarding a REGISTER needs beyond the request.
+struct Forwarding<'b> {
+    /// The group's active backend, if any is up.
+    active: Option<BackendId>,
+    /// The binding a 2xx will store, with the phone's grant (`None`: nothing is cached).
+    candidate: Option<(Binding, u32)>,
+    /// A binding that may be refreshed here instead when the rate limit says no.
+    fallback: Option<&'b Binding>,
+}
+
 /// Our Via branches start with this (after the RFC 3261 magic cookie).
 const BRANCH_PREFIX: &str = "z9hG4bK-rg";
 
@@ -247,7 +266,8 @@ impl Registrar {
         let active = self.routing.active_backend(group);
         let Contacts::One(contact) = request.contacts else {
             // Queries, `*` and several contacts pass through; nothing is cached.
-            return self.forward(msg, raw, flow, now, group, active, &request, None, None, reply, sends);
+            let incoming = Incoming { msg, raw, flow, now, request: &request };
+            return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
         let binding = self.registry.get(&request.device.key);
         let grant = self.grant(request.expires, &request.device.key, request.cseq);
@@ -264,11 +284,7 @@ impl Registrar {
             Decision::Absorb | Decision::Retransmission => {
                 let binding = binding.expect("absorbing needs a binding");
                 if decision == Decision::Absorb {
-                    self.registry.update(&request.device.key, |b| {
-                        b.cseq = request.cseq;
-                        b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
-                        b.last_seen_ms = now.mono_ms;
-                    });
+                    self.refresh_here(&request, grant, now);
                 }
                 self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
                 RegistrationOutcome::Absorbed
@@ -295,19 +311,9 @@ impl Registrar {
                 // A due refresh that the rate limit holds back is answered here while the
                 // backend's registration is still valid.
                 let fallback = (reason == ForwardReason::BackendRefreshDue).then_some(binding.as_ref()).flatten();
-                let outcome = self.forward(
-                    msg,
-                    raw,
-                    flow,
-                    now,
-                    group,
-                    active,
-                    &request,
-                    candidate.map(|c| (c, grant)),
-                    fallback,
-                    reply,
-                    sends,
-                );
+                let incoming = Incoming { msg, raw, flow, now, request: &request };
+                let plan = Forwarding { active, candidate: candidate.map(|c| (c, grant)), fallback };
+                let outcome = self.forward(&incoming, plan, reply, sends);
                 // A failover is a move off a backend that is down or draining (a return
                 // to the primary is a fallback, not counted).
                 if outcome == RegistrationOutcome::Forwarded
@@ -345,25 +351,27 @@ impl Registrar {
         self.stats.count(RegistrationOutcome::Absorbed);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Refreshes a binding here: the phone's CSeq and times move on.
+    fn refresh_here(&self, request: &RegisterRequest<'_>, grant: u32, now: Now) {
+        self.registry.update(&request.device.key, |b| {
+            b.cseq = request.cseq;
+            b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
+            b.last_seen_ms = now.mono_ms;
+        });
+    }
+
     fn forward(
         &self,
-        msg: &Message<'_>,
-        raw: &[u8],
-        flow: Flow,
-        now: Now,
-        group: GroupId,
-        active: Option<BackendId>,
-        request: &RegisterRequest<'_>,
-        candidate: Option<(Binding, u32)>,
-        fallback: Option<&Binding>,
+        incoming: &Incoming<'_, '_>,
+        plan: Forwarding<'_>,
         reply: &mut Vec<u8>,
         sends: &mut Vec<Send>,
     ) -> RegistrationOutcome {
+        let Incoming { msg, raw, flow, now, request } = *incoming;
+        let Forwarding { active, candidate, fallback } = plan;
         let device = &request.device.key;
         let Some(backend) = active else {
             let retry = format!("Retry-After: {}\r\n", self.retry_after(device, now));
-            let _ = group;
             return self.answer(
                 msg,
                 503,
@@ -376,11 +384,7 @@ impl Registrar {
         if !self.routing.backend(backend).try_admit(now.mono_ms) {
             if let Some(binding) = fallback {
                 let grant = candidate.as_ref().map_or(self.policy.phone_expires, |(_, g)| *g);
-                self.registry.update(device, |b| {
-                    b.cseq = request.cseq;
-                    b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
-                    b.last_seen_ms = now.mono_ms;
-                });
+                self.refresh_here(request, grant, now);
                 self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
                 return RegistrationOutcome::Absorbed;
             }
