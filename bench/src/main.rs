@@ -1,4 +1,9 @@
-//! regedge benchmarks. `keepalive-cost` measures what one keepalive costs on each path:
+//! regedge benchmarks, one subcommand each.
+//!
+//! `registration` (module [`registration`]) measures REGISTER throughput, backend load and
+//! CPU through regedge and through Kamailio as edge proxies; see that module.
+//!
+//! `keepalive-cost` measures what one keepalive costs on each path:
 //! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the cheapest pass
 //! it makes (a non-IP frame, its floor), and the userspace engine per datagram (the
 //! decision and reply only; socket syscalls come on top). It prints a table and writes
@@ -7,6 +12,8 @@
 //! BPF_PROG_TEST_RUN's `repeat` re-runs the program on the frame the previous run left
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
 //! the first run; every frame is therefore run once per call, many times.
+
+mod registration;
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
@@ -82,10 +89,15 @@ fn action_name(action: u32) -> &'static str {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mode = std::env::args().nth(1).unwrap_or_default();
-    if mode != "keepalive-cost" {
-        bail!("usage: regedge-bench keepalive-cost");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("keepalive-cost") if args.len() == 1 => keepalive_cost(),
+        Some("registration") => registration::run(&args[1..]),
+        _ => bail!("usage: regedge-bench keepalive-cost | regedge-bench registration [--quick]"),
     }
+}
+
+fn keepalive_cost() -> anyhow::Result<()> {
     if !require_root("keepalive-cost") {
         bail!("keepalive-cost needs root (BPF_PROG_TEST_RUN)");
     }

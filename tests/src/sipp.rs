@@ -262,7 +262,6 @@ impl Drop for Sipp {
     }
 }
 
-
 fn scenario_path(name: &str) -> PathBuf {
     let path = workspace_root().join("tests/sipp").join(name);
     assert!(path.is_file(), "missing sipp scenario {}", path.display());
