@@ -107,12 +107,6 @@ impl Registry {
         self.bindings.is_empty()
     }
 
-    /// Removes and returns the bindings for which `lapsed` holds.
-    pub fn remove_where(&self, lapsed: impl Fn(&Binding) -> bool) -> Vec<(String, Binding)> {
-        let keys: Vec<String> = self.bindings.iter().filter(|e| lapsed(e.value())).map(|e| e.key().clone()).collect();
-        keys.into_iter().filter_map(|k| self.bindings.remove_if(&k, |_, b| lapsed(b))).collect()
-    }
-
     /// Number of bindings per backend (index = `BackendId`).
     pub fn per_backend(&self, backends: usize) -> Vec<usize> {
         let mut counts = vec![0; backends];

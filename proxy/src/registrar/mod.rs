@@ -63,11 +63,20 @@ pub enum RegistrationOutcome {
     Challenged,
     RateLimited,
     BackupProbe,
+    /// A phone's retransmission of a REGISTER still waiting at the backend.
+    Retransmission,
 }
 
 impl RegistrationOutcome {
-    pub const ALL: [Self; 6] =
-        [Self::Forwarded, Self::Absorbed, Self::Rejected, Self::Challenged, Self::RateLimited, Self::BackupProbe];
+    pub const ALL: [Self; 7] = [
+        Self::Forwarded,
+        Self::Absorbed,
+        Self::Rejected,
+        Self::Challenged,
+        Self::RateLimited,
+        Self::BackupProbe,
+        Self::Retransmission,
+    ];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -77,6 +86,7 @@ impl RegistrationOutcome {
             Self::Challenged => "challenged",
             Self::RateLimited => "rate_limited",
             Self::BackupProbe => "backup_probe",
+            Self::Retransmission => "retransmission",
         }
     }
 }
@@ -176,6 +186,10 @@ struct Forwarding<'b> {
     fallback: Option<&'b Binding>,
 }
 
+/// A retransmission of a REGISTER still waiting at the backend is sent on again only
+/// after this long (RFC 3261's T1), in case our copy was lost; earlier ones are dropped.
+const RETRANSMIT_AFTER_MS: u64 = 500;
+
 /// Our Via branches start with this (after the RFC 3261 magic cookie).
 const BRANCH_PREFIX: &str = "z9hG4bK-rg";
 
@@ -186,6 +200,40 @@ pub struct Registrar {
     pending: DashMap<String, Pending>,
     policy: Policy,
     node: Node,
+    lapses: LapseQueue,
+}
+
+/// When bindings may lapse, so that the timer looks only at what is due instead of
+/// scanning every binding. Every time a binding's expiry is set, `(lapse time, device)`
+/// is posted (lock-free); the timer moves posts into a min-heap and pops what is due,
+/// checking each against the binding's current expiry (later refreshes make earlier
+/// entries stale; those are dropped when they come up).
+struct LapseQueue {
+    posts: crossbeam_channel::Sender<(u64, String)>,
+    inbox: crossbeam_channel::Receiver<(u64, String)>,
+    due: std::sync::Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>>,
+}
+
+impl LapseQueue {
+    fn new() -> Self {
+        let (posts, inbox) = crossbeam_channel::unbounded();
+        Self { posts, inbox, due: Default::default() }
+    }
+
+    fn post(&self, lapse_ms: u64, device: &str) {
+        let _ = self.posts.send((lapse_ms, device.to_owned()));
+    }
+
+    /// Devices whose entry is due at `now_ms` (possibly stale: check the binding).
+    fn take_due(&self, now_ms: u64) -> Vec<String> {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        due.extend(self.inbox.try_iter().map(std::cmp::Reverse));
+        let mut devices = Vec::new();
+        while due.peek().is_some_and(|std::cmp::Reverse((at, _))| *at < now_ms) {
+            devices.push(due.pop().expect("peeked").0.1);
+        }
+        devices
+    }
 }
 
 fn hash_of(parts: &[&[u8]]) -> u64 {
@@ -205,6 +253,7 @@ impl Registrar {
             pending: DashMap::new(),
             policy,
             node,
+            lapses: LapseQueue::new(),
         }
     }
 
@@ -353,11 +402,13 @@ impl Registrar {
 
     /// Refreshes a binding here: the phone's CSeq and times move on.
     fn refresh_here(&self, request: &RegisterRequest<'_>, grant: u32, now: Now) {
+        let expires_at_ms = now.mono_ms + grant as u64 * 1000;
         self.registry.update(&request.device.key, |b| {
             b.cseq = request.cseq;
-            b.phone_expires_at_ms = now.mono_ms + grant as u64 * 1000;
+            b.phone_expires_at_ms = expires_at_ms;
             b.last_seen_ms = now.mono_ms;
         });
+        self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &request.device.key);
     }
 
     fn forward(
@@ -381,7 +432,26 @@ impl Registrar {
                 RegistrationOutcome::Rejected,
             );
         };
-        if !self.routing.backend(backend).try_admit(now.mono_ms) {
+        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
+        let branch = format!(
+            "{BRANCH_PREFIX}{:016x}",
+            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
+        );
+        // A retransmission of a REGISTER still waiting at the backend takes no token: it
+        // is dropped, or sent on again once RETRANSMIT_AFTER_MS have passed.
+        let retransmission = match self.pending.get_mut(&branch) {
+            Some(waiting) if now.mono_ms.saturating_sub(waiting.sent_ms) < RETRANSMIT_AFTER_MS => {
+                drop(waiting);
+                self.stats.count(RegistrationOutcome::Retransmission);
+                return RegistrationOutcome::Retransmission;
+            }
+            Some(mut waiting) => {
+                waiting.sent_ms = now.mono_ms;
+                true
+            }
+            None => false,
+        };
+        if !retransmission && !self.routing.backend(backend).try_admit(now.mono_ms) {
             if let Some(binding) = fallback {
                 let grant = candidate.as_ref().map_or(self.policy.phone_expires, |(_, g)| *g);
                 self.refresh_here(request, grant, now);
@@ -398,11 +468,6 @@ impl Registrar {
                 RegistrationOutcome::RateLimited,
             );
         }
-        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
-        let branch = format!(
-            "{BRANCH_PREFIX}{:016x}",
-            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
-        );
         let (transport, us) = self.node.backend_facing[backend.0];
         let via = format!("SIP/2.0/{} {us};branch={branch};rport", transport.via());
         let path = format!("<sip:{}@{us};lr;ob>", self.flow_token(&flow));
@@ -415,6 +480,11 @@ impl Registrar {
         let mut bytes = Vec::with_capacity(raw.len() + 200);
         if forward::forward_request(msg, raw, &how, &mut bytes) == Err(TooManyHops) {
             return self.answer(msg, 483, "Too Many Hops", b"", reply, RegistrationOutcome::Rejected);
+        }
+        if retransmission {
+            sends.push(Send { to: Destination::Backend(backend), bytes });
+            self.stats.count(RegistrationOutcome::Retransmission);
+            return RegistrationOutcome::Retransmission;
         }
         let (candidate, grant) = match candidate {
             Some((mut binding, grant)) => {
@@ -480,6 +550,7 @@ impl Registrar {
                         let contact = binding.contact.clone();
                         let new_backend = binding.backend;
                         let previous = self.registry.get(&pending.device);
+                        self.lapses.post(binding.phone_expires_at_ms + self.policy.lapse_grace_ms, &pending.device);
                         self.registry.insert(pending.device.clone(), binding);
                         // A phone that moved leaves its old backend, if that one can hear it,
                         // so that it is registered on one backend of its group only.
@@ -540,7 +611,11 @@ impl Registrar {
             }
         }
         let grace = self.policy.lapse_grace_ms;
-        for (device, binding) in self.registry.remove_where(|b| now.mono_ms > b.phone_expires_at_ms + grace) {
+        let lapsed = self.lapses.take_due(now.mono_ms).into_iter().filter_map(|device| {
+            let binding = self.registry.remove_if(&device, |b| now.mono_ms > b.phone_expires_at_ms + grace)?;
+            Some((device, binding))
+        });
+        for (device, binding) in lapsed {
             self.stats.lapsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(%device, "binding lapsed: de-registering at the backend");
             if now.mono_ms < binding.backend_valid_until_ms

@@ -74,9 +74,19 @@ impl Phone {
         }
     }
 
+    /// The REGISTER; its Via branch is derived from everything else in it, so a new
+    /// request has a new branch and a repeated one (a retransmission) the same.
     pub fn register(&self, expires: u32, extra: &str) -> Vec<u8> {
+        let branch = hash_of(&[
+            self.call_id.as_bytes(),
+            &self.cseq.to_be_bytes(),
+            &self.port.to_be_bytes(),
+            self.contact_host.as_bytes(),
+            &expires.to_be_bytes(),
+            extra.as_bytes(),
+        ]);
         format!(
-            "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:{port};branch=z9hG4bK-{cseq}-{port};rport\r\n\
+            "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:{port};branch=z9hG4bK-{branch:x};rport\r\n\
              Max-Forwards: 70\r\nFrom: <sip:{user}@example.net>;tag=p{port}\r\nTo: <sip:{user}@example.net>\r\n\
              Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n\
              Contact: <sip:{user}@{host}:{port}>;+u.sip!devicename.ccm.cisco.com=\"{device}\"\r\n\
@@ -474,4 +484,31 @@ fn unanswered_forwards_time_out() {
     r.on_tick(now(5), &mut Vec::new());
     assert_eq!(r.pending_len(), 0);
     assert_eq!(r.stats.backend_timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn phone_retransmissions_of_a_waiting_register_take_no_token() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(14);
+    let register = phone.register(120, "");
+    assert_eq!(send(&r, &phone, &register, now(0)).outcome, RegistrationOutcome::Forwarded);
+    let again = send(&r, &phone, &register, Now { mono_ms: 200, unix_secs: 0 });
+    assert_eq!(again.outcome, RegistrationOutcome::Retransmission);
+    assert!(again.sends.is_empty() && again.reply.is_empty(), "dropped within T1");
+    let later = send(&r, &phone, &register, Now { mono_ms: 900, unix_secs: 0 });
+    assert_eq!(later.outcome, RegistrationOutcome::Retransmission);
+    assert_eq!(later.sends.len(), 1, "sent on again after T1, in case our copy was lost");
+    // The backend's answer to either copy completes the one transaction.
+    answer(&r, &later.sends, "200 OK", 3600, Now { mono_ms: 950, unix_secs: 0 });
+    assert!(r.registry.get("dev:SEP00000000000E").is_some());
+    assert_eq!(r.pending_len(), 0);
+    // Only the first copy took a rate-limit token: four new phones still fit in the 5/s bucket.
+    let admitted = (200..204)
+        .filter(|n| {
+            let p = Phone::new(*n);
+            send(&r, &p, &p.register(120, ""), Now { mono_ms: 950, unix_secs: 0 }).outcome
+                == RegistrationOutcome::Forwarded
+        })
+        .count();
+    assert_eq!(admitted, 4);
 }
