@@ -741,18 +741,7 @@ impl Edge {
     }
 
     fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("kamcmd")
-            .arg("-s")
-            .arg(format!("unix:{}", self.ctl.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run kamcmd: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() || stdout.starts_with("error:") {
-            return Err(format!("kamcmd {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), stdout));
-        }
-        Ok(stdout)
+        regedge_tests::kamailio::kamcmd(&self.ctl, args)
     }
 
     /// SIGTERM to the main process; after 5 s SIGKILL (to Kamailio's whole group); reaps

@@ -214,22 +214,10 @@ impl Kamailio {
         self.child.is_some() && !self.main_exited()
     }
 
-    /// Runs `kamcmd -s unix:<ctl> <args>`; its stdout, or its stderr on failure.
+    /// Runs `kamcmd` on this Kamailio's control socket (see [`kamcmd`]).
     /// Replies over 64 KB fail ("reply too big"): use [`Kamailio::jsonrpc`] for those.
     pub fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("kamcmd")
-            .arg("-s")
-            .arg(format!("unix:{}", self.ctl.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run kamcmd: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() || stderr.contains("ERROR") || stdout.starts_with("error:") {
-            return Err(format!("kamcmd {}: {}{}", args.join(" "), stderr.trim(), stdout.trim()));
-        }
-        Ok(stdout)
+        kamcmd(&self.ctl, args)
     }
 
     /// All counters, `group:name` → value (`core:rcv_requests_register`,
@@ -536,4 +524,21 @@ fn json_string(value: &str) -> String {
         }
     }
     out
+}
+
+/// Runs `kamcmd -s unix:<ctl> <args>`: its stdout, or what it said on failure.
+pub fn kamcmd(ctl: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kamcmd")
+        .arg("-s")
+        .arg(format!("unix:{}", ctl.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run kamcmd: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || stderr.contains("ERROR") || stdout.starts_with("error:") {
+        return Err(format!("kamcmd {}: {}{}", args.join(" "), stderr.trim(), stdout.trim()));
+    }
+    Ok(stdout)
 }
