@@ -50,13 +50,16 @@ pub enum Rejection {
     BadRequest(RequestError),
     /// 501: a request this edge does not route yet.
     NotImplemented,
+    /// 503: a REGISTER, but no failover group is configured to send it to.
+    NoRegistrar,
     /// STUN 420: comprehension-required attributes regedge does not implement.
     StunUnknownAttributes,
 }
 
 impl Rejection {
     /// Values of the `reason` metric label, indexed by [`Rejection::index`].
-    pub const LABELS: [&'static str; 4] = ["malformed", "bad_request", "not_implemented", "stun_unknown_attribute"];
+    pub const LABELS: [&'static str; 5] =
+        ["malformed", "bad_request", "not_implemented", "stun_unknown_attribute", "no_registrar"];
 
     pub const fn index(self) -> usize {
         match self {
@@ -64,6 +67,7 @@ impl Rejection {
             Self::BadRequest(_) => 1,
             Self::NotImplemented => 2,
             Self::StunUnknownAttributes => 3,
+            Self::NoRegistrar => 4,
         }
     }
 
@@ -79,6 +83,7 @@ impl Rejection {
             Self::BadRequest(err) => err.status(),
             Self::NotImplemented => (501, "Not Implemented"),
             Self::StunUnknownAttributes => (420, "Unknown Attribute"),
+            Self::NoRegistrar => (503, "No Failover Group Configured"),
         }
     }
 }
@@ -200,17 +205,18 @@ impl Engine {
             stateless::write_response(&msg, 200, "OK", self.to_tag, &mut out.reply);
             return Outcome::Replied(ReplyKind::Options);
         }
-        if method == b"REGISTER"
-            && let Some(registrar) = &self.registrar
-        {
-            return Outcome::Registration(registrar.on_register(
-                &msg,
-                payload,
-                flow,
-                now,
-                &mut out.reply,
-                &mut out.sends,
-            ));
+        if method == b"REGISTER" {
+            return match &self.registrar {
+                Some(registrar) => Outcome::Registration(registrar.on_register(
+                    &msg,
+                    payload,
+                    flow,
+                    now,
+                    &mut out.reply,
+                    &mut out.sends,
+                )),
+                None => self.reject(&msg, Rejection::NoRegistrar, &mut out.reply),
+            };
         }
         self.reject(&msg, Rejection::NotImplemented, &mut out.reply)
     }
@@ -359,7 +365,7 @@ mod tests {
             ),
             (
                 format!("REGISTER sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\n\n"),
-                "SIP/2.0 501 Not Implemented\r\n",
+                "SIP/2.0 503 No Failover Group Configured\r\n",
             ),
             (
                 format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 INVITE\n\n"),

@@ -175,13 +175,13 @@ impl Collector for MetricsCollector {
             "reason",
             DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
         )?;
-        let mut connections = encoder.encode_descriptor(
+        let connections = encoder.encode_descriptor(
             names::SIP_TCP_CONNECTIONS,
             "Open SIP TCP connections.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.shared.connections() as i64).encode(connections.encode_family(&NO_LABELS)?)?;
+        ConstGauge::new(self.shared.connections() as i64).encode(connections)?;
         encode_counter(
             &mut encoder,
             names::SIP_TCP_CLOSED,
@@ -244,20 +244,20 @@ fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> s
         let count = stats.failovers.get(&group.name).map_or(0, |c| *c);
         ConstCounter::new(count).encode(failovers.encode_family(&[("group", group.name.as_str())])?)?;
     }
-    let mut timeouts = encoder.encode_descriptor(
+    let timeouts = encoder.encode_descriptor(
         names::BACKEND_TIMEOUTS,
         "Forwarded REGISTERs without a final answer in time.",
         None,
         MetricType::Counter,
     )?;
-    ConstCounter::new(stats.backend_timeouts.load(Ordering::Relaxed)).encode(timeouts.encode_family(&NO_LABELS)?)?;
-    let mut lapsed = encoder.encode_descriptor(
+    ConstCounter::new(stats.backend_timeouts.load(Ordering::Relaxed)).encode(timeouts)?;
+    let lapsed = encoder.encode_descriptor(
         names::BINDINGS_LAPSED,
         "Bindings whose phone stopped refreshing.",
         None,
         MetricType::Counter,
     )?;
-    ConstCounter::new(stats.lapsed.load(Ordering::Relaxed)).encode(lapsed.encode_family(&NO_LABELS)?)?;
+    ConstCounter::new(stats.lapsed.load(Ordering::Relaxed)).encode(lapsed)?;
 
     let counts: Vec<u64> = stats.response_ms.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let mut buckets: Vec<(f64, u64)> =
@@ -272,8 +272,6 @@ fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> s
     )?;
     histogram.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
 }
-
-const NO_LABELS: [(&str, &str); 0] = [];
 
 /// The /metrics endpoint on its own thread.
 pub struct MetricsServer {
