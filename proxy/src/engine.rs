@@ -287,13 +287,8 @@ mod tests {
         .map(|s| s.as_bytes().to_vec())
         .collect();
         corpus.push(b"\x00\x01\x00\x04\x21\x12\xa4\x42abcdefghijkl\x80\x28\x00\x08".to_vec());
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut random = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = crate::testing::Rng(0x9E37_79B9_7F4A_7C15);
+        let mut random = move |n: usize| rng.below(n);
         for _ in 0..3000 {
             let mut m = if random(2) == 0 { register.clone() } else { options.clone() };
             const NOISE: &[u8] = b"\r\n:;<>\" ,@=0\x00\xff";

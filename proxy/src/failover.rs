@@ -167,11 +167,6 @@ impl Routing {
     pub fn active_backend(&self, group: GroupId) -> Option<BackendId> {
         self.groups[group.0].backends.iter().copied().find(|b| self.backend(*b).state() == BackendState::Up)
     }
-
-    /// The group's most preferred backend (its primary), whatever its state.
-    pub fn primary(&self, group: GroupId) -> BackendId {
-        self.groups[group.0].backends[0]
-    }
 }
 
 fn matches(matcher: &RuleMatcher, device: &Device) -> bool {

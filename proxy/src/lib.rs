@@ -25,3 +25,5 @@ pub mod registry;
 pub mod run;
 pub mod sip;
 pub mod stun;
+#[cfg(test)]
+pub(crate) mod testing;

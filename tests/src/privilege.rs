@@ -29,6 +29,12 @@ pub fn require_program(test: &str, program: &str) -> bool {
     false
 }
 
+/// Root plus the programs a test against real SIP peers runs (`ip`, Kamailio and its
+/// `kamcmd`, and `programs`).
+pub fn require_peers(test: &str, programs: &[&str]) -> bool {
+    require_root(test) && ["ip", "kamailio", "kamcmd"].iter().chain(programs).all(|p| require_program(test, p))
+}
+
 /// Writes the SKIPPED line straight to the process's stderr: the test harness captures
 /// `eprintln!` of passing tests, and a skip must be seen.
 fn skipped(test: &str, why: &str) {

@@ -139,6 +139,11 @@ pub fn user_name(n: u32) -> String {
 }
 
 /// The MAC of phone `n`: 12 upper-case hex digits, Cisco's OUI 00:24:14 then `n`.
+/// The user names of phones `first .. first + count`.
+pub fn user_names(first: u32, count: u32) -> std::collections::BTreeSet<String> {
+    (first..first + count).map(user_name).collect()
+}
+
 pub fn user_mac(n: u32) -> String {
     format!("002414{:06X}", n & 0x00FF_FFFF)
 }

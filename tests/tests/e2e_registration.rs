@@ -18,9 +18,9 @@ use regedge_tests::{
     baresip::Baresip,
     kamailio::{Binding, Kamailio, KamailioOpts},
     netns::NetNs,
-    privilege::{require_program, require_root},
+    privilege::require_peers,
     process::{Regedge, TempDir, scrape},
-    sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_name},
+    sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_names},
 };
 
 const METRICS: &str = "127.0.0.1:9100";
@@ -117,10 +117,6 @@ impl Lab {
 }
 
 /// Root and the programs the test runs (SKIPPED without them, a failure under CI).
-fn prerequisites(test: &str, programs: &[&str]) -> bool {
-    require_root(test) && ["ip", "kamailio", "kamcmd"].iter().chain(programs).all(|p| require_program(test, p))
-}
-
 /// A /metrics text.
 struct Metrics(String);
 
@@ -194,10 +190,6 @@ fn tail(text: &str, chars: usize) -> String {
     text.chars().skip(skip).collect()
 }
 
-fn users(first: u32, count: u32) -> BTreeSet<String> {
-    (first..first + count).map(user_name).collect()
-}
-
 /// The AORs registered at `kamailio` (`ul.dump`).
 fn aors(kamailio: &Kamailio) -> BTreeSet<String> {
     kamailio.registered_aors().into_iter().collect()
@@ -222,7 +214,7 @@ fn wait_all_registered(kamailio: &Kamailio, want: &BTreeSet<String>, timeout: Du
 /// A fleet registers through regedge and refreshes three times: the backend sees only
 /// the first REGISTER of each phone (with regedge's Path); regedge answers the refreshes.
 fn registrations_are_throttled(test: &str, transport: Transport, count: u32, first_user: u32, rate: u32) {
-    if !prerequisites(test, &["sipp"]) {
+    if !require_peers(test, &["sipp"]) {
         return;
     }
     let started = Instant::now();
@@ -260,7 +252,7 @@ fn registrations_are_throttled(test: &str, transport: Transport, count: u32, fir
     // The registrar's view: every phone once, reached through regedge.
     let contacts = lab.cm1.contacts();
     let seen: BTreeSet<String> = contacts.iter().map(|b| b.aor.clone()).collect();
-    assert_eq!(seen, self::users(first_user, count), "{test}: AORs registered at cm1");
+    assert_eq!(seen, user_names(first_user, count), "{test}: AORs registered at cm1");
     assert_eq!(contacts.len(), count as usize, "{test}: one contact per phone at cm1");
     for b in &contacts {
         assert!(lab.path_names_regedge(b), "{test}: binding without regedge's Path (edge {}): {b:?}", lab.edge);
@@ -332,13 +324,13 @@ fn registrations_over_tcp() {
 #[test]
 fn phones_fail_over_and_fall_back() {
     let test = "phones_fail_over_and_fall_back";
-    if !prerequisites(test, &["sipp"]) {
+    if !require_peers(test, &["sipp"]) {
         return;
     }
     let started = Instant::now();
     let count = 300;
     let first_user = 300_000;
-    let want = users(first_user, count);
+    let want = user_names(first_user, count);
     let mut lab = Lab::start(test);
     let opts = FleetOpts {
         users: count,
@@ -486,7 +478,7 @@ fn phones_fail_over_and_fall_back() {
 #[test]
 fn baresip_registers_through_regedge() {
     let test = "baresip_registers_through_regedge";
-    if !prerequisites(test, &["baresip"]) {
+    if !require_peers(test, &["baresip"]) {
         return;
     }
     let lab = Lab::start(test);

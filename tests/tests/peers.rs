@@ -13,8 +13,8 @@ use regedge_tests::{
     baresip::{Baresip, BaresipOpts},
     kamailio::{Kamailio, KamailioOpts},
     netns::VethPair,
-    privilege::{require_program, require_root},
-    sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_mac, user_name},
+    privilege::require_peers,
+    sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_mac, user_names},
 };
 
 /// Kamailio in the proxy namespace of a veth pair. Drop order: Kamailio, then the
@@ -37,14 +37,6 @@ impl Lab {
 }
 
 /// Root and the programs the test runs (SKIPPED without them, a failure under CI).
-fn prerequisites(test: &str, programs: &[&str]) -> bool {
-    require_root(test) && ["ip", "kamailio", "kamcmd"].iter().chain(programs).all(|p| require_program(test, p))
-}
-
-fn users(first: u32, count: u32) -> BTreeSet<String> {
-    (first..first + count).map(user_name).collect()
-}
-
 fn assert_fleet_ok(summary: &FleetSummary, users: u32, kamailio: &Kamailio) {
     assert!(
         summary.all_ok(users),
@@ -56,7 +48,7 @@ fn assert_fleet_ok(summary: &FleetSummary, users: u32, kamailio: &Kamailio) {
 /// A fleet registers and refreshes; Kamailio counted every REGISTER and holds one
 /// binding per phone, with the phone's Call-ID, last CSeq and instance.
 fn fleet_registers_and_refreshes(test: &str, transport: Transport, count: u32, first_user: u32) {
-    if !prerequisites(test, &["sipp"]) {
+    if !require_peers(test, &["sipp"]) {
         return;
     }
     let started = Instant::now();
@@ -89,7 +81,7 @@ fn fleet_registers_and_refreshes(test: &str, transport: Transport, count: u32, f
 
     let contacts = lab.kamailio.contacts();
     let aors: BTreeSet<String> = contacts.iter().map(|b| b.aor.clone()).collect();
-    assert_eq!(aors, users(first_user, count), "ul.dump AORs");
+    assert_eq!(aors, user_names(first_user, count), "ul.dump AORs");
     assert_eq!(contacts.len(), count as usize, "one contact per phone");
     let call_ids: BTreeSet<&str> = contacts.iter().map(|b| b.call_id.as_str()).collect();
     assert_eq!(call_ids.len(), count as usize, "one Call-ID per phone");
@@ -130,7 +122,7 @@ fn sipp_tcp_fleet_registers_and_refreshes_at_kamailio() {
 #[test]
 fn sipp_fleet_answers_kamailio_digest_challenge() {
     let test = "sipp_fleet_answers_kamailio_digest_challenge";
-    if !prerequisites(test, &["sipp"]) {
+    if !require_peers(test, &["sipp"]) {
         return;
     }
     let lab = Lab::start(KamailioOpts::default().with_auth("s3cret-pw"));
@@ -154,7 +146,7 @@ fn sipp_fleet_answers_kamailio_digest_challenge() {
     let stats = lab.kamailio.stats();
     assert_eq!(stats["sl:401_replies"], 100, "{stats:?}");
     assert_eq!(stats["registrar:accepted_regs"], 200 + summary.retransmissions, "{stats:?}");
-    assert_eq!(lab.kamailio.registered_aors().into_iter().collect::<BTreeSet<_>>(), users(300_000, 100));
+    assert_eq!(lab.kamailio.registered_aors().into_iter().collect::<BTreeSet<_>>(), user_names(300_000, 100));
 
     let bad = FleetOpts {
         users: 5,
@@ -179,7 +171,7 @@ fn sipp_fleet_answers_kamailio_digest_challenge() {
 #[test]
 fn baresip_registers_at_kamailio() {
     let test = "baresip_registers_at_kamailio";
-    if !prerequisites(test, &["baresip"]) {
+    if !require_peers(test, &["baresip"]) {
         return;
     }
     let lab = Lab::start(KamailioOpts::default());
@@ -215,7 +207,7 @@ fn baresip_registers_at_kamailio() {
 #[test]
 fn kamailio_probe_path_kill_and_restart() {
     let test = "kamailio_probe_path_kill_and_restart";
-    if !prerequisites(test, &[]) {
+    if !require_peers(test, &[]) {
         return;
     }
     let mut lab = Lab::start(KamailioOpts::default());

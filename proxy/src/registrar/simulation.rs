@@ -14,6 +14,7 @@ use std::{
 
 use super::tests::{Phone, backend_answer, flow, registrar_from};
 use super::*;
+use crate::testing::Rng;
 use crate::{failover::BackendState, sip::Message};
 
 const CONFIG: &str = r#"
@@ -50,22 +51,6 @@ const STEP_MS: u64 = 100;
 const SIMULATED_MS: u64 = 3 * 3600 * 1000;
 /// Time the health checker needs to notice a death or a return.
 const DETECTION_MS: u64 = 4000;
-
-/// xorshift64*: a small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct SimPhone {
     phone: Phone,
@@ -104,7 +89,7 @@ fn simulate(seed: u64) {
     let mut phones: Vec<SimPhone> = (1..=PHONES)
         .map(|n| SimPhone {
             phone: Phone::new(n),
-            next_register_ms: rng.below(60_000),
+            next_register_ms: rng.below(60_000) as u64,
             waiting_since: None,
             registered_until_ms: 0,
         })
@@ -143,7 +128,7 @@ fn simulate(seed: u64) {
                 b.changed_ms = now_ms;
             }
         } else if rng.below(20_000) == 0 {
-            let b = rng.below(3) as usize;
+            let b = rng.below(3);
             let alive_count = backends.iter().filter(|b| b.alive).count();
             if !backends[b].alive || alive_count > 1 {
                 backends[b].alive = !backends[b].alive;
@@ -156,7 +141,7 @@ fn simulate(seed: u64) {
             }
         }
         if now_ms < quiet_from && now_ms % 3_600_000 == 1_800_000 {
-            now_ms += 30_000 + rng.below(60_000);
+            now_ms += 30_000 + rng.below(60_000) as u64;
         }
         let now = Now { mono_ms: now_ms, unix_secs: unix(now_ms) };
 
@@ -245,7 +230,7 @@ fn simulate(seed: u64) {
                     backend.registrations.insert(device.to_owned(), now_ms + expires as u64 * 1000);
                 }
             }
-            let delay = STEP_MS * rng.below(3);
+            let delay = STEP_MS * rng.below(3) as u64;
             backend.answers.push_back((now_ms + delay, backend_answer(&send.bytes, "200 OK", expires)));
         }
         for backend in backends.iter_mut() {

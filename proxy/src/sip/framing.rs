@@ -785,27 +785,10 @@ mod tests {
         assert_eq!(decode_all(&stream, StreamLimits::default()), Ok(want));
     }
 
-    /// xorshift64*: a small deterministic generator for the split test.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        /// A value in `0..n`.
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     #[test]
     fn random_splits_give_the_same_frames() {
         let (stream, want) = mixed_stream();
-        let mut rng = Prng(0x5eed_1234_abcd_0001);
+        let mut rng = crate::testing::Rng(0x5eed_1234_abcd_0001);
         for round in 0..300 {
             let mut dec = StreamDecoder::new(StreamLimits::default());
             let mut got = Vec::new();
