@@ -107,7 +107,7 @@ fn keepalive_cost() -> anyhow::Result<()> {
     let names = LocalNames::new(&["edge.example.net".to_owned()], &listen, &[]);
     let tag = ToTag::for_node(NODE);
     let mut fastpath = Fastpath::load().context("load the XDP program")?;
-    fastpath.configure(&listen, &names, tag)?;
+    fastpath.configure(&listen, &names, tag, Default::default())?;
     let engine = Engine::new(names, tag, None);
 
     let mut rows = Vec::new();

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     config::{BackendTransport, Config, FastpathMode},
-    datapath::{DatapathError, Fastpath},
+    datapath::{AnswerSettings, DatapathError, Fastpath},
     engine::Engine,
     failover::Routing,
     health::HealthChecker,
@@ -165,7 +165,7 @@ fn start_fastpath(config: &Config, names: &LocalNames, tag: ToTag) -> anyhow::Re
     }
     let attempt = || -> Result<Fastpath, DatapathError> {
         let mut fastpath = Fastpath::load()?;
-        fastpath.configure(&config.sip.listen, names, tag)?;
+        fastpath.configure(&config.sip.listen, names, tag, AnswerSettings::default())?;
         fastpath.attach_all(&fp.interfaces, fp.mode)?;
         Ok(fastpath)
     };

@@ -51,7 +51,7 @@ fn local_names() -> LocalNames {
 
 fn load() -> Fastpath {
     let mut fastpath = Fastpath::load().expect("load and verify the XDP program");
-    fastpath.configure(&listen(), &local_names(), ToTag::for_node(NODE)).expect("fill the maps");
+    fastpath.configure(&listen(), &local_names(), ToTag::for_node(NODE), Default::default()).expect("fill the maps");
     fastpath
 }
 

@@ -13,11 +13,18 @@ pub enum ReplyKind {
     Crlf = 1,
     /// SIP OPTIONS addressed to the proxy itself, answered 200 OK.
     Options = 2,
+    /// UDP REGISTER refresh of a binding regedge holds, answered 200 OK (registration
+    /// throttling; see `maps::BindingEntry`).
+    Register = 3,
+    /// Cisco's liveness probe to a backup server (`REGISTER` with Expires 0 and the
+    /// `cisco-keep-alive` contact parameter), answered 200 OK.
+    BackupProbe = 4,
 }
 
 impl ReplyKind {
-    pub const COUNT: u32 = 3;
-    pub const ALL: [ReplyKind; Self::COUNT as usize] = [Self::Stun, Self::Crlf, Self::Options];
+    pub const COUNT: u32 = 5;
+    pub const ALL: [ReplyKind; Self::COUNT as usize] =
+        [Self::Stun, Self::Crlf, Self::Options, Self::Register, Self::BackupProbe];
 
     /// Value of the `kind` metric label.
     pub const fn label(self) -> &'static str {
@@ -25,6 +32,8 @@ impl ReplyKind {
             Self::Stun => "stun",
             Self::Crlf => "crlf",
             Self::Options => "options",
+            Self::Register => "register",
+            Self::BackupProbe => "backup_probe",
         }
     }
 }
@@ -47,7 +56,7 @@ pub enum PassReason {
     Truncated = 5,
     /// SIP payload larger than [`sip::MAX_PAYLOAD`](crate::sip::MAX_PAYLOAD).
     TooBig = 6,
-    /// UDP payload that is none of the keepalives (REGISTER, INVITE, responses, ...).
+    /// UDP payload the fast path does not answer at all (INVITE, responses, ...).
     NotKeepalive = 7,
     /// OPTIONS whose Request-URI is not the proxy itself (a user part, another host).
     NotForUs = 8,
@@ -58,10 +67,37 @@ pub enum PassReason {
     StunUnsupported = 10,
     /// A helper failed (resizing the frame, copying the payload).
     HelperFailed = 11,
+    /// REGISTER whose Call-ID has no entry in `BINDINGS` (a new phone, a new Call-ID).
+    RegisterUnknown = 12,
+    /// REGISTER for a known Call-ID from another source address or port, or to another
+    /// local address or port, than the binding's flow.
+    RegisterOtherFlow = 13,
+    /// REGISTER whose CSeq is not higher than the last one accepted (a retransmission or
+    /// a replay): userspace answers retransmissions and rejects replays.
+    RegisterOldCseq = 14,
+    /// REGISTER whose To or Contact differs from the binding's.
+    RegisterOtherIdentity = 15,
+    /// REGISTER asking for Expires 0 (a de-registration).
+    RegisterExpiresZero = 16,
+    /// REGISTER whose grant would end after the entry's deadline: the backend's
+    /// registration needs refreshing first.
+    RegisterDeadline = 17,
+    /// REGISTER for an entry userspace flagged (backend down, draining or replaced).
+    RegisterFlagged = 18,
+    /// REGISTER whose Authorization differs from the last one accepted.
+    RegisterAuthChanged = 19,
+    /// REGISTER with a body (anything after the empty line).
+    RegisterBody = 20,
+    /// REGISTER without the empty line that ends the headers.
+    RegisterTruncated = 21,
+    /// REGISTER the kernel does not fully decode (folded identity headers, repeated
+    /// headers, unusual syntax, too many lines, a reply that would be larger than the
+    /// request): userspace decides.
+    RegisterUnsupported = 22,
 }
 
 impl PassReason {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 23;
     pub const ALL: [PassReason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::NotUdp,
@@ -75,6 +111,17 @@ impl PassReason {
         Self::SipUnsupported,
         Self::StunUnsupported,
         Self::HelperFailed,
+        Self::RegisterUnknown,
+        Self::RegisterOtherFlow,
+        Self::RegisterOldCseq,
+        Self::RegisterOtherIdentity,
+        Self::RegisterExpiresZero,
+        Self::RegisterDeadline,
+        Self::RegisterFlagged,
+        Self::RegisterAuthChanged,
+        Self::RegisterBody,
+        Self::RegisterTruncated,
+        Self::RegisterUnsupported,
     ];
 
     /// Value of the `reason` metric label.
@@ -92,6 +139,17 @@ impl PassReason {
             Self::SipUnsupported => "sip_unsupported",
             Self::StunUnsupported => "stun_unsupported",
             Self::HelperFailed => "helper_failed",
+            Self::RegisterUnknown => "register_unknown",
+            Self::RegisterOtherFlow => "register_other_flow",
+            Self::RegisterOldCseq => "register_old_cseq",
+            Self::RegisterOtherIdentity => "register_other_identity",
+            Self::RegisterExpiresZero => "register_expires_zero",
+            Self::RegisterDeadline => "register_deadline",
+            Self::RegisterFlagged => "register_flagged",
+            Self::RegisterAuthChanged => "register_auth_changed",
+            Self::RegisterBody => "register_body",
+            Self::RegisterTruncated => "register_truncated",
+            Self::RegisterUnsupported => "register_unsupported",
         }
     }
 }

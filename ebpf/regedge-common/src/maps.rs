@@ -12,9 +12,23 @@ pub const SETTINGS: &str = "SETTINGS";
 pub const REPLIES: &str = "REPLIES";
 /// `PerCpuArray<u64>` indexed by [`PassReason`](crate::PassReason).
 pub const PASSES: &str = "PASSES";
+/// `HashMap<u64, BindingEntry>`: the kernel mirror of bindings whose UDP refreshes the
+/// XDP program may answer, keyed by [`call_id_key`](crate::hash::call_id_key). Written by
+/// userspace (insert when a binding becomes absorbable, flag or remove the moment it
+/// stops being so); the kernel writes only `cseq` and `last_seen_ms` when it answers.
+pub const BINDINGS: &str = "BINDINGS";
+/// `RingBuf` of [`AbsorbedRefresh`]: one record per refresh the kernel answered, drained
+/// by userspace in batches (a full ring loses records, not refreshes: the entry itself
+/// holds the latest CSeq and time).
+pub const ABSORBED: &str = "ABSORBED";
 
 pub const LISTENERS_MAX: u32 = 64;
 pub const LOCAL_NAMES_MAX: u32 = 256;
+/// Bindings the kernel mirror can hold; more are answered by userspace.
+pub const BINDINGS_MAX: u32 = 1 << 20;
+/// Size of the [`ABSORBED`] ring in bytes (a power of two, a multiple of the page size):
+/// 4 MiB holds ~130k records, minutes of refreshes at a million phones.
+pub const ABSORBED_RING_BYTES: u32 = 1 << 22;
 
 /// Address family tags used in [`ListenerKey::family`].
 pub const FAMILY_IPV4: u16 = 4;
@@ -59,6 +73,8 @@ pub const ANSWER_STUN: u32 = 1 << 0;
 pub const ANSWER_CRLF: u32 = 1 << 1;
 pub const ANSWER_OPTIONS: u32 = 1 << 2;
 pub const ANSWER_KEEPALIVES: u32 = ANSWER_STUN | ANSWER_CRLF | ANSWER_OPTIONS;
+/// REGISTER refreshes of bindings in [`BINDINGS`], and Cisco backup probes.
+pub const ANSWER_REGISTER: u32 = 1 << 3;
 
 /// Longest Request-URI host the fast path compares (longer hosts are never "us").
 pub const LOCAL_NAME_MAX: usize = 63;
@@ -94,6 +110,77 @@ pub struct FastpathSettings {
     /// The To-tag this node puts in stateless responses (see `sip::TO_TAG_LEN`). All zero
     /// means "not configured": the kernel then passes every OPTIONS to userspace.
     pub to_tag: [u8; crate::sip::TO_TAG_LEN],
+    /// `SETTING_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// CLOCK_REALTIME minus CLOCK_TAI in nanoseconds, kept current by userspace: the
+    /// kernel reads `bpf_ktime_get_tai_ns` and adds this to write the Date header.
+    pub realtime_minus_tai_ns: i64,
+}
+
+/// [`FastpathSettings::flags`]: answers to REGISTER carry a `Date` header
+/// (`[registration] date_header`).
+pub const SETTING_DATE_HEADER: u32 = 1 << 0;
+
+/// [`BindingEntry::contact_expires`] when the contact has no `expires` parameter.
+pub const NO_CONTACT_EXPIRES: u32 = u32::MAX;
+
+/// [`BindingEntry::flags`]: the To header of the binding's REGISTERs has a tag.
+pub const BINDING_TO_HAS_TAG: u16 = 1 << 0;
+/// [`BindingEntry::flags`]: refreshes go to userspace (the backend is down or draining,
+/// the group moved, a reload is under way).
+pub const BINDING_PASS: u16 = 1 << 1;
+
+/// What the XDP program needs to answer a phone's REGISTER refresh exactly as userspace
+/// would (`proxy/src/registrar/mirror.rs` writes it; the rules are documented there).
+///
+/// Times are CLOCK_MONOTONIC milliseconds (`bpf_ktime_get_ns() / 1_000_000`), which
+/// userspace's clock also reads, so they survive a userspace restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindingEntry {
+    /// [`identity`](crate::hash::identity) of the To and Contact values last accepted.
+    pub identity: u64,
+    /// [`hash_bytes`](crate::hash::hash_bytes) of the trimmed Authorization (or
+    /// Proxy-Authorization) value last accepted; 0 when none was.
+    pub auth: u64,
+    /// A refresh is answered only if its grant ends before this time (the backend's
+    /// registration must not be past half its life by the phone's next refresh).
+    pub absorb_until_ms: u64,
+    /// When the kernel last answered a refresh (written by the kernel).
+    pub last_seen_ms: u64,
+    /// The phone's address (the packet's source), as in `ListenerKey::addr`.
+    pub peer_addr: [u8; 16],
+    /// The address the phone sends to (the packet's destination).
+    pub local_addr: [u8; 16],
+    /// CSeq of the last REGISTER accepted; a refresh must be higher (kernel updates it).
+    pub cseq: u32,
+    /// The most this phone is granted (`phone_expires` less the device's jitter).
+    pub grant_ceiling: u32,
+    /// The `expires` parameter of the accepted Contact value, or [`NO_CONTACT_EXPIRES`].
+    pub contact_expires: u32,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u16,
+    /// `BINDING_*` bits.
+    pub flags: u16,
+    /// Network byte order.
+    pub peer_port_be: u16,
+    pub local_port_be: u16,
+    /// Where the contact URI (between `<` and `>`) starts in the trimmed Contact value,
+    /// and its length: the 200 OK repeats it.
+    pub contact_uri_off: u16,
+    pub contact_uri_len: u16,
+}
+
+/// One refresh the kernel answered (a record in [`ABSORBED`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbsorbedRefresh {
+    pub call_id_key: u64,
+    pub seen_ms: u64,
+    pub cseq: u32,
+    /// Seconds granted in the answer.
+    pub grant: u32,
 }
 
 #[cfg(feature = "user")]
@@ -104,4 +191,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerValue {}
     unsafe impl aya::Pod for super::LocalNameKey {}
     unsafe impl aya::Pod for super::FastpathSettings {}
+    unsafe impl aya::Pod for super::BindingEntry {}
+    unsafe impl aya::Pod for super::AbsorbedRefresh {}
 }

@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use regedge_common::{
     PassReason, ReplyKind,
-    maps::{FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey},
+    maps::{
+        ABSORBED_RING_BYTES, BINDINGS_MAX, BindingEntry, FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX,
+        ListenerKey, ListenerValue, LocalNameKey,
+    },
 };
 
 use crate::frame::Udp;
@@ -30,6 +33,15 @@ static REPLIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ReplyKind::COUN
 /// Packets handed to the stack, per CPU, indexed by `PassReason`.
 #[map]
 static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
+
+/// Bindings whose refreshes may be answered here, keyed by the Call-ID hash (written by
+/// userspace; the kernel updates `cseq` and `last_seen_ms` of the entries it answers for).
+#[map]
+static BINDINGS: HashMap<u64, BindingEntry> = HashMap::with_max_entries(BINDINGS_MAX, 0);
+
+/// One `AbsorbedRefresh` per refresh answered here, for userspace to fold into its registry.
+#[map]
+static ABSORBED: RingBuf = RingBuf::with_byte_size(ABSORBED_RING_BYTES, 0);
 
 /// Per-CPU working memory: the request payload, the reply under construction, the
 /// OPTIONS scanner's state and the Request-URI host key (too big for the 512-byte stack).
@@ -94,6 +106,16 @@ pub fn listener_answers(udp: &Udp) -> Option<u32> {
 #[inline(always)]
 pub fn is_local_name(host: *const LocalNameKey) -> bool {
     unsafe { LOCAL_NAMES.get(&*host) }.is_some()
+}
+
+#[inline(always)]
+pub fn binding(call_id_key: u64) -> Option<*mut BindingEntry> {
+    BINDINGS.get_ptr_mut(&call_id_key)
+}
+
+#[inline(always)]
+pub fn absorbed() -> &'static RingBuf {
+    &ABSORBED
 }
 
 #[inline(always)]

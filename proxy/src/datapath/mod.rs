@@ -7,12 +7,15 @@ use std::{net::SocketAddr, sync::Arc};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode},
 };
 use regedge_common::{
     PassReason, ReplyKind, XDP_PROGRAM,
-    maps::{self, ANSWER_KEEPALIVES, FastpathSettings, ListenerKey, ListenerValue, LocalNameKey},
+    maps::{
+        self, ANSWER_KEEPALIVES, ANSWER_REGISTER, BindingEntry, FastpathSettings, ListenerKey, ListenerValue,
+        LocalNameKey, SETTING_DATE_HEADER,
+    },
 };
 
 pub use test_run::{TestRun, test_run};
@@ -74,6 +77,59 @@ pub struct Fastpath {
     attached: Vec<(String, AttachMode)>,
     counters: Arc<KernelCounters>,
     verified_instructions: Option<u32>,
+    bindings: Option<KernelBindings>,
+    absorbed: Option<RingBuf<MapData>>,
+}
+
+/// The `BINDINGS` map: the kernel mirror of absorbable bindings.
+pub struct KernelBindings {
+    map: HashMap<MapData, u64, BindingEntry>,
+}
+
+impl KernelBindings {
+    pub fn upsert(&mut self, call_id_key: u64, entry: &BindingEntry) -> Result<(), MapError> {
+        self.map.insert(call_id_key, entry, 0)
+    }
+
+    /// Removes the entry; a missing one is not an error.
+    pub fn remove(&mut self, call_id_key: u64) -> Result<(), MapError> {
+        match self.map.remove(&call_id_key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+
+    pub fn get(&self, call_id_key: u64) -> Option<BindingEntry> {
+        self.map.get(&call_id_key, 0).ok()
+    }
+
+    /// Every entry (one syscall per key: for start-up reconciliation, not per packet).
+    pub fn entries(&self) -> Vec<(u64, BindingEntry)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+}
+
+/// What the kernel answers beyond keepalives and how, from the config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerSettings {
+    /// Answer REGISTER refreshes of bindings in `BINDINGS` (and Cisco backup probes).
+    pub register: bool,
+    /// Put a Date header in answers to REGISTER.
+    pub date_header: bool,
+}
+
+/// CLOCK_REALTIME minus CLOCK_TAI in nanoseconds (0 where the kernel keeps no TAI offset).
+pub fn realtime_minus_tai_ns() -> i64 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    };
+    let tai = read(libc::CLOCK_TAI);
+    let real = read(libc::CLOCK_REALTIME);
+    // Whole milliseconds: the two reads are microseconds apart.
+    (real - tai + 500_000).div_euclid(1_000_000) * 1_000_000
 }
 
 /// The per-CPU counter maps, shared with the metrics collector.
@@ -128,7 +184,20 @@ impl Fastpath {
         };
         let counters =
             Arc::new(KernelCounters { replies: take_counter(maps::REPLIES)?, passes: take_counter(maps::PASSES)? });
-        Ok(Self { ebpf, attached: Vec::new(), counters, verified_instructions })
+        let bindings = KernelBindings {
+            map: HashMap::try_from(ebpf.take_map(maps::BINDINGS).ok_or_else(|| missing(maps::BINDINGS))?)
+                .map_err(map_error(maps::BINDINGS))?,
+        };
+        let absorbed = RingBuf::try_from(ebpf.take_map(maps::ABSORBED).ok_or_else(|| missing(maps::ABSORBED))?)
+            .map_err(map_error(maps::ABSORBED))?;
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            counters,
+            verified_instructions,
+            bindings: Some(bindings),
+            absorbed: Some(absorbed),
+        })
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
@@ -136,14 +205,19 @@ impl Fastpath {
     }
 
     /// Fills the maps: the listeners the program answers for, the names that mean this
-    /// proxy, and the node's To-tag.
-    pub fn configure(&mut self, listen: &[SocketAddr], names: &LocalNames, tag: ToTag) -> Result<(), DatapathError> {
+    /// proxy, the node's To-tag and what it answers beyond keepalives.
+    pub fn configure(
+        &mut self,
+        listen: &[SocketAddr],
+        names: &LocalNames,
+        tag: ToTag,
+        answer: AnswerSettings,
+    ) -> Result<(), DatapathError> {
+        let answers = ANSWER_KEEPALIVES | if answer.register { ANSWER_REGISTER } else { 0 };
         let mut listeners: HashMap<_, ListenerKey, ListenerValue> =
             HashMap::try_from(self.map_mut(maps::LISTENERS)?).map_err(map_error(maps::LISTENERS))?;
         for addr in listen {
-            listeners
-                .insert(listener_key(*addr), ListenerValue { answers: ANSWER_KEEPALIVES }, 0)
-                .map_err(map_error(maps::LISTENERS))?;
+            listeners.insert(listener_key(*addr), ListenerValue { answers }, 0).map_err(map_error(maps::LISTENERS))?;
         }
         let mut local: HashMap<_, LocalNameKey, u8> =
             HashMap::try_from(self.map_mut(maps::LOCAL_NAMES)?).map_err(map_error(maps::LOCAL_NAMES))?;
@@ -152,7 +226,28 @@ impl Fastpath {
         }
         let mut settings: Array<_, FastpathSettings> =
             Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_error(maps::SETTINGS))?;
-        settings.set(0, FastpathSettings { to_tag: tag.bytes() }, 0).map_err(map_error(maps::SETTINGS))
+        let value = FastpathSettings {
+            to_tag: tag.bytes(),
+            flags: if answer.date_header { SETTING_DATE_HEADER } else { 0 },
+            _pad: 0,
+            realtime_minus_tai_ns: realtime_minus_tai_ns(),
+        };
+        settings.set(0, value, 0).map_err(map_error(maps::SETTINGS))
+    }
+
+    /// The `BINDINGS` map, unless it was taken by [`Fastpath::take_bindings`].
+    pub fn bindings_mut(&mut self) -> Option<&mut KernelBindings> {
+        self.bindings.as_mut()
+    }
+
+    /// Hands the `BINDINGS` map to its owner (the mirror thread).
+    pub fn take_bindings(&mut self) -> Option<KernelBindings> {
+        self.bindings.take()
+    }
+
+    /// Hands the `ABSORBED` ring to its reader.
+    pub fn take_absorbed(&mut self) -> Option<RingBuf<MapData>> {
+        self.absorbed.take()
     }
 
     /// Attaches to `interface` in `mode`.
