@@ -66,6 +66,9 @@ lapse_grace = "10s"
 # A REGISTER forwarded to a backend without a final answer after this long counts as a
 # failure of that backend. More than zero.
 transaction_timeout = "4s"
+# Put a Date header (RFC 3261 §20.17) in the 200 OK to a REGISTER; phones without NTP
+# (many Cisco models) set their clock from it.
+date_header = true
 
 [health]
 # Time between two health probes of a backend. More than zero.
@@ -290,6 +293,8 @@ pub struct RegistrationConfig {
     /// failure of that backend; more than zero. Default: `"4s"`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub transaction_timeout: Duration,
+    /// Answers to REGISTER carry a Date header. Default: true.
+    pub date_header: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -300,6 +305,7 @@ impl Default for RegistrationConfig {
             expires_jitter: 0.1,
             lapse_grace: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(4),
+            date_header: true,
         }
     }
 }

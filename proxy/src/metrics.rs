@@ -23,7 +23,7 @@ use prometheus_client::{
 use regedge_common::{PassReason, ReplyKind};
 
 use crate::{
-    datapath::KernelCounters,
+    datapath::{KernelCounters, mirror::MirrorStats},
     engine::{DropReason, Outcome, Rejection},
     failover::BackendState,
     io::{tcp::CloseReason, workers::Shared},
@@ -66,6 +66,12 @@ pub mod names {
     pub const SIP_TCP_CLOSED: &str = "regedge_sip_tcp_closed";
     /// `regedge_bindings_lapsed_total`: bindings whose phone stopped refreshing.
     pub const BINDINGS_LAPSED: &str = "regedge_bindings_lapsed";
+    /// `regedge_fastpath_bindings`: bindings in the kernel mirror (refreshes answered in XDP).
+    pub const FASTPATH_BINDINGS: &str = "regedge_fastpath_bindings";
+    /// `regedge_fastpath_mirror_errors_total`: kernel mirror updates the map refused.
+    pub const FASTPATH_MIRROR_ERRORS: &str = "regedge_fastpath_mirror_errors";
+    /// `regedge_fastpath_absorbed_read_total`: answered refreshes userspace read back from the kernel.
+    pub const FASTPATH_ABSORBED_READ: &str = "regedge_fastpath_absorbed_read";
 }
 
 /// Counters the event loops bump; lock-free, summed at scrape time.
@@ -103,6 +109,8 @@ pub struct MetricsCollector {
     pub shared: Arc<Shared>,
     /// `None` when the fast path is off.
     pub kernel: Option<Arc<KernelCounters>>,
+    /// `None` when no kernel mirror runs (fast path off, or no registrar).
+    pub mirror: Option<Arc<MirrorStats>>,
     /// Attached interfaces per mode label.
     pub attached: Vec<(&'static str, i64)>,
 }
@@ -151,6 +159,27 @@ impl Collector for MetricsCollector {
         )?;
         for (mode, count) in &self.attached {
             ConstGauge::new(*count).encode(attached.encode_family(&[("mode", *mode)])?)?;
+        }
+
+        if let Some(mirror) = &self.mirror {
+            let entries = encoder.encode_descriptor(
+                names::FASTPATH_BINDINGS,
+                "Bindings in the kernel mirror, whose refreshes the XDP program may answer.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(mirror.entries.load(Ordering::Relaxed) as i64).encode(entries)?;
+            for (name, help, value) in [
+                (names::FASTPATH_MIRROR_ERRORS, "Kernel mirror updates the map refused.", &mirror.errors),
+                (
+                    names::FASTPATH_ABSORBED_READ,
+                    "Refreshes answered in the kernel and read back by userspace.",
+                    &mirror.absorbed,
+                ),
+            ] {
+                let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(metric)?;
+            }
         }
 
         let user = &self.shared.counters;

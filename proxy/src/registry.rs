@@ -68,6 +68,9 @@ pub struct Binding {
     /// When the phone's own registration runs out (monotonic milliseconds).
     pub phone_expires_at_ms: u64,
     pub last_seen_ms: u64,
+    /// What the kernel mirror needs to answer this binding's refreshes (UDP bindings whose
+    /// REGISTER the kernel can match; see `registrar::mirror`).
+    pub kernel: Option<crate::registrar::mirror::KernelSeed>,
 }
 
 /// Every binding, keyed by `Device::key`.
@@ -116,6 +119,13 @@ impl Registry {
             }
         }
         counts
+    }
+
+    /// Calls `visit` with every binding (holding one shard lock at a time).
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &Binding)) {
+        for entry in self.bindings.iter() {
+            visit(entry.key(), entry.value());
+        }
     }
 
     /// A copy of every binding (tests and the simulation).

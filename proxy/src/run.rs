@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     config::{BackendTransport, Config, FastpathMode},
-    datapath::{AnswerSettings, DatapathError, Fastpath},
+    datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread},
     engine::Engine,
     failover::Routing,
     health::HealthChecker,
@@ -34,7 +34,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let names = LocalNames::new(&config.sip.local_names, &config.sip.listen, &interface_addrs);
     let tag = ToTag::for_node(&config.node.name);
-    let fastpath = start_fastpath(&config, &names, tag)?;
 
     let workers = match config.node.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -57,6 +56,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let node = Node { to_tag: tag, backend_facing, token_key: random_u64() };
         Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
     });
+    let answer = AnswerSettings { register: registrar.is_some(), date_header: config.registration.date_header };
+    let mut fastpath = start_fastpath(&config, &names, tag, answer)?;
+    let mirror = match (&mut fastpath, &registrar) {
+        (Some(fastpath), Some(registrar)) => Some(start_mirror(fastpath, registrar)?),
+        _ => None,
+    };
     let shared = Arc::new(Shared::new(Engine::new(names, tag, registrar)));
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
     let workers_running = Workers::start(
@@ -77,7 +82,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .map(|mode| (mode, f.attached().iter().filter(|(_, m)| m.label() == mode).count() as i64))
             .to_vec()
     });
-    let collector = MetricsCollector { shared, kernel: fastpath.as_ref().map(Fastpath::counters), attached };
+    let collector = MetricsCollector {
+        shared,
+        kernel: fastpath.as_ref().map(Fastpath::counters),
+        mirror: mirror.as_ref().map(|m| Arc::clone(&m.stats)),
+        attached,
+    };
     let metrics = MetricsServer::start(config.metrics.listen, collector)
         .with_context(|| format!("starting the metrics endpoint on {}", config.metrics.listen))?;
 
@@ -96,6 +106,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     drop(health);
     drop(workers_running);
     drop(metrics);
+    drop(mirror);
     if fastpath.is_some() {
         drop(fastpath);
         tracing::info!("XDP program detached");
@@ -153,7 +164,12 @@ fn describe(fastpath: Option<&Fastpath>) -> String {
 
 /// Loads and attaches the XDP program as `[fastpath]` says. `auto` falls back to
 /// userspace with one warning; `native` and `generic` failing is a startup error.
-fn start_fastpath(config: &Config, names: &LocalNames, tag: ToTag) -> anyhow::Result<Option<Fastpath>> {
+fn start_fastpath(
+    config: &Config,
+    names: &LocalNames,
+    tag: ToTag,
+    answer: AnswerSettings,
+) -> anyhow::Result<Option<Fastpath>> {
     let fp = &config.fastpath;
     if fp.mode == FastpathMode::Off {
         tracing::info!("fast path off by config: keepalives answered in userspace");
@@ -165,7 +181,7 @@ fn start_fastpath(config: &Config, names: &LocalNames, tag: ToTag) -> anyhow::Re
     }
     let attempt = || -> Result<Fastpath, DatapathError> {
         let mut fastpath = Fastpath::load()?;
-        fastpath.configure(&config.sip.listen, names, tag, AnswerSettings::default())?;
+        fastpath.configure(&config.sip.listen, names, tag, answer)?;
         fastpath.attach_all(&fp.interfaces, fp.mode)?;
         Ok(fastpath)
     };
@@ -177,6 +193,15 @@ fn start_fastpath(config: &Config, names: &LocalNames, tag: ToTag) -> anyhow::Re
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("[fastpath] mode = \"{}\"", fp.mode.label()))),
     }
+}
+
+/// Connects the registrar to the kernel mirror of bindings (refreshes answered in XDP).
+fn start_mirror(fastpath: &mut Fastpath, registrar: &Registrar) -> anyhow::Result<MirrorThread> {
+    let (Some(bindings), Some(absorbed)) = (fastpath.take_bindings(), fastpath.take_absorbed()) else {
+        anyhow::bail!("the kernel binding maps were taken already");
+    };
+    let (updates, folded) = registrar.connect_kernel();
+    MirrorThread::start(bindings, absorbed, updates, folded).context("starting the kernel mirror thread")
 }
 
 fn wait_for_shutdown() -> anyhow::Result<&'static str> {

@@ -53,6 +53,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(config.registration.backend_expires, 3600);
     assert_eq!(config.registration.expires_jitter, 0.1);
     assert_eq!(config.registration.lapse_grace, Duration::from_secs(10));
+    assert!(config.registration.date_header);
     assert_eq!(config.registration.transaction_timeout, Duration::from_secs(4));
     assert_eq!(config.health.interval, Duration::from_secs(2));
     assert_eq!(config.health.timeout, Duration::from_secs(1));
@@ -300,6 +301,7 @@ backend_expires = 1800
 expires_jitter = 0.25
 lapse_grace = "1500ms"
 transaction_timeout = "8s"
+date_header = false
 
 [health]
 interval = "1m"
@@ -340,6 +342,7 @@ domain = "Branch.Example.NET"
             expires_jitter: 0.25,
             lapse_grace: Duration::from_millis(1500),
             transaction_timeout: Duration::from_secs(8),
+            date_header: false,
         },
         health: HealthConfig {
             interval: Duration::from_secs(60),

@@ -1,6 +1,7 @@
 //! The kernel side seen from userspace: load the embedded XDP program, fill its maps
 //! from the config, attach it to the configured interfaces, read its counters.
 
+pub mod mirror;
 mod test_run;
 
 use std::{net::SocketAddr, sync::Arc};

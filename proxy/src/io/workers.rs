@@ -51,21 +51,24 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The clock the shell reads for the engine.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    start: Instant,
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self { start: Instant::now() }
-    }
-}
+/// Reads CLOCK_MONOTONIC (the clock `bpf_ktime_get_ns` reads, so times in kernel map
+/// entries and in the registry compare, across userspace restarts too) and the wall clock.
+#[derive(Default)]
+pub struct Clock;
 
 impl Clock {
     pub fn now(&self) -> Now {
         let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Now { mono_ms: self.start.elapsed().as_millis() as u64, unix_secs }
+        Now { mono_ms: monotonic_ms(), unix_secs }
     }
+}
+
+/// CLOCK_MONOTONIC in milliseconds.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// What every loop shares.
@@ -266,7 +269,7 @@ impl Loop {
     fn apply_health_events(&self) {
         let (Some(events), Some(registrar)) = (&self.health, &self.shared.engine.registrar) else { return };
         for event in events.try_iter() {
-            registrar.routing.backend(event.backend).set_state(event.state);
+            registrar.on_backend_state(event.backend, event.state);
         }
     }
 

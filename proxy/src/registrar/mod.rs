@@ -4,6 +4,7 @@
 //! call takes `now` and returns what to send.
 
 pub mod decision;
+pub mod mirror;
 pub mod request;
 #[cfg(test)]
 mod simulation;
@@ -16,6 +17,7 @@ use std::{
 };
 
 use dashmap::DashMap;
+use regedge_common::maps::AbsorbedRefresh;
 
 use crate::{
     config::RegistrationConfig,
@@ -29,6 +31,7 @@ use crate::{
 };
 
 use decision::{Context, Decision, ForwardReason};
+use mirror::{KernelSeed, MirrorUpdate};
 use request::{Contacts, RegisterRequest};
 
 /// The clock, read by the shell.
@@ -109,6 +112,8 @@ pub struct Policy {
     pub expires_jitter: f64,
     pub lapse_grace_ms: u64,
     pub transaction_timeout_ms: u64,
+    /// Answers to REGISTER carry a Date header.
+    pub date_header: bool,
 }
 
 impl From<&RegistrationConfig> for Policy {
@@ -119,6 +124,7 @@ impl From<&RegistrationConfig> for Policy {
             expires_jitter: c.expires_jitter,
             lapse_grace_ms: c.lapse_grace.as_millis() as u64,
             transaction_timeout_ms: c.transaction_timeout.as_millis() as u64,
+            date_header: c.date_header,
         }
     }
 }
@@ -201,6 +207,30 @@ pub struct Registrar {
     policy: Policy,
     node: Node,
     lapses: LapseQueue,
+    kernel: KernelLink,
+}
+
+/// The registrar's side of the kernel mirror: updates out, answered refreshes in. Nothing
+/// is sent until a fast path connects ([`Registrar::connect_kernel`]).
+struct KernelLink {
+    updates: std::sync::OnceLock<crossbeam_channel::Sender<MirrorUpdate>>,
+    absorbed_tx: crossbeam_channel::Sender<AbsorbedRefresh>,
+    absorbed_rx: crossbeam_channel::Receiver<AbsorbedRefresh>,
+    /// Which device each kernel entry belongs to (by Call-ID key).
+    owners: DashMap<u64, String>,
+}
+
+impl KernelLink {
+    fn new() -> Self {
+        let (absorbed_tx, absorbed_rx) = crossbeam_channel::unbounded();
+        Self { updates: Default::default(), absorbed_tx, absorbed_rx, owners: DashMap::new() }
+    }
+
+    fn send(&self, update: MirrorUpdate) {
+        if let Some(updates) = self.updates.get() {
+            let _ = updates.send(update);
+        }
+    }
 }
 
 /// When bindings may lapse, so that the timer looks only at what is due instead of
@@ -254,20 +284,107 @@ impl Registrar {
             policy,
             node,
             lapses: LapseQueue::new(),
+            kernel: KernelLink::new(),
         }
     }
 
-    /// Seconds granted to a phone that asked for `requested`: at most `phone_expires`,
-    /// shortened by up to `expires_jitter` (deterministically per device and CSeq, so
-    /// phones restarted together drift apart, like Kamailio's expires_range).
-    fn grant(&self, requested: Option<u32>, device: &str, cseq: u32) -> u32 {
-        let ceiling = requested.unwrap_or(self.policy.phone_expires).min(self.policy.phone_expires);
+    /// The most a device is granted: `phone_expires` shortened by up to `expires_jitter`,
+    /// deterministically per device, so that phones restarted together drift apart (like
+    /// Kamailio's expires_range) and the kernel can hold the figure per binding.
+    pub fn grant_ceiling(&self, device: &str) -> u32 {
+        let ceiling = self.policy.phone_expires;
         let spread = (ceiling as f64 * self.policy.expires_jitter) as u64;
         if spread == 0 {
             return ceiling.max(1);
         }
-        let cut = hash_of(&[device.as_bytes(), &cseq.to_be_bytes()]) % (spread + 1);
+        let cut = hash_of(&[device.as_bytes()]) % (spread + 1);
         (ceiling as u64 - cut).max(1) as u32
+    }
+
+    /// Seconds granted to a phone that asked for `requested`: what it asked, at most its
+    /// ceiling. The kernel computes the same from its entry.
+    fn grant(&self, requested: Option<u32>, device: &str) -> u32 {
+        requested.unwrap_or(u32::MAX).min(self.grant_ceiling(device)).max(1)
+    }
+
+    /// Connects the kernel mirror: returns where its updates arrive and where answered
+    /// refreshes are posted, and writes an entry for every binding held now (after a
+    /// restart, the registry was rebuilt before the fast path connects).
+    pub fn connect_kernel(
+        &self,
+    ) -> (crossbeam_channel::Receiver<MirrorUpdate>, crossbeam_channel::Sender<AbsorbedRefresh>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        if self.kernel.updates.set(tx).is_err() {
+            tracing::warn!("kernel mirror connected twice; the second connection gets no updates");
+        }
+        self.registry.for_each(|device, binding| self.sync_kernel(device, binding));
+        (rx, self.kernel.absorbed_tx.clone())
+    }
+
+    /// Whether the kernel may answer `binding`'s refreshes now: its backend is up and is
+    /// the one its group uses.
+    fn absorbable(&self, binding: &Binding) -> bool {
+        self.routing.backend(binding.backend).state() == BackendState::Up
+            && self.routing.active_backend(binding.group) == Some(binding.backend)
+    }
+
+    /// Writes (or flags) the kernel entry of `binding`.
+    fn sync_kernel(&self, device: &str, binding: &Binding) {
+        if self.kernel.updates.get().is_none() {
+            return;
+        }
+        let ceiling = self.grant_ceiling(device);
+        match mirror::entry(binding, ceiling, self.absorbable(binding)) {
+            Some((key, entry)) => {
+                self.kernel.owners.insert(key, device.to_owned());
+                self.kernel.send(MirrorUpdate::Upsert { device: device.to_owned(), key, entry });
+            }
+            None => self.unmirror(device, binding),
+        }
+    }
+
+    /// Removes the kernel entry of `binding`, if it has one.
+    fn unmirror(&self, device: &str, binding: &Binding) {
+        let Some(seed) = binding.kernel else { return };
+        if self.kernel.owners.remove_if(&seed.call_id_key, |_, owner| owner == device).is_some() {
+            self.kernel.send(MirrorUpdate::Remove { device: device.to_owned(), key: seed.call_id_key });
+        }
+    }
+
+    /// A backend's health changed: bindings of the groups it serves are re-judged for
+    /// the kernel (flagged when their backend is no longer the healthy active one).
+    pub fn on_backend_state(&self, backend: BackendId, state: BackendState) {
+        if self.routing.backend(backend).set_state(state) == state {
+            return;
+        }
+        let groups: Vec<_> = (0..self.routing.groups.len())
+            .filter(|&g| self.routing.groups[g].backends.contains(&backend))
+            .map(crate::failover::GroupId)
+            .collect();
+        self.registry.for_each(|device, binding| {
+            if groups.contains(&binding.group) {
+                self.sync_kernel(device, binding);
+            }
+        });
+    }
+
+    /// Folds the refreshes the kernel answered into the registry: a phone alive only in
+    /// the kernel's view is alive.
+    fn fold_absorbed(&self) {
+        for refresh in self.kernel.absorbed_rx.try_iter() {
+            let Some(device) = self.kernel.owners.get(&refresh.call_id_key).map(|d| d.clone()) else { continue };
+            let expires_at_ms = refresh.seen_ms + refresh.grant as u64 * 1000;
+            let moved = self.registry.update(&device, |b| {
+                if refresh.cseq > b.cseq {
+                    b.cseq = refresh.cseq;
+                    b.last_seen_ms = b.last_seen_ms.max(refresh.seen_ms);
+                    b.phone_expires_at_ms = b.phone_expires_at_ms.max(expires_at_ms);
+                }
+            });
+            if moved {
+                self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &device);
+            }
+        }
     }
 
     fn retry_after(&self, device: &str, now: Now) -> u32 {
@@ -306,7 +423,7 @@ impl Registrar {
             }
         };
         if request.backup_probe {
-            let date = format!("Date: {}\r\n", forward::http_date(now.unix_secs));
+            let date = self.date_line(now);
             return self.answer(msg, 200, "OK", date.as_bytes(), reply, RegistrationOutcome::BackupProbe);
         }
         let Some(group) = self.routing.group_for(&request.device) else {
@@ -319,7 +436,7 @@ impl Registrar {
             return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
         let binding = self.registry.get(&request.device.key);
-        let grant = self.grant(request.expires, &request.device.key, request.cseq);
+        let grant = self.grant(request.expires, &request.device.key);
         let ctx = Context {
             now_ms: now.mono_ms,
             grant,
@@ -333,7 +450,7 @@ impl Registrar {
             Decision::Absorb | Decision::Retransmission => {
                 let binding = binding.expect("absorbing needs a binding");
                 if decision == Decision::Absorb {
-                    self.refresh_here(&request, grant, now);
+                    self.refresh_here(msg, &request, grant, now);
                 }
                 self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
                 RegistrationOutcome::Absorbed
@@ -356,6 +473,7 @@ impl Registrar {
                     backend_valid_until_ms: 0,
                     phone_expires_at_ms: now.mono_ms + grant as u64 * 1000,
                     last_seen_ms: now.mono_ms,
+                    kernel: KernelSeed::of(msg),
                 });
                 // A due refresh that the rate limit holds back is answered here while the
                 // backend's registration is still valid.
@@ -395,19 +513,34 @@ impl Registrar {
     /// the binding's contact with the phone's grant, Expires and Date.
     fn absorbed_ok(&self, msg: &Message<'_>, contact: &[u8], grant: u32, now: Now, reply: &mut Vec<u8>) {
         let mut extra = Vec::with_capacity(128);
-        forward::push_binding_headers(&mut extra, contact, grant, &forward::http_date(now.unix_secs));
+        forward::push_binding_headers(&mut extra, contact, grant, &self.date_line(now));
         stateless::write_response_with(msg, 200, "OK", self.node.to_tag, &extra, reply);
         self.stats.count(RegistrationOutcome::Absorbed);
     }
 
-    /// Refreshes a binding here: the phone's CSeq and times move on.
-    fn refresh_here(&self, request: &RegisterRequest<'_>, grant: u32, now: Now) {
+    /// The `Date: ...` line of answers to REGISTER, or nothing (`[registration] date_header`).
+    fn date_line(&self, now: Now) -> String {
+        if self.policy.date_header { format!("Date: {}\r\n", forward::http_date(now.unix_secs)) } else { String::new() }
+    }
+
+    /// Refreshes a binding here: the phone's CSeq and times move on, and the kernel entry
+    /// follows (with this REGISTER's seed, which may differ in the bytes the kernel hashes).
+    fn refresh_here(&self, msg: &Message<'_>, request: &RegisterRequest<'_>, grant: u32, now: Now) {
         let expires_at_ms = now.mono_ms + grant as u64 * 1000;
+        let seed = KernelSeed::of(msg);
+        let mut updated = None;
         self.registry.update(&request.device.key, |b| {
             b.cseq = request.cseq;
             b.phone_expires_at_ms = expires_at_ms;
             b.last_seen_ms = now.mono_ms;
+            if let Some(seed) = seed.filter(|s| b.kernel.is_none_or(|k| k.call_id_key == s.call_id_key)) {
+                b.kernel = Some(seed);
+            }
+            updated = Some(b.clone());
         });
+        if let Some(binding) = updated {
+            self.sync_kernel(&request.device.key, &binding);
+        }
         self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &request.device.key);
     }
 
@@ -454,7 +587,7 @@ impl Registrar {
         if !retransmission && !self.routing.backend(backend).try_admit(now.mono_ms) {
             if let Some(binding) = fallback {
                 let grant = candidate.as_ref().map_or(self.policy.phone_expires, |(_, g)| *g);
-                self.refresh_here(request, grant, now);
+                self.refresh_here(msg, request, grant, now);
                 self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
                 return RegistrationOutcome::Absorbed;
             }
@@ -534,7 +667,9 @@ impl Registrar {
                 // Only the binding on the backend that accepted the de-registration ends:
                 // a phone that moved is de-registered at its old backend while its new
                 // binding stands.
-                self.registry.remove_if(&pending.device, |b| b.backend == pending.backend);
+                if let Some(ended) = self.registry.remove_if(&pending.device, |b| b.backend == pending.backend) {
+                    self.unmirror(&pending.device, &ended);
+                }
                 forward::relay_response(msg, raw, &mut bytes);
             }
             200..=299 => match pending.candidate {
@@ -542,7 +677,9 @@ impl Registrar {
                     let granted = forward::granted_expires(msg, binding.contact.as_bytes())
                         .unwrap_or(self.policy.backend_expires);
                     if granted == 0 {
-                        self.registry.remove(&pending.device);
+                        if let Some(ended) = self.registry.remove(&pending.device) {
+                            self.unmirror(&pending.device, &ended);
+                        }
                     } else {
                         binding.backend_granted = granted;
                         binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
@@ -551,6 +688,14 @@ impl Registrar {
                         let new_backend = binding.backend;
                         let previous = self.registry.get(&pending.device);
                         self.lapses.post(binding.phone_expires_at_ms + self.policy.lapse_grace_ms, &pending.device);
+                        // An entry under the previous Call-ID ends; this one replaces it.
+                        if let Some(old) = previous
+                            .as_ref()
+                            .filter(|old| old.kernel.map(|k| k.call_id_key) != binding.kernel.map(|k| k.call_id_key))
+                        {
+                            self.unmirror(&pending.device, old);
+                        }
+                        self.sync_kernel(&pending.device, &binding);
                         self.registry.insert(pending.device.clone(), binding);
                         // A phone that moved leaves its old backend, if that one can hear it,
                         // so that it is registered on one backend of its group only.
@@ -562,14 +707,7 @@ impl Registrar {
                             self.deregister_at_backend(&pending.device, &old, now, sends);
                         }
                         let grant = pending.grant.min(granted);
-                        forward::registration_ok(
-                            msg,
-                            raw,
-                            contact.as_bytes(),
-                            grant,
-                            &forward::http_date(now.unix_secs),
-                            &mut bytes,
-                        );
+                        forward::registration_ok(msg, raw, contact.as_bytes(), grant, &self.date_line(now), &mut bytes);
                     }
                     if bytes.is_empty() {
                         forward::relay_response(msg, raw, &mut bytes);
@@ -584,8 +722,10 @@ impl Registrar {
             _ => {
                 // Nothing is stored on a failure; a backend that refuses the phone
                 // (403, 404) also ends what regedge had cached for it.
-                if matches!(code, 403 | 404) {
-                    self.registry.remove(&pending.device);
+                if matches!(code, 403 | 404)
+                    && let Some(ended) = self.registry.remove(&pending.device)
+                {
+                    self.unmirror(&pending.device, &ended);
                 }
                 self.stats.count(RegistrationOutcome::Rejected);
                 forward::relay_response(msg, raw, &mut bytes);
@@ -602,6 +742,7 @@ impl Registrar {
     /// Timers: forwarded REGISTERs that got no answer, and bindings whose phone stopped
     /// refreshing (de-registered at the backend, best effort).
     pub fn on_tick(&self, now: Now, sends: &mut Vec<Send>) {
+        self.fold_absorbed();
         let timeout = self.policy.transaction_timeout_ms;
         let expired: Vec<String> =
             self.pending.iter().filter(|p| now.mono_ms >= p.sent_ms + timeout).map(|p| p.key().clone()).collect();
@@ -616,6 +757,7 @@ impl Registrar {
             Some((device, binding))
         });
         for (device, binding) in lapsed {
+            self.unmirror(&device, &binding);
             self.stats.lapsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(%device, "binding lapsed: de-registering at the backend");
             if now.mono_ms < binding.backend_valid_until_ms

@@ -141,7 +141,7 @@ pub fn registration_ok(
     raw: &[u8],
     contact_uri: &[u8],
     grant: u32,
-    date: &str,
+    date_line: &str,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -161,15 +161,16 @@ pub fn registration_ok(
             out.extend_from_slice(header.raw);
         }
     }
-    push_binding_headers(out, contact_uri, grant, date);
+    push_binding_headers(out, contact_uri, grant, date_line);
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
 }
 
-/// `Contact: <uri>;expires=N`, `Expires: N` and `Date: ...` lines.
-pub fn push_binding_headers(out: &mut Vec<u8>, contact_uri: &[u8], grant: u32, date: &str) {
+/// `Contact: <uri>;expires=N` and `Expires: N` lines, then `date_line` (a whole
+/// `Date: ...\r\n` line, or empty).
+pub fn push_binding_headers(out: &mut Vec<u8>, contact_uri: &[u8], grant: u32, date_line: &str) {
     out.extend_from_slice(b"Contact: <");
     out.extend_from_slice(contact_uri);
-    out.extend_from_slice(format!(">;expires={grant}\r\nExpires: {grant}\r\nDate: {date}\r\n").as_bytes());
+    out.extend_from_slice(format!(">;expires={grant}\r\nExpires: {grant}\r\n{date_line}").as_bytes());
 }
 
 /// The expiry a registrar's 2xx grants `contact_uri`: its `expires` parameter in the
@@ -266,7 +267,7 @@ mod tests {
             response.as_bytes(),
             b"sip:1001@192.0.2.7:5062",
             117,
-            "Wed, 25 Nov 2026 12:00:00 GMT",
+            "Date: Wed, 25 Nov 2026 12:00:00 GMT\r\n",
             &mut out,
         );
         let text = String::from_utf8(out).unwrap();
