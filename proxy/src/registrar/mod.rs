@@ -321,6 +321,57 @@ impl Registrar {
         (rx, self.kernel.absorbed_tx.clone())
     }
 
+    /// Restores bindings saved by an earlier run (a snapshot), before any traffic: each
+    /// goes into the registry with its lapse timer; nothing is sent upstream.
+    pub fn restore(&self, bindings: impl IntoIterator<Item = (String, Binding)>) -> usize {
+        let mut restored = 0;
+        for (device, binding) in bindings {
+            if binding.backend.0 >= self.routing.backends.len() || binding.group.0 >= self.routing.groups.len() {
+                continue;
+            }
+            if let Some(seed) = binding.kernel {
+                self.kernel.owners.insert(seed.call_id_key, device.clone());
+            }
+            self.lapses.post(binding.phone_expires_at_ms + self.policy.lapse_grace_ms, &device);
+            self.registry.insert(device, binding);
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Reconciles restored bindings with the entries found in a pinned `BINDINGS` map (the
+    /// kernel kept answering while userspace was down): a newer CSeq and time found there
+    /// move the binding on. Returns the keys of entries no binding owns, to be removed.
+    pub fn adopt_kernel_entries(&self, entries: &[(u64, regedge_common::maps::BindingEntry)]) -> Vec<u64> {
+        let mut orphans = Vec::new();
+        for (key, entry) in entries {
+            let Some(device) = self.kernel.owners.get(key).map(|d| d.clone()) else {
+                orphans.push(*key);
+                continue;
+            };
+            let ceiling = self.grant_ceiling(&device);
+            let mut seen = None;
+            self.registry.update(&device, |b| {
+                if entry.cseq > b.cseq {
+                    b.cseq = entry.cseq;
+                    b.last_seen_ms = b.last_seen_ms.max(entry.last_seen_ms);
+                    let requested = if entry.contact_expires == regedge_common::maps::NO_CONTACT_EXPIRES {
+                        ceiling
+                    } else {
+                        entry.contact_expires
+                    };
+                    let expires_at_ms = entry.last_seen_ms + requested.min(ceiling) as u64 * 1000;
+                    b.phone_expires_at_ms = b.phone_expires_at_ms.max(expires_at_ms);
+                    seen = Some(b.phone_expires_at_ms);
+                }
+            });
+            if let Some(expires_at_ms) = seen {
+                self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &device);
+            }
+        }
+        orphans
+    }
+
     /// Whether the kernel may answer `binding`'s refreshes now: its backend is up and is
     /// the one its group uses.
     fn absorbable(&self, binding: &Binding) -> bool {
