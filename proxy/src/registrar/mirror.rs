@@ -88,18 +88,22 @@ impl KernelSeed {
         if uri_off == 0 || contact.get(uri_off - 1) != Some(&b'<') || std::str::from_utf8(parsed.uri).is_err() {
             return None;
         }
-        let contact_expires = match parsed.param(b"expires") {
-            Some(v) if !trim(v).is_empty() => trim(v)
-                .iter()
-                .try_fold(0u64, |n, d| (d.is_ascii_digit() && n < 1_000_000_000).then(|| n * 10 + (d - b'0') as u64))?,
-            Some(_) => return None,
-            None => NO_CONTACT_EXPIRES as u64,
+        // A parameter the registrar would reject (empty, not digits) gets no seed.
+        let contact_expires = match parsed.param(b"expires").map(trim) {
+            Some([]) => return None,
+            Some(v) => {
+                let n = v.iter().try_fold(0u64, |n, d| {
+                    (d.is_ascii_digit() && n < 1_000_000_000).then(|| n * 10 + (d - b'0') as u64)
+                })?;
+                n.min(NO_CONTACT_EXPIRES as u64 - 1) as u32
+            }
+            None => NO_CONTACT_EXPIRES,
         };
         Some(Self {
             call_id_key: hash::call_id_key(call_id),
             identity: hash::identity(hash::hash_bytes(to), hash::hash_bytes(contact)),
             auth: auth.map_or(0, |a| hash::hash_bytes(trim(a))),
-            contact_expires: contact_expires.min(NO_CONTACT_EXPIRES as u64 - 1) as u32,
+            contact_expires,
             contact_uri_off: u16::try_from(uri_off).ok()?,
             contact_uri_len: u16::try_from(parsed.uri.len()).ok()?,
             to_has_tag: to.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag=")),

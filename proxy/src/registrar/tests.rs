@@ -512,3 +512,108 @@ fn phone_retransmissions_of_a_waiting_register_take_no_token() {
         .count();
     assert_eq!(admitted, 4);
 }
+
+/// Every update the kernel mirror has received so far.
+fn mirror_updates(updates: &crossbeam_channel::Receiver<MirrorUpdate>) -> Vec<MirrorUpdate> {
+    updates.try_iter().collect()
+}
+
+fn upserted(update: &MirrorUpdate) -> &regedge_common::maps::BindingEntry {
+    match update {
+        MirrorUpdate::Upsert { entry, .. } => entry,
+        MirrorUpdate::Remove { .. } => panic!("expected an upsert, got {update:?}"),
+    }
+}
+
+#[test]
+fn the_kernel_mirror_follows_every_binding_change() {
+    use regedge_common::maps::{BINDING_PASS, BINDING_TO_HAS_TAG, FAMILY_IPV4, NO_CONTACT_EXPIRES};
+    let r = registrar_from(CONFIG);
+    let (updates, absorbed) = r.connect_kernel();
+    let mut phone = Phone::new(20);
+    registered(&r, &phone, now(0));
+    let key = regedge_common::hash::call_id_key(b"call-20");
+    let first = mirror_updates(&updates);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let MirrorUpdate::Upsert { device, key: k, entry } = &first[0] else { panic!("{first:?}") };
+    assert_eq!((device.as_str(), *k), ("dev:SEP000000000014", key));
+    assert_eq!((entry.family, entry.peer_addr[..4].to_vec(), entry.cseq), (FAMILY_IPV4, vec![192, 0, 2, 7], 1));
+    assert_eq!(entry.peer_port_be, u16::from_ne_bytes(40020u16.to_be_bytes()));
+    assert_eq!((entry.local_addr[..4].to_vec(), entry.grant_ceiling), (vec![10, 0, 0, 1], 120));
+    assert_eq!(entry.absorb_until_ms, 3600 * 1000 - 1800 * 1000, "half the backend's grant");
+    assert_eq!((entry.contact_expires, entry.flags & (BINDING_PASS | BINDING_TO_HAS_TAG)), (NO_CONTACT_EXPIRES, 0));
+    let contact = "<sip:1020@192.0.2.7:40020>;+u.sip!devicename.ccm.cisco.com=\"SEP000000000014\"";
+    assert_eq!((entry.contact_uri_off, entry.contact_uri_len), (1, "sip:1020@192.0.2.7:40020".len() as u16));
+    let to_hash = regedge_common::hash::hash_bytes(b"<sip:1020@example.net>");
+    let contact_hash = regedge_common::hash::hash_bytes(contact.as_bytes());
+    assert_eq!(entry.identity, regedge_common::hash::identity(to_hash, contact_hash));
+
+    // A refresh answered in userspace moves the entry's CSeq on.
+    phone.cseq = 2;
+    assert_eq!(send(&r, &phone, &phone.register(120, ""), now(100)).outcome, RegistrationOutcome::Absorbed);
+    assert_eq!(upserted(&mirror_updates(&updates)[0]).cseq, 2);
+
+    // A refresh answered in the kernel is folded into the registry at the next tick.
+    absorbed.send(AbsorbedRefresh { call_id_key: key, seen_ms: 200_000, cseq: 3, grant: 120 }).unwrap();
+    r.on_tick(now(200), &mut Vec::new());
+    let binding = r.registry.get("dev:SEP000000000014").unwrap();
+    assert_eq!((binding.cseq, binding.last_seen_ms, binding.phone_expires_at_ms), (3, 200_000, 320_000));
+
+    // The backend goes down: the entry is flagged, and unflagged when it comes back.
+    r.on_backend_state(BackendId(0), BackendState::Down);
+    assert_ne!(upserted(&mirror_updates(&updates)[0]).flags & BINDING_PASS, 0);
+    r.on_backend_state(BackendId(0), BackendState::Up);
+    assert_eq!(upserted(&mirror_updates(&updates)[0]).flags & BINDING_PASS, 0);
+
+    // The phone goes silent: the binding lapses and the entry goes.
+    let mut sends = Vec::new();
+    r.on_tick(now(200 + 120 + 11), &mut sends);
+    assert!(r.registry.get("dev:SEP000000000014").is_none());
+    assert_eq!(
+        mirror_updates(&updates),
+        vec![MirrorUpdate::Remove { device: "dev:SEP000000000014".into(), key }],
+        "removed the moment the binding ended"
+    );
+}
+
+#[test]
+fn a_new_call_id_replaces_the_kernel_entry_and_a_deregistration_removes_it() {
+    let r = registrar_from(CONFIG);
+    let (updates, _absorbed) = r.connect_kernel();
+    let mut phone = Phone::new(21);
+    registered(&r, &phone, now(0));
+    let old_key = regedge_common::hash::call_id_key(b"call-21");
+    mirror_updates(&updates);
+    phone.call_id = "call-21-rebooted".into();
+    phone.cseq = 1;
+    registered(&r, &phone, now(10));
+    let new_key = regedge_common::hash::call_id_key(b"call-21-rebooted");
+    let changes = mirror_updates(&updates);
+    assert_eq!(changes[0], MirrorUpdate::Remove { device: "dev:SEP000000000015".into(), key: old_key });
+    assert!(matches!(changes[1], MirrorUpdate::Upsert { key, .. } if key == new_key), "{changes:?}");
+    phone.cseq = 2;
+    let step = send(&r, &phone, &phone.register(0, ""), now(20));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded);
+    answer(&r, &step.sends, "200 OK", 0, now(20));
+    assert_eq!(
+        mirror_updates(&updates),
+        vec![MirrorUpdate::Remove { device: "dev:SEP000000000015".into(), key: new_key }]
+    );
+}
+
+#[test]
+fn seeds_only_for_registers_the_kernel_can_match() {
+    use mirror::KernelSeed;
+    let seed = |text: &str| KernelSeed::of(&Message::parse(text.as_bytes()).unwrap());
+    let base = "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK1\r\n\
+                From: <sip:1@example.net>;tag=a\r\nTo: <sip:1@example.net>;tag=x\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n";
+    let with = |contact: &str, extra: &str| format!("{base}{contact}{extra}Content-Length: 0\r\n\r\n");
+    let s = seed(&with("m: \"Al\" <sip:1@192.0.2.7>;expires=60;q=0.5\r\n", "Authorization: Digest x\r\n")).unwrap();
+    assert_eq!((s.contact_uri_off, s.contact_uri_len, s.contact_expires), (6, 15, 60));
+    assert!(s.to_has_tag);
+    assert_eq!(s.auth, regedge_common::hash::hash_bytes(b"Digest x"));
+    assert!(seed(&with("Contact: sip:1@192.0.2.7\r\n", "")).is_none(), "a URI outside brackets");
+    assert!(seed(&with("Contact: <sip:1@192.0.2.7>\r\nContact: <sip:2@192.0.2.7>\r\n", "")).is_none());
+    assert!(seed(&with("Contact: <sip:1@192.0.2.7>;\r\n expires=60\r\n", "")).is_none(), "folded");
+    assert!(seed(&with("Contact: <sip:1@192.0.2.7>;expires\r\n", "")).is_none(), "an empty expires");
+}
