@@ -10,3 +10,4 @@ pub mod netns;
 pub mod privilege;
 pub mod process;
 pub mod sipp;
+pub mod tshark;

@@ -5,8 +5,7 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -19,9 +18,10 @@ use regedge::{
 use regedge_common::ReplyKind;
 use regedge_tests::{
     fixtures::{decode_stun_success, options_request, stun_request},
-    netns::{NetNs, PHONE_IF, PROXY_IF, VethPair},
+    netns::{PHONE_IF, PROXY_IF, VethPair},
     privilege::{require_program, require_root},
     process::{Regedge, TempDir, metric, scrape},
+    tshark::{Capture, Captured, MALFORMED_FILTER},
 };
 
 const NODE: &str = "e2e";
@@ -215,13 +215,15 @@ fn keepalives_answered_by_xdp_generic() {
     let proxy = Proxy::start("generic", "generic", false, Listen::Addresses);
     let capture = Capture::start(
         &proxy.veth.phone,
+        PHONE_IF,
+        5060,
         proxy.dir.0.join("phone.pcapng"),
         proxy.veth.phone_v4.into(),
         proxy.veth.proxy_v4.into(),
     );
     let sent = exchange(&proxy);
     assert_counted_in_kernel(&proxy, &sent, "generic");
-    let decoded = capture.finish();
+    let decoded = decode(&capture.finish());
     decoded.assert_clean(&sent);
     let log = proxy.stop();
     assert!(log.contains("XDP program detached"), "{log}");
@@ -271,9 +273,6 @@ fn wildcard_listeners_reply_from_the_address_that_was_called() {
     proxy.stop();
 }
 
-/// Packets tshark could not decode, or decoded with an error-level expert info.
-const MALFORMED_FILTER: &str = "_ws.malformed || _ws.expert.severity >= 0x00800000";
-
 /// The decode check above can fail: a SIP request with a broken Content-Length, turned
 /// into a capture by text2pcap, is caught by the same filter.
 #[test]
@@ -308,60 +307,12 @@ fn the_malformed_filter_catches_a_broken_sip_message() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A tshark capture on the phone's interface.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-/// UDP port the capture also listens on, to see its own probes before the test starts.
-const PROBE_PORT: u16 = 5999;
-
-impl Capture {
-    /// Starts tshark in `ns` and returns once it has captured a probe datagram sent to
-    /// `target` (tshark announces "Capturing on" before packets are really seen).
-    fn start(ns: &NetNs, file: PathBuf, probe_from: std::net::IpAddr, target: std::net::IpAddr) -> Self {
-        let live = file.with_extension("txt");
-        let child = ns
-            .command("tshark")
-            .args(["-i", PHONE_IF, "-f", &format!("udp port 5060 or udp port {PROBE_PORT}"), "-l", "-P", "-w"])
-            .arg(&file)
-            .stdout(std::fs::File::create(&live).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tshark");
-        let probe = ns.run(|| UdpSocket::bind(SocketAddr::new(probe_from, 0))).expect("bind probe socket");
-        let seen = (0..100).any(|_| {
-            let _ = probe.send_to(b"capture probe", SocketAddr::new(target, PROBE_PORT));
-            std::thread::sleep(Duration::from_millis(100));
-            std::fs::metadata(&live).is_ok_and(|m| m.len() > 0)
-        });
-        assert!(seen, "tshark captured none of its probes");
-        Self { child, file }
-    }
-
-    fn finish(mut self) -> Decoded {
-        std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let status = self.child.wait().expect("wait for tshark");
-        assert!(status.success(), "tshark capture exited with {status}");
-        let read = |filter: &str, fields: &[&str]| -> String {
-            let mut cmd = Command::new("tshark");
-            cmd.arg("-r").arg(&self.file).args(["-Y", filter, "-T", "fields"]);
-            for f in fields {
-                cmd.args(["-e", f]);
-            }
-            let out = cmd.output().expect("run tshark -r");
-            assert!(out.status.success(), "tshark -r: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        Decoded {
-            malformed: read(MALFORMED_FILTER, &["frame.number", "_ws.expert.message"]),
-            status_lines: read("sip.Status-Line", &["sip.Status-Line"]),
-            stun_responses: read("stun.type == 0x0101", &["stun.att.ipv4-xord", "stun.att.ipv6-xord"]),
-            frames: read("frame", &["frame.protocols"]),
-        }
+fn decode(captured: &Captured) -> Decoded {
+    Decoded {
+        malformed: captured.malformed(),
+        status_lines: captured.read("sip.Status-Line", &["sip.Status-Line"]),
+        stun_responses: captured.read("stun.type == 0x0101", &["stun.att.ipv4-xord", "stun.att.ipv6-xord"]),
+        frames: captured.frames(),
     }
 }
 

@@ -18,9 +18,10 @@ use regedge_tests::{
     baresip::Baresip,
     kamailio::{Binding, Kamailio, KamailioOpts},
     netns::NetNs,
-    privilege::require_peers,
+    privilege::{require_peers, require_program},
     process::{Regedge, TempDir, scrape},
     sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_names},
+    tshark::Capture,
 };
 
 const METRICS: &str = "127.0.0.1:9100";
@@ -35,7 +36,7 @@ struct Lab {
     regedge: Regedge,
     cm1: Kamailio,
     cm2: Kamailio,
-    _dir: TempDir,
+    dir: TempDir,
     phones: NetNs,
     proxy: NetNs,
     _backends: NetNs,
@@ -45,8 +46,21 @@ struct Lab {
     edge: SocketAddr,
 }
 
+/// Where regedge answers UDP refreshes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    /// In its event loops (`[fastpath] mode = "off"`).
+    Userspace,
+    /// In the XDP program, attached in generic mode to regedge's phone-side veth.
+    Kernel,
+}
+
 impl Lab {
     fn start(test: &str) -> Self {
+        Self::start_with(test, Answers::Userspace)
+    }
+
+    fn start_with(test: &str, answers: Answers) -> Self {
         let n = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
         let phone_ip = Ipv4Addr::new(10, 212, n, 2);
         let edge_ip = Ipv4Addr::new(10, 212, n, 1);
@@ -69,10 +83,17 @@ impl Lab {
 
         let dir = TempDir::new(test);
         let edge = SocketAddr::new(edge_ip.into(), SIP_PORT);
+        // Nothing is pinned: the program goes with the process (restarts are e2e_restart's).
+        let fastpath = match answers {
+            Answers::Userspace => "[fastpath]\nmode = \"off\"\n\n".to_owned(),
+            Answers::Kernel => {
+                "[fastpath]\ninterfaces = [\"rgpp0\"]\nmode = \"generic\"\npin_path = \"\"\n\n".to_owned()
+            }
+        };
         let config = dir.write(
             "regedge.toml",
             &format!(
-                "[node]\nname = \"e2e\"\nworkers = 2\n\n[sip]\nlisten = [\"{edge}\"]\n\n\
+                "[node]\nname = \"e2e\"\nworkers = 2\n\n[sip]\nlisten = [\"{edge}\"]\n\n{fastpath}\
                  [registration]\nphone_expires = 30\nbackend_expires = 600\nexpires_jitter = 0.1\n\n\
                  [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\ndown_after = 2\nup_after = 2\n\n\
                  [metrics]\nlisten = \"{METRICS}\"\n\n[routing]\ndefault_group = \"default\"\n\n\
@@ -87,7 +108,7 @@ impl Lab {
         if let Err(err) = regedge.wait_ready(METRICS.parse().unwrap(), Some(&proxy), Duration::from_secs(20)) {
             panic!("{test}: {err}");
         }
-        Self { regedge, cm1, cm2, _dir: dir, phones, proxy, _backends: backends, phone_ip, edge }
+        Self { regedge, cm1, cm2, dir, phones, proxy, _backends: backends, phone_ip, edge }
     }
 
     fn metrics(&self) -> Metrics {
@@ -212,13 +233,26 @@ fn wait_all_registered(kamailio: &Kamailio, want: &BTreeSet<String>, timeout: Du
 }
 
 /// A fleet registers through regedge and refreshes three times: the backend sees only
-/// the first REGISTER of each phone (with regedge's Path); regedge answers the refreshes.
-fn registrations_are_throttled(test: &str, transport: Transport, count: u32, first_user: u32, rate: u32) {
-    if !require_peers(test, &["sipp"]) {
+/// the first REGISTER of each phone (with regedge's Path); regedge answers the refreshes,
+/// in its event loops or (`Answers::Kernel`, UDP) in the XDP program, where tshark on the
+/// phones' side must decode every answer.
+fn registrations_are_throttled(
+    test: &str,
+    transport: Transport,
+    count: u32,
+    first_user: u32,
+    rate: u32,
+    answers: Answers,
+) {
+    if !require_peers(test, &["sipp"]) || (answers == Answers::Kernel && !require_program(test, "tshark")) {
         return;
     }
     let started = Instant::now();
-    let lab = Lab::start(test);
+    let lab = Lab::start_with(test, answers);
+    let capture = (answers == Answers::Kernel).then(|| {
+        let file = lab.dir.0.join("phones.pcapng");
+        Capture::start(&lab.phones, "rgph0", SIP_PORT, file, IpAddr::V4(lab.phone_ip), lab.edge.ip())
+    });
     if transport == Transport::Tcp {
         // Say plainly why the fleet cannot run rather than leave it to sipp's errors.
         let edge = lab.edge;
@@ -274,12 +308,27 @@ fn registrations_are_throttled(test: &str, transport: Transport, count: u32, fir
     assert_eq!(cm2_registers, 0, "{test}: REGISTERs at cm2");
     assert_eq!(lab.cm1.stat("registrar:rejected_regs"), 0, "{test}");
 
-    // regedge's view.
+    // regedge's view: refreshes answered in userspace ("absorbed") or in the kernel.
     let forwarded = metrics.registrations("forwarded");
-    let absorbed = metrics.registrations("absorbed");
-    let outcomes = metrics.outcomes();
+    let in_kernel = metrics.get("regedge_fastpath_replies_total", &[("kind", "register")]).unwrap_or(0);
+    let absorbed = metrics.registrations("absorbed") + in_kernel;
+    let outcomes = format!("{} kernel={in_kernel}", metrics.outcomes());
     assert!(forwarded >= users && forwarded * 10 <= users * 11, "{test}: {outcomes}");
     assert!(absorbed >= 3 * users && absorbed <= 3 * users + summary.retransmissions, "{test}: {outcomes}");
+    match answers {
+        Answers::Kernel => {
+            assert!(in_kernel + summary.retransmissions >= 3 * users, "{test}: refreshes answered in XDP: {outcomes}");
+            assert_eq!(metrics.value("regedge_fastpath_bindings", &[]), users, "{test}: kernel mirror entries");
+        }
+        Answers::Userspace => assert_eq!(in_kernel, 0, "{test}: {outcomes}"),
+    }
+    if let Some(capture) = capture {
+        let captured = capture.finish();
+        let malformed = captured.malformed();
+        assert!(malformed.trim().is_empty(), "{test}: tshark reports malformed packets:\n{malformed}");
+        let ok = captured.read("sip.Status-Line == \"SIP/2.0 200 OK\"", &["sip.Call-ID"]).lines().count() as u64;
+        assert!(ok >= 4 * users, "{test}: tshark decoded {ok} 200 OK for {users} phones");
+    }
     assert!(
         forwarded + absorbed >= summary.requests_sent && forwarded + absorbed <= phone_registers,
         "{test}: every REGISTER the phones sent is forwarded or absorbed: {outcomes}, phones sent {phone_registers}"
@@ -308,13 +357,21 @@ fn registrations_are_throttled(test: &str, transport: Transport, count: u32, fir
 
 #[test]
 fn registrations_are_throttled_over_udp() {
-    registrations_are_throttled("registrations_are_throttled_over_udp", Transport::Udp, 1000, 100_000, 500);
+    let test = "registrations_are_throttled_over_udp";
+    registrations_are_throttled(test, Transport::Udp, 1000, 100_000, 500, Answers::Userspace);
+}
+
+/// The same over UDP with XDP attached: the refreshes are answered in the kernel.
+#[test]
+fn udp_refreshes_are_answered_in_the_kernel() {
+    let test = "udp_refreshes_are_answered_in_the_kernel";
+    registrations_are_throttled(test, Transport::Udp, 1000, 300_000, 500, Answers::Kernel);
 }
 
 /// Needs regedge's TCP listener on the `[sip] listen` addresses (the TCP transport).
 #[test]
 fn registrations_over_tcp() {
-    registrations_are_throttled("registrations_over_tcp", Transport::Tcp, 1000, 200_000, 500);
+    registrations_are_throttled("registrations_over_tcp", Transport::Tcp, 1000, 200_000, 500, Answers::Userspace);
 }
 
 /// cm1 crashes while phones keep refreshing every second: each phone's next REGISTER
