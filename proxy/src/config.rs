@@ -29,6 +29,11 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# regedge configuration. Every key is o
 name = "regedge"
 # Worker threads; 0 means one per CPU. At most 256.
 workers = 0
+# Directory for the state that survives a restart: the registry snapshot (written
+# atomically every second while bindings change, and at shutdown) and the flow-token
+# key. An absolute path, created if missing; "" keeps no state (a restart forgets every
+# binding and phones register again).
+state_dir = "/var/lib/regedge"
 
 [sip]
 # Addresses the SIP listener binds (UDP; TCP comes with the registration edge).
@@ -44,7 +49,13 @@ interfaces = []
 # XDP attach mode: "auto" (native where the driver has it, generic otherwise),
 # "native", "generic" (both need at least one interface) or "off".
 mode = "auto"
-# bpffs directory for pinned maps and programs (accepted, not used yet).
+# bpffs directory where the maps and the XDP links (link-<interface>) are pinned, so
+# that keepalives and refreshes of known phones are answered while regedge is stopped
+# or restarting; a new start adopts them and swaps its program in atomically. A clean
+# shutdown leaves them attached too (the upgrade path): remove the directory to detach.
+# An absolute path. If it is not on a bpffs, regedge mounts one at /sys/fs/bpf when that
+# is its parent, and refuses to start otherwise. "" pins nothing: the program detaches
+# when regedge exits.
 pin_path = "/sys/fs/bpf/regedge"
 
 [metrics]
@@ -177,11 +188,15 @@ pub struct NodeConfig {
     pub name: String,
     /// Number of worker threads, at most 256; 0 means one per CPU. Default: 0.
     pub workers: usize,
+    /// Directory of the state kept across restarts (registry snapshot, flow-token key):
+    /// an absolute path, created if missing; empty keeps no state. Default:
+    /// `"/var/lib/regedge"`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { name: "regedge".to_owned(), workers: 0 }
+        Self { name: "regedge".to_owned(), workers: 0, state_dir: PathBuf::from("/var/lib/regedge") }
     }
 }
 
@@ -215,8 +230,12 @@ pub struct FastpathConfig {
     /// How to attach the XDP program; `native` and `generic` need at least one interface.
     /// Default: `auto`.
     pub mode: FastpathMode,
-    /// bpffs directory where maps and programs are pinned (accepted, not used yet).
-    /// Default: `"/sys/fs/bpf/regedge"`.
+    /// bpffs directory where the maps and the XDP links (`link-<interface>`) are pinned,
+    /// so that the kernel keeps answering while regedge is stopped and a new start adopts
+    /// them (a clean shutdown keeps them too: remove the directory to detach). An absolute
+    /// path; when it is not on a bpffs, one is mounted at its parent if that is exactly
+    /// `/sys/fs/bpf`, otherwise starting fails. Empty: nothing is pinned and the program
+    /// detaches at exit. Default: `"/sys/fs/bpf/regedge"`.
     pub pin_path: PathBuf,
 }
 

@@ -11,6 +11,7 @@
 //! - [`io`]: the mio shell.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: `regedge run`.
+//! - [`snapshot`]: the state kept across restarts (registry snapshot, flow-token key).
 
 pub mod config;
 pub mod datapath;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod registrar;
 pub mod registry;
 pub mod run;
+pub mod snapshot;
 pub mod sip;
 pub mod stun;
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! `regedge run`: wires config, fast path, event loops and metrics together, then waits
-//! for SIGINT/SIGTERM and shuts down in order (loops, metrics, then the XDP program,
-//! which detaches when dropped).
+//! for SIGINT/SIGTERM and shuts down in order (loops, a last registry snapshot, metrics,
+//! then the XDP program, which detaches when dropped unless it is pinned).
+//!
+//! Start-up order, so that a restart loses nothing: config → routing and registrar (with
+//! the saved flow-token key) → registry snapshot restored → fast path loaded, adopting the
+//! pinned maps and links of the previous run → the pinned `BINDINGS` reconciled with the
+//! restored registry (the kernel answered refreshes meanwhile; entries nobody owns are
+//! removed) → kernel mirror (rewrites the entry of every binding) → event loops.
 
 use std::sync::Arc;
 
@@ -10,11 +16,14 @@ use signal_hook::{
     iterator::Signals,
 };
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use crate::{
     config::{BackendTransport, Config, FastpathMode},
-    datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread},
+    datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread, pin},
     engine::Engine,
     failover::Routing,
     health::HealthChecker,
@@ -24,6 +33,7 @@ use crate::{
     registrar::{Node, Policy, Registrar},
     registry::Transport,
     sip::stateless::ToTag,
+    snapshot::{SnapshotWriter, StateDir},
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -41,6 +51,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let routing = Arc::new(Routing::from_config(&config));
     let backend_listener = backend_listeners(&config)?;
+    let state = (!routing.is_empty()).then(|| open_state(&config.node.state_dir)).flatten();
     let registrar = (!routing.is_empty()).then(|| {
         let backend_facing = backend_listener
             .iter()
@@ -53,9 +64,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 (transport, *facing)
             })
             .collect();
-        let node = Node { to_tag: tag, backend_facing, token_key: random_u64() };
+        let token_key = state.as_ref().map_or_else(crate::snapshot::random_u64, StateDir::token_key);
+        let node = Node { to_tag: tag, backend_facing, token_key };
         Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
     });
+    if let (Some(state), Some(registrar)) = (&state, &registrar) {
+        let restored = registrar.restore(state.load(&routing));
+        if restored > 0 {
+            tracing::info!(restored, "bindings restored from the registry snapshot; none re-registered upstream");
+        }
+    }
     let answer = AnswerSettings { register: registrar.is_some(), date_header: config.registration.date_header };
     let mut fastpath = start_fastpath(&config, &names, tag, answer)?;
     let mirror = match (&mut fastpath, &registrar) {
@@ -71,6 +89,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         backend_listener.iter().map(|(index, _)| *index).collect(),
         Some(health_rx),
     )?;
+    let snapshot = match (state, &shared.engine.registrar) {
+        (Some(state), Some(_)) => Some(
+            SnapshotWriter::start(
+                state,
+                Arc::clone(&shared),
+                mirror.as_ref().map(|m| Arc::clone(&m.stats)),
+                config.node.name.clone(),
+            )
+            .context("starting the registry snapshot writer")?,
+        ),
+        _ => None,
+    };
     let waker = workers_running.timekeeper_waker();
     let health = HealthChecker::start(&routing, &config.health, health_tx, move || {
         let _ = waker.wake();
@@ -105,13 +135,43 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     drop(health);
     drop(workers_running);
+    // After the loops: the last snapshot has every change they made.
+    drop(snapshot);
     drop(metrics);
     drop(mirror);
-    if fastpath.is_some() {
-        drop(fastpath);
-        tracing::info!("XDP program detached");
+    if let Some(fastpath) = fastpath {
+        match fastpath.pin_dir().map(Path::to_path_buf) {
+            Some(dir) => {
+                drop(fastpath);
+                tracing::info!(
+                    pin = %dir.display(),
+                    "XDP program left attached (pinned): it keeps answering until the next start adopts it; \
+                     remove the pin directory to detach"
+                );
+            }
+            None => {
+                drop(fastpath);
+                tracing::info!("XDP program detached");
+            }
+        }
     }
     Ok(())
+}
+
+/// The state directory of `[node] state_dir`; `None` when it is empty or cannot be made
+/// (then nothing survives a restart, which is said once).
+fn open_state(dir: &Path) -> Option<StateDir> {
+    if dir.as_os_str().is_empty() {
+        tracing::info!("node.state_dir is empty: no registry snapshot, flow-token key new at every start");
+        return None;
+    }
+    match StateDir::open(dir) {
+        Ok(state) => Some(state),
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot use node.state_dir: bindings will not survive a restart");
+            None
+        }
+    }
 }
 
 /// For each backend: the index of the listen address that talks to it (the first of its
@@ -143,14 +203,6 @@ fn source_address_toward(target: SocketAddr) -> anyhow::Result<IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
-/// A key for flow tokens, fresh at every start.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    hasher.finish()
-}
-
 fn local_interface_addresses() -> anyhow::Result<Vec<std::net::IpAddr>> {
     local_names::interface_addresses().context("listing interface addresses for the wildcard listen address")
 }
@@ -171,35 +223,72 @@ fn start_fastpath(
     answer: AnswerSettings,
 ) -> anyhow::Result<Option<Fastpath>> {
     let fp = &config.fastpath;
+    let pin_dir = (!fp.pin_path.as_os_str().is_empty()).then_some(fp.pin_path.as_path());
     if fp.mode == FastpathMode::Off {
         tracing::info!("fast path off by config: keepalives answered in userspace");
+        detach_pinned(pin_dir);
         return Ok(None);
     }
     if fp.interfaces.is_empty() {
         tracing::info!("fast path off: [fastpath] interfaces is empty; keepalives answered in userspace");
+        detach_pinned(pin_dir);
         return Ok(None);
     }
     let attempt = || -> Result<Fastpath, DatapathError> {
-        let mut fastpath = Fastpath::load()?;
+        let mut fastpath = match pin_dir {
+            Some(dir) => {
+                pin::prepare(dir)?;
+                Fastpath::load_pinned(dir)?
+            }
+            None => Fastpath::load()?,
+        };
         fastpath.configure(&config.sip.listen, names, tag, answer)?;
         fastpath.attach_all(&fp.interfaces, fp.mode)?;
         Ok(fastpath)
     };
     match attempt() {
         Ok(fastpath) => Ok(Some(fastpath)),
+        // A pin_path on no bpffs is a config problem whatever the mode.
+        Err(err @ DatapathError::PinPath { .. }) => Err(anyhow::Error::new(err)),
         Err(err) if fp.mode == FastpathMode::Auto => {
             tracing::warn!(error = %err, "fast path unavailable (mode = \"auto\"): keepalives answered in userspace");
+            detach_pinned(pin_dir);
             Ok(None)
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("[fastpath] mode = \"{}\"", fp.mode.label()))),
     }
 }
 
+/// With no fast path this run, a program an earlier run pinned would answer from a map
+/// nobody updates any more: its links are removed (detached).
+fn detach_pinned(pin_dir: Option<&Path>) {
+    if let Some(dir) = pin_dir.filter(|d| d.is_dir()) {
+        pin::remove_links_except(dir, &[]);
+    }
+}
+
 /// Connects the registrar to the kernel mirror of bindings (refreshes answered in XDP).
+/// Entries an earlier run left in a pinned map are reconciled with the restored registry
+/// first: what the kernel answered meanwhile moves bindings on, entries no binding owns
+/// are removed.
 fn start_mirror(fastpath: &mut Fastpath, registrar: &Registrar) -> anyhow::Result<MirrorThread> {
-    let (Some(bindings), Some(absorbed)) = (fastpath.take_bindings(), fastpath.take_absorbed()) else {
+    let (Some(mut bindings), Some(absorbed)) = (fastpath.take_bindings(), fastpath.take_absorbed()) else {
         anyhow::bail!("the kernel binding maps were taken already");
     };
+    let entries = bindings.entries();
+    if !entries.is_empty() {
+        let orphans = registrar.adopt_kernel_entries(&entries);
+        for key in &orphans {
+            if let Err(error) = bindings.remove(*key) {
+                tracing::warn!(key, %error, "cannot remove an orphan kernel binding entry");
+            }
+        }
+        tracing::info!(
+            entries = entries.len(),
+            orphans = orphans.len(),
+            "pinned kernel bindings adopted (orphans: no restored binding owns them, removed)"
+        );
+    }
     let (updates, folded) = registrar.connect_kernel();
     MirrorThread::start(bindings, absorbed, updates, folded).context("starting the kernel mirror thread")
 }

@@ -87,7 +87,7 @@ impl Proxy {
             "regedge.toml",
             &format!(
                 "[node]\nname = \"{NODE}\"\nworkers = 1\n\n[sip]\nlisten = [\"{}\", \"{}\"]\nlocal_names = [\"{LOCAL_NAME}\"]\n\n\
-                 [fastpath]\ninterfaces = [\"{PROXY_IF}\"]\nmode = \"{mode}\"\n\n[metrics]\nlisten = \"{METRICS}\"\n",
+                 [fastpath]\ninterfaces = [\"{PROXY_IF}\"]\nmode = \"{mode}\"\npin_path = \"\"\n\n[metrics]\nlisten = \"{METRICS}\"\n",
                 listen[0], listen[1]
             ),
         );

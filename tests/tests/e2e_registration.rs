@@ -93,7 +93,7 @@ impl Lab {
         let config = dir.write(
             "regedge.toml",
             &format!(
-                "[node]\nname = \"e2e\"\nworkers = 2\n\n[sip]\nlisten = [\"{edge}\"]\n\n{fastpath}\
+                "[node]\nname = \"e2e\"\nworkers = 2\nstate_dir = \"\"\n\n[sip]\nlisten = [\"{edge}\"]\n\n{fastpath}\
                  [registration]\nphone_expires = 30\nbackend_expires = 600\nexpires_jitter = 0.1\n\n\
                  [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\ndown_after = 2\nup_after = 2\n\n\
                  [metrics]\nlisten = \"{METRICS}\"\n\n[routing]\ndefault_group = \"default\"\n\n\

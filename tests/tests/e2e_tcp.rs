@@ -110,7 +110,7 @@ fn registrations_reach_a_tcp_backend() {
     let config = dir.write(
         "regedge.toml",
         &format!(
-            "[node]\nname = \"tcp-backend\"\nworkers = 2\n[sip]\nlisten = [\"{server}\"]\n[fastpath]\nmode = \"off\"\n\
+            "[node]\nname = \"tcp-backend\"\nworkers = 2\nstate_dir = \"\"\n[sip]\nlisten = [\"{server}\"]\n[fastpath]\nmode = \"off\"\n\
              [[backends]]\nname = \"cm1\"\naddress = \"{backend_ip}:5060\"\ntransport = \"tcp\"\nmax_register_rate = 1000\n\
              [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n"
         ),

@@ -84,6 +84,9 @@ pub enum ConfigErrorKind {
     /// `node.workers` is above the maximum.
     #[error("node.workers = {workers} is more than the maximum of {max}")]
     TooManyWorkers { workers: usize, max: usize },
+    /// `node.state_dir` is neither empty nor an absolute path.
+    #[error("node.state_dir {path:?} is not an absolute path (write \"\" to keep no state)")]
+    StateDirRelative { path: std::path::PathBuf },
 
     /// `sip.listen` has no address.
     #[error("sip.listen is empty; at least one address is needed")]
@@ -110,6 +113,9 @@ pub enum ConfigErrorKind {
     /// `fastpath.mode` asks for an attach mode but `fastpath.interfaces` is empty.
     #[error("fastpath.mode = \"{mode}\" needs at least one interface in fastpath.interfaces")]
     InterfacesRequired { mode: FastpathMode },
+    /// `fastpath.pin_path` is neither empty nor an absolute path.
+    #[error("fastpath.pin_path {path:?} is not an absolute path (write \"\" to pin nothing)")]
+    PinPathRelative { path: std::path::PathBuf },
 
     /// `metrics.listen` has port 0.
     #[error("metrics.listen address {addr} has port 0")]

@@ -43,6 +43,7 @@ fn defaults_are_the_documented_ones() {
     let config = Config::default();
     assert_eq!(config.node.name, "regedge");
     assert_eq!(config.node.workers, 0);
+    assert_eq!(config.node.state_dir, Path::new("/var/lib/regedge"));
     assert_eq!(config.sip.listen, vec![addr("127.0.0.1:5060")]);
     assert!(config.sip.local_names.is_empty());
     assert!(config.fastpath.interfaces.is_empty());
@@ -68,6 +69,7 @@ fn full_file_reads_every_value() {
 [node]
 name = "edge-1"
 workers = 4
+state_dir = "/srv/regedge"
 
 [sip]
 listen = ["0.0.0.0:5060", "[::]:5060"]
@@ -82,7 +84,7 @@ pin_path = "/sys/fs/bpf/edge-1"
 listen = "0.0.0.0:9100"
 "#;
     let expected = Config {
-        node: NodeConfig { name: "edge-1".to_owned(), workers: 4 },
+        node: NodeConfig { name: "edge-1".to_owned(), workers: 4, state_dir: PathBuf::from("/srv/regedge") },
         sip: SipConfig {
             listen: vec![addr("0.0.0.0:5060"), addr("[::]:5060")],
             local_names: vec!["edge.example.net".to_owned(), "192.0.2.10".to_owned(), "[2001:db8::10]".to_owned()],
@@ -96,6 +98,22 @@ listen = "0.0.0.0:9100"
         ..Config::default()
     };
     assert_eq!(parse_ok(text), expected);
+}
+
+#[test]
+fn state_dir_and_pin_path_are_absolute_or_empty() {
+    let config = parse_ok("[node]\nstate_dir = \"\"\n[fastpath]\npin_path = \"\"\n");
+    assert_eq!(config.node.state_dir, Path::new(""));
+    assert_eq!(config.fastpath.pin_path, Path::new(""));
+    let errors = parse_err("[node]\nstate_dir = \"state\"\n[fastpath]\npin_path = \"bpf/regedge\"\n");
+    let kinds: Vec<_> = errors.errors.iter().map(|e| (e.line, e.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Some(2), ConfigErrorKind::StateDirRelative { path: PathBuf::from("state") }),
+            (Some(4), ConfigErrorKind::PinPathRelative { path: PathBuf::from("bpf/regedge") }),
+        ]
+    );
 }
 
 #[test]

@@ -115,6 +115,10 @@ fn check_node(node: &NodeConfig, issues: &mut Vec<Issue>) {
         let kind = ConfigErrorKind::TooManyWorkers { workers: node.workers, max: MAX_WORKERS };
         issues.push(Issue::new(KeyPath::field("node", "workers"), kind));
     }
+    if !node.state_dir.as_os_str().is_empty() && !node.state_dir.is_absolute() {
+        let kind = ConfigErrorKind::StateDirRelative { path: node.state_dir.clone() };
+        issues.push(Issue::new(KeyPath::field("node", "state_dir"), kind));
+    }
 }
 
 fn check_sip(sip: &SipConfig, issues: &mut Vec<Issue>) {
@@ -160,6 +164,10 @@ fn check_fastpath(fastpath: &FastpathConfig, issues: &mut Vec<Issue>) {
     if mode_needs_interfaces && fastpath.interfaces.is_empty() {
         let kind = ConfigErrorKind::InterfacesRequired { mode: fastpath.mode };
         issues.push(Issue::new(KeyPath::field("fastpath", "mode"), kind));
+    }
+    if !fastpath.pin_path.as_os_str().is_empty() && !fastpath.pin_path.is_absolute() {
+        let kind = ConfigErrorKind::PinPathRelative { path: fastpath.pin_path.clone() };
+        issues.push(Issue::new(KeyPath::field("fastpath", "pin_path"), kind));
     }
 }
 

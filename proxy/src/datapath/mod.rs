@@ -1,15 +1,34 @@
 //! The kernel side seen from userspace: load the embedded XDP program, fill its maps
 //! from the config, attach it to the configured interfaces, read its counters.
+//!
+//! Pinning (`[fastpath] pin_path`, see [`pin`]): the maps whose contents outlive a
+//! process (`BINDINGS`, `ABSORBED`, and the `REPLIES`/`PASSES` counters) are pinned by
+//! name in the pin directory, and each interface's XDP link as `link-<interface>`. The
+//! kernel then keeps answering while regedge is stopped; the next start loads its program
+//! against the same maps and swaps it into the pinned link atomically
+//! (`bpf_link_update`), so there is no moment without a program. The maps that userspace
+//! fills from the config at every start (`LISTENERS`, `LOCAL_NAMES`, `SETTINGS`) and the
+//! per-CPU `SCRATCH` are not pinned: each program gets fresh ones, filled before it is
+//! swapped in.
 
 pub mod mirror;
+pub mod pin;
 mod test_run;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use regedge_common::{
     PassReason, ReplyKind, XDP_PROGRAM,
@@ -38,6 +57,12 @@ pub enum DatapathError {
     Map { name: &'static str, source: MapError },
     #[error("attaching XDP to {interface} in {mode} mode: {source}")]
     Attach { interface: String, mode: AttachMode, source: ProgramError },
+    #[error("fastpath.pin_path {}: {message}", path.display())]
+    PinPath { path: PathBuf, message: String },
+    #[error("fastpath.pin_path {}: mounting a bpffs at {}: {source} (or mount it yourself: mount -t bpf bpf {})", path.display(), pin::BPFFS_ROOT, pin::BPFFS_ROOT)]
+    PinMount { path: PathBuf, source: std::io::Error },
+    #[error("pinning the XDP link of {interface} at {}: {message}", path.display())]
+    PinLink { interface: String, path: PathBuf, message: String },
 }
 
 /// How the program runs on an interface.
@@ -72,10 +97,15 @@ impl std::fmt::Display for AttachMode {
 }
 
 /// The loaded program with its maps filled. Dropping it detaches the program from every
-/// interface.
+/// interface, unless it was loaded with a pin directory ([`Fastpath::load_pinned`]): then
+/// the pinned links keep it attached.
 pub struct Fastpath {
     ebpf: Ebpf,
+    /// Where the maps and links are pinned; `None`: nothing is.
+    pin_dir: Option<PathBuf>,
     attached: Vec<(String, AttachMode)>,
+    /// Interfaces whose pinned link was adopted from an earlier run (a subset of `attached`).
+    adopted: Vec<String>,
     counters: Arc<KernelCounters>,
     verified_instructions: Option<u32>,
     bindings: Option<KernelBindings>,
@@ -170,9 +200,28 @@ fn missing(name: &'static str) -> DatapathError {
 }
 
 impl Fastpath {
-    /// Loads the object and runs the verifier; nothing is attached yet.
+    /// Loads the object and runs the verifier; nothing is attached yet, nothing pinned.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(DatapathError::Load)?;
+        Self::load_with(None)
+    }
+
+    /// Like [`Fastpath::load`], with the maps of [`pin::PINNED_MAPS`] pinned in `pin_dir`
+    /// (a directory on bpffs, see [`pin::prepare`]): maps already pinned there are reused,
+    /// so the kernel state of an earlier run carries over; one whose layout changed is
+    /// replaced by a fresh one. Links made by [`Fastpath::attach_all`] are pinned there too.
+    pub fn load_pinned(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with(Some(pin_dir))
+    }
+
+    fn load_with(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            pin::drop_incompatible_maps(dir);
+            for layout in pin::PINNED_MAPS {
+                loader.map_pin_path(layout.name, dir.join(layout.name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(DatapathError::MissingProgram)?
@@ -193,7 +242,9 @@ impl Fastpath {
             .map_err(map_error(maps::ABSORBED))?;
         Ok(Self {
             ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
             attached: Vec::new(),
+            adopted: Vec::new(),
             counters,
             verified_instructions,
             bindings: Some(bindings),
@@ -251,27 +302,89 @@ impl Fastpath {
         self.absorbed.take()
     }
 
-    /// Attaches to `interface` in `mode`.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
-        let program: &mut Xdp = self
-            .ebpf
+    fn program_mut(&mut self) -> Result<&mut Xdp, DatapathError> {
+        self.ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(DatapathError::MissingProgram)?
             .try_into()
-            .map_err(DatapathError::Verify)?;
-        program.attach(interface, mode.xdp_mode()).map_err(|source| DatapathError::Attach {
+            .map_err(DatapathError::Verify)
+    }
+
+    /// Attaches to `interface` in `mode`; with a pin directory, the link is pinned there
+    /// as `link-<interface>` (and outlives this process).
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
+        let program = self.program_mut()?;
+        let link_id = program.attach(interface, mode.xdp_mode()).map_err(|source| DatapathError::Attach {
             interface: interface.to_owned(),
             mode,
             source,
         })?;
+        if let Some(dir) = self.pin_dir.clone() {
+            self.pin_link(interface, link_id, &pin::link_path(&dir, interface))?;
+        }
         self.attached.push((interface.to_owned(), mode));
         Ok(())
     }
 
+    /// Pins the link `link_id` at `path`: taken from the program (which would detach it
+    /// when dropped) and pinned, it stays attached until the pin is removed.
+    fn pin_link(&mut self, interface: &str, link_id: XdpLinkId, path: &Path) -> Result<(), DatapathError> {
+        let failed = |message: String| DatapathError::PinLink {
+            interface: interface.to_owned(),
+            path: path.to_path_buf(),
+            message,
+        };
+        let program = self.program_mut()?;
+        let link = program.take_link(link_id).map_err(|e| failed(e.to_string()))?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| failed(format!("{e} (the kernel attached it without a bpf_link, which cannot be pinned)")))?;
+        // A stale pin (a link to an interface that went away) is replaced.
+        let _ = std::fs::remove_file(path);
+        fd_link.pin(path).map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Swaps this program into the link pinned at `path` (by an earlier run), atomically:
+    /// the interface is never without a program. Returns the mode the link runs in.
+    fn adopt_link(&mut self, interface: &str, path: &Path, configured: FastpathMode) -> Result<AttachMode, String> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e: LinkError| e.to_string())?;
+        let program = self.program_mut().map_err(|e| e.to_string())?;
+        program.attach_to_link(link).map_err(|e| e.to_string())?;
+        let mode = pin::attached_mode(interface).unwrap_or(match configured {
+            FastpathMode::Native => AttachMode::Native,
+            _ => AttachMode::Generic,
+        });
+        Ok(mode)
+    }
+
     /// Attaches to every interface following the configured mode: `native` and
-    /// `generic` must succeed; `auto` tries native, then generic, per interface.
+    /// `generic` must succeed; `auto` tries native, then generic, per interface. With a
+    /// pin directory, an interface whose link an earlier run pinned gets this program
+    /// swapped into that link instead (a stale pin is replaced by a new attachment), and
+    /// pinned links of interfaces no longer configured are removed (detached).
     pub fn attach_all(&mut self, interfaces: &[String], mode: FastpathMode) -> Result<(), DatapathError> {
+        if let Some(dir) = self.pin_dir.clone() {
+            pin::remove_links_except(&dir, interfaces);
+        }
         for interface in interfaces {
+            if let Some(dir) = self.pin_dir.clone() {
+                let path = pin::link_path(&dir, interface);
+                if path.exists() {
+                    match self.adopt_link(interface, &path, mode) {
+                        Ok(attached) => {
+                            tracing::info!(%interface, mode = %attached, pin = %path.display(), "adopted the pinned XDP link: new program swapped in");
+                            self.attached.push((interface.clone(), attached));
+                            self.adopted.push(interface.clone());
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%interface, pin = %path.display(), %error, "cannot adopt the pinned XDP link; attaching anew");
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+            }
             match mode {
                 FastpathMode::Native => self.attach(interface, AttachMode::Native)?,
                 FastpathMode::Generic => self.attach(interface, AttachMode::Generic)?,
@@ -289,6 +402,16 @@ impl Fastpath {
 
     pub fn attached(&self) -> &[(String, AttachMode)] {
         &self.attached
+    }
+
+    /// Interfaces whose pinned link an earlier run left and this one adopted.
+    pub fn adopted(&self) -> &[String] {
+        &self.adopted
+    }
+
+    /// The pin directory, if the maps and links are pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     pub fn counters(&self) -> Arc<KernelCounters> {
