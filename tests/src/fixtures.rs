@@ -81,3 +81,132 @@ pub fn options_request(uri: &str, from: SocketAddr, call_id: &str, extra_headers
 pub fn crlf(text: &str) -> Vec<u8> {
     text.replace('\n', "\r\n").into_bytes()
 }
+
+/// A UDP REGISTER refresh, the flow it travels and the `BINDINGS` entry it is checked
+/// against: one row that both the XDP program (through BPF_PROG_TEST_RUN) and the
+/// userspace registrar can be fed, so their answers can be compared byte for byte.
+#[derive(Clone, Debug)]
+pub struct RegisterFixture {
+    pub name: String,
+    pub phone: SocketAddr,
+    pub proxy: SocketAddr,
+    pub request: Vec<u8>,
+    /// The entry under its `call_id_key`; `None`: the Call-ID is unknown to the kernel.
+    pub binding: Option<(u64, regedge_common::maps::BindingEntry)>,
+}
+
+impl RegisterFixture {
+    /// The Ethernet frame carrying the request from the phone to the proxy.
+    pub fn frame(&self) -> Vec<u8> {
+        crate::frames::udp_frame(self.phone, self.proxy, &self.request)
+    }
+}
+
+/// A REGISTER from `\n`-separated header lines (the empty line is added).
+pub fn register_request(uri: &str, headers: &str) -> Vec<u8> {
+    crlf(&format!("REGISTER {uri} SIP/2.0\n{headers}\n"))
+}
+
+/// CLOCK_MONOTONIC in milliseconds: the clock of `BindingEntry` times
+/// (`bpf_ktime_get_ns() / 1_000_000` in the kernel).
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The `BINDINGS` entry userspace would write after accepting `request` (with its CSeq
+/// less one, so that `request` itself is the next refresh) on the flow `phone` →
+/// `proxy`: identity of the trimmed To and Contact values, the Authorization hash, the
+/// contact URI's place in the Contact value, its `expires` parameter. The phone may be
+/// granted `grant_ceiling` seconds; refreshes are answered for a day from now.
+pub fn binding_for(
+    request: &[u8],
+    phone: SocketAddr,
+    proxy: SocketAddr,
+    grant_ceiling: u32,
+) -> (u64, regedge_common::maps::BindingEntry) {
+    use regedge::sip::{
+        HeaderName, Message,
+        contact::{Contact, split_values},
+        message::trim,
+        stateless::parse_cseq,
+    };
+    use regedge_common::{
+        hash::{call_id_key, hash_bytes, identity},
+        maps::{BINDING_TO_HAS_TAG, BindingEntry, FAMILY_IPV4, FAMILY_IPV6, NO_CONTACT_EXPIRES},
+    };
+
+    let msg = Message::parse(request).expect("a parseable REGISTER");
+    let value =
+        |pred: &dyn Fn(&[u8]) -> bool| msg.headers().find(|h| pred(h.name)).map(|h| trim(h.value)).unwrap_or_default();
+    let named = |name: HeaderName| value(&|n: &[u8]| HeaderName::of(n) == name);
+    let to = named(HeaderName::To);
+    let call_id = named(HeaderName::CallId);
+    let cseq = parse_cseq(named(HeaderName::CSeq)).expect("a CSeq").0;
+    let contact = value(&|n: &[u8]| n.eq_ignore_ascii_case(b"contact") || n.eq_ignore_ascii_case(b"m"));
+    let auth =
+        value(&|n: &[u8]| n.eq_ignore_ascii_case(b"authorization") || n.eq_ignore_ascii_case(b"proxy-authorization"));
+    let first = split_values(contact).next().expect("a contact");
+    let parsed = Contact::parse(first).expect("a parseable contact");
+    let uri_off = parsed.uri.as_ptr() as usize - contact.as_ptr() as usize;
+    let contact_expires = parsed
+        .param(b"expires")
+        .map(|v| std::str::from_utf8(v).unwrap().parse::<u32>().expect("numeric expires"))
+        .unwrap_or(NO_CONTACT_EXPIRES);
+    let has_tag = to.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="));
+    let addr = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let port_be = |a: SocketAddr| u16::from_ne_bytes(a.port().to_be_bytes());
+    let entry = BindingEntry {
+        identity: identity(hash_bytes(to), hash_bytes(contact)),
+        auth: if auth.is_empty() { 0 } else { hash_bytes(auth) },
+        absorb_until_ms: monotonic_ms() + 86_400_000,
+        last_seen_ms: 0,
+        peer_addr: addr(phone),
+        local_addr: addr(proxy),
+        cseq: cseq.saturating_sub(1),
+        grant_ceiling,
+        contact_expires,
+        family: if phone.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 },
+        flags: if has_tag { BINDING_TO_HAS_TAG } else { 0 },
+        peer_port_be: port_be(phone),
+        local_port_be: port_be(proxy),
+        contact_uri_off: uri_off as u16,
+        contact_uri_len: parsed.uri.len() as u16,
+    };
+    (call_id_key(call_id), entry)
+}
+
+/// A REGISTER refresh as a Cisco-like phone sends it, padded with `User-Agent`-style
+/// headers to about `size` bytes (at least the bare request).
+pub fn sized_register(phone: SocketAddr, call_id: &str, cseq: u32, size: usize) -> Vec<u8> {
+    let host = regedge::local_names::uri_host(phone.ip());
+    let port = phone.port();
+    let head = format!(
+        "Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-{call_id}-{cseq};rport\n\
+         Max-Forwards: 70\n\
+         From: <sip:1001@example.net>;tag=ph{port}\n\
+         To: <sip:1001@example.net>\n\
+         Call-ID: {call_id}\n\
+         CSeq: {cseq} REGISTER\n\
+         Contact: <sip:1001@{host}:{port};transport=udp>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-0024142ddf24>\";expires=3600\n\
+         Allow: INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE\n\
+         Supported: path, outbound, replaces\n"
+    );
+    let tail = "Expires: 3600\nContent-Length: 0\n";
+    let bare = register_request("sip:example.net", &format!("{head}{tail}")).len();
+    let mut pad = String::new();
+    // `User-Agent: <n>\r\n` takes n + 14 bytes.
+    if size >= bare + 15 {
+        pad = format!("User-Agent: {}\n", "x".repeat(size - bare - 14));
+    }
+    register_request("sip:example.net", &format!("{head}{pad}{tail}"))
+}

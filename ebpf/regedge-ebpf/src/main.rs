@@ -6,6 +6,7 @@
 //! - STUN Binding Request            → Binding Success Response (`stun.rs`)
 //! - CRLF keepalive                  → absorbed, nothing sent (XDP_DROP, counted as a reply)
 //! - OPTIONS addressed to the proxy  → 200 OK (`options.rs`)
+//! - REGISTER refresh of a binding in `BINDINGS`, Cisco backup probe → 200 OK (`register.rs`)
 //!
 //! Each reply is built in a per-CPU scratch buffer and written over the request by
 //! `frame::emit_reply`, so every reply takes the same resize/checksum path.
@@ -14,12 +15,13 @@ mod csum;
 mod frame;
 mod maps;
 mod options;
+mod register;
 mod stun;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use regedge_common::{
     PassReason, ReplyKind,
-    maps::{ANSWER_CRLF, ANSWER_OPTIONS, ANSWER_STUN},
+    maps::{ANSWER_CRLF, ANSWER_OPTIONS, ANSWER_REGISTER, ANSWER_STUN, AbsorbedRefresh},
     sip::MAX_PAYLOAD,
 };
 
@@ -51,6 +53,8 @@ fn try_regedge_xdp(ctx: &XdpContext) -> Result<u32, PassReason> {
         ReplyKind::Stun
     } else if head == *b"OPTIONS " && answers & ANSWER_OPTIONS != 0 {
         ReplyKind::Options
+    } else if head == *b"REGISTER" && answers & ANSWER_REGISTER != 0 {
+        ReplyKind::Register
     } else {
         return Err(PassReason::NotKeepalive);
     };
@@ -59,6 +63,24 @@ fn try_regedge_xdp(ctx: &XdpContext) -> Result<u32, PassReason> {
     }
     let scratch = maps::scratch().ok_or(PassReason::HelperFailed)?;
     frame::load_payload(ctx, &udp, scratch)?;
+    if kind == ReplyKind::Register {
+        let answer = register::answer(&udp, scratch, plen)?;
+        frame::emit_reply(ctx, &udp, scratch, answer.len)?;
+        if let Some(c) = answer.commit {
+            unsafe {
+                (*c.entry).cseq = c.cseq;
+                (*c.entry).last_seen_ms = c.now_ms;
+            }
+            maps::push_absorbed(&AbsorbedRefresh {
+                call_id_key: c.call_id_key,
+                seen_ms: c.now_ms,
+                cseq: c.cseq,
+                grant: c.grant,
+            });
+        }
+        maps::count_reply(answer.kind);
+        return Ok(xdp_action::XDP_TX);
+    }
     let reply_len = match kind {
         ReplyKind::Stun => stun::build_reply(scratch, &udp)?,
         _ => options::build_reply(scratch, plen)?,

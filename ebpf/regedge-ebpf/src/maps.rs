@@ -7,8 +7,8 @@ use aya_ebpf::{
 use regedge_common::{
     PassReason, ReplyKind,
     maps::{
-        ABSORBED_RING_BYTES, BINDINGS_MAX, BindingEntry, FAMILY_IPV4, FastpathSettings, LISTENERS_MAX, LOCAL_NAMES_MAX,
-        ListenerKey, ListenerValue, LocalNameKey,
+        ABSORBED_RING_BYTES, AbsorbedRefresh, BINDINGS_MAX, BindingEntry, FAMILY_IPV4, FastpathSettings, LISTENERS_MAX,
+        LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey,
     },
 };
 
@@ -44,7 +44,8 @@ static BINDINGS: HashMap<u64, BindingEntry> = HashMap::with_max_entries(BINDINGS
 static ABSORBED: RingBuf = RingBuf::with_byte_size(ABSORBED_RING_BYTES, 0);
 
 /// Per-CPU working memory: the request payload, the reply under construction, the
-/// OPTIONS scanner's state and the Request-URI host key (too big for the 512-byte stack).
+/// OPTIONS scanner's state, the Request-URI host key and the REGISTER scanner's tables
+/// (too big for the 512-byte stack).
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -64,6 +65,8 @@ pub struct Scratch {
     pub input: [u8; BUF + 16],
     /// The reply payload.
     pub output: [u8; BUF + 16],
+    /// The REGISTER scanner's lines, copy segments and state (see `register.rs`).
+    pub reg: crate::register::RegScratch,
 }
 
 #[inline(always)]
@@ -113,9 +116,10 @@ pub fn binding(call_id_key: u64) -> Option<*mut BindingEntry> {
     BINDINGS.get_ptr_mut(&call_id_key)
 }
 
+/// Hands a record to userspace; a full ring loses the record, not the answer.
 #[inline(always)]
-pub fn absorbed() -> &'static RingBuf {
-    &ABSORBED
+pub fn push_absorbed(record: &AbsorbedRefresh) {
+    let _ = ABSORBED.output::<AbsorbedRefresh>(record, 0);
 }
 
 #[inline(always)]
