@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod frames;
 pub mod kamailio;
 pub mod netns;
+pub mod pinned;
 pub mod privilege;
 pub mod process;
 pub mod sipp;

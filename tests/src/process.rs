@@ -124,6 +124,16 @@ impl Regedge {
         None
     }
 
+    /// SIGKILL (a crash: no shutdown code runs), then waits for the exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        self.wait_exit(Duration::from_secs(5))
+    }
+
     /// SIGTERM, then waits up to `timeout` for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {
