@@ -219,6 +219,11 @@ fn kernel_answers_while_regedge_is_down_and_a_restart_loses_nothing() {
     let restart_log = lab.log();
     assert!(restart_log.contains("adopted the pinned XDP link"), "{test}: link not adopted:\n{restart_log}");
     let after = lab.metrics();
+    assert_eq!(
+        metric(&after, "regedge_fastpath_attached", "mode", "generic"),
+        Some(1),
+        "{test}: the adopted link's mode (asked of the kernel):\n{after}"
+    );
     let bindings_after = metric(&after, "regedge_bindings", "protocol", "sip");
     assert_eq!(bindings_after, Some(users), "{test}: regedge_bindings after the restart:\n{restart_log}");
     let entries = pinned::binding_entries(&lab.pin_dir()).map(|e| e.len());
@@ -263,4 +268,15 @@ fn kernel_answers_while_regedge_is_down_and_a_restart_loses_nothing() {
     assert_eq!(metric(&end, "regedge_bindings", "protocol", "sip"), Some(users), "{test}: bindings at the end");
     let aors: std::collections::BTreeSet<String> = lab.cm1.registered_aors().into_iter().collect();
     assert!(want.is_subset(&aors), "{test}: cm1 lost phones");
+
+    // A clean stop (the upgrade path) keeps the link and the maps, and writes a last
+    // snapshot; the next start adopts them again.
+    let status = lab.regedge.as_mut().expect("regedge").terminate(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{test}: SIGTERM exit {status:?}\n{}", lab.log());
+    assert!(lab.log().contains("XDP program left attached"), "{test}:\n{}", lab.log());
+    assert!(lab.pin_dir().join(format!("link-{EDGE_IF}")).exists(), "{test}: SIGTERM removed the pinned link");
+    assert_eq!(snapshot_bindings(&lab.snapshot_path()), count as usize, "{test}: last snapshot");
+    lab.start_regedge(test, "third");
+    assert!(lab.log().contains("adopted the pinned XDP link"), "{test}:\n{}", lab.log());
+    assert_eq!(metric(&lab.metrics(), "regedge_bindings", "protocol", "sip"), Some(users), "{test}: third run");
 }
