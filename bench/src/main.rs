@@ -3,6 +3,9 @@
 //! `registration` (module [`registration`]) measures REGISTER throughput, backend load and
 //! CPU through regedge and through Kamailio as edge proxies; see that module.
 //!
+//! `refresh` (module [`refresh`]) measures REGISTER refreshes per second answered by regedge
+//! with XDP native, XDP generic, in userspace, and by Kamailio as the registrar; see that module.
+//!
 //! `keepalive-cost` measures what one keepalive costs on each path:
 //! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the cheapest pass
 //! it makes (a non-IP frame, its floor), and the userspace engine per datagram (the
@@ -13,6 +16,7 @@
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
 //! the first run; every frame is therefore run once per call, many times.
 
+mod refresh;
 mod registration;
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
@@ -93,7 +97,10 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("keepalive-cost") if args.len() == 1 => keepalive_cost(),
         Some("registration") => registration::run(&args[1..]),
-        _ => bail!("usage: regedge-bench keepalive-cost | regedge-bench registration [--quick]"),
+        Some("refresh") => refresh::run(&args[1..]),
+        _ => bail!(
+            "usage: regedge-bench keepalive-cost | regedge-bench registration [--quick] | regedge-bench refresh [--quick]"
+        ),
     }
 }
 

@@ -1,0 +1,1090 @@
+//! `refresh`: REGISTER refreshes per second answered at the edge, one generator, one run.
+//!
+//! Topology: three network namespaces, phones (10.230.0.2–.5 on `rfc0`) — proxy
+//! (10.230.0.1 on `rfp0`, 10.231.0.1 on `rfp1`) — backend (10.231.0.11, the harness's
+//! Kamailio registrar, which regedge forwards full registrations to). The phones' veth
+//! carries an XDP program in native mode in every case (regedge's own program with no
+//! listener, which passes everything): native XDP_TX on veth needs one on the peer
+//! (EBPF-NOTES.md), and every case keeps the same topology.
+//!
+//! Cases, one after the other, each with phones of its own (their own Call-IDs):
+//! regedge with `[fastpath] mode = "native"`, `"generic"`, `"off"` (release build,
+//! `workers = 1`, phone_expires 120, backend_expires 3600), then Kamailio as the
+//! registrar itself on 10.230.0.1 (`tests/kamailio/registrar.cfg`, `-x tlsf`, one child,
+//! debug 1). Each case registers every phone once (full REGISTERs at a moderate rate, every
+//! phone must get its 200), then measures: latency at a common moderate rate, and an open-
+//! loop sweep of rising refresh rates. A step passes with less than 0.1% of its refreshes
+//! without a 200 and the generator sending within 3% of the offered rate.
+//!
+//! CPU per step: the server's utime + stime (/proc/PID/stat; Kamailio: its whole process
+//! group), softirq and all busy time of the machine (/proc/stat), the generator's own.
+//! The generator: [`generator`].
+
+mod generator;
+mod kernel_cost;
+mod xdp_pass;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::ffi::OsStrExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use generator::{Fleet, FleetSpec, StepResult};
+use regedge_tests::{
+    kamailio::{Kamailio, KamailioOpts},
+    netns::NetNs,
+    privilege::{require_program, require_root},
+    process::{TempDir, scrape, workspace_root},
+};
+use xdp_pass::XdpPass;
+
+const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 230, 0, 1);
+const PHONE_IPS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 230, 0, 2),
+    Ipv4Addr::new(10, 230, 0, 3),
+    Ipv4Addr::new(10, 230, 0, 4),
+    Ipv4Addr::new(10, 230, 0, 5),
+];
+const PROXY_BACKEND_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 11);
+const PROXY_IF: &str = "rfp0";
+const PHONE_IF: &str = "rfc0";
+const SIP_PORT: u16 = 5060;
+const DOMAIN: &str = "edge.example.net";
+const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+/// regedge worker threads = Kamailio children.
+const WORKERS: u32 = 1;
+/// A step passes below this share of refreshes without a 200.
+const MAX_LOSS: f64 = 0.001;
+/// A step's generator must send at least this share of the offered rate.
+const MIN_SEND_SHARE: f64 = 0.97;
+/// Full REGISTERs per second while phones register.
+const REGISTER_RATE: u64 = 4000;
+/// Offered refresh rates, per second, rising.
+const RATES: &[u64] = &[
+    10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 130_000, 160_000, 200_000, 250_000, 300_000, 400_000, 500_000,
+    650_000, 800_000, 1_000_000,
+];
+
+struct Plan {
+    quick: bool,
+    phones: usize,
+    step: Duration,
+    latency_rate: u64,
+    latency_window: Duration,
+    /// Extra steps between the last passing and the first failing rate.
+    bisections: u32,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                phones: 4000,
+                step: Duration::from_secs(1),
+                latency_rate: 10_000,
+                latency_window: Duration::from_secs(1),
+                bisections: 0,
+            }
+        } else {
+            Self {
+                quick,
+                phones: 20_000,
+                step: Duration::from_secs(3),
+                latency_rate: 10_000,
+                latency_window: Duration::from_secs(3),
+                bisections: 2,
+            }
+        }
+    }
+
+    fn command(&self) -> &'static str {
+        if self.quick {
+            "cargo run --release -p regedge-bench -- refresh --quick"
+        } else {
+            "cargo run --release -p regedge-bench -- refresh"
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    Native,
+    Generic,
+    Off,
+    Kamailio,
+}
+
+impl Case {
+    const ALL: [Self; 4] = [Self::Native, Self::Generic, Self::Off, Self::Kamailio];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Native => "regedge, XDP native",
+            Self::Generic => "regedge, XDP generic",
+            Self::Off => "regedge, fast path off",
+            Self::Kamailio => "Kamailio registrar",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Self::Native => b'n',
+            Self::Generic => b'g',
+            Self::Off => b'u',
+            Self::Kamailio => b'k',
+        }
+    }
+
+    fn xdp(self) -> bool {
+        matches!(self, Self::Native | Self::Generic)
+    }
+}
+
+/// CPU counters at one moment.
+#[derive(Clone, Copy, Default)]
+struct CpuSample {
+    at: Option<Instant>,
+    server_ticks: u64,
+    own_ticks: u64,
+    /// /proc/stat, all CPUs: total, idle + iowait, softirq.
+    total: u64,
+    idle: u64,
+    softirq: u64,
+}
+
+/// One measured step with its CPU use.
+struct Step {
+    result: StepResult,
+    wall_s: f64,
+    server_cpu_s: f64,
+    softirq_s: f64,
+    busy_s: f64,
+    own_cpu_s: f64,
+    rx_drops: u64,
+}
+
+impl Step {
+    fn passed(&self) -> bool {
+        self.result.loss() < MAX_LOSS && self.generator_kept_up()
+    }
+
+    fn generator_kept_up(&self) -> bool {
+        self.result.achieved_send_rate() >= MIN_SEND_SHARE * self.result.offered_rate as f64
+    }
+
+    /// Refreshes answered 200 per second of the step's wall time.
+    fn answered_rate(&self) -> f64 {
+        self.result.ok as f64 / self.result.send_elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU seconds per second, per 100k answered refreshes per second.
+    fn per_100k(&self, cpu_s: f64) -> f64 {
+        let rate = self.answered_rate();
+        if rate <= 0.0 { f64::NAN } else { cpu_s / self.wall_s.max(1e-9) / (rate / 100_000.0) }
+    }
+
+    /// The server's cost: its process, plus softirq time when the kernel answers (XDP).
+    fn server_cost_s(&self, case: Case) -> f64 {
+        if case.xdp() { self.server_cpu_s + self.softirq_s } else { self.server_cpu_s }
+    }
+}
+
+struct CaseResult {
+    case: Case,
+    registered: usize,
+    register_sent: u64,
+    register_503: u64,
+    register_s: f64,
+    latency: Option<Step>,
+    steps: Vec<Step>,
+    /// Counters of the server over the whole case (deltas), as `name → value`.
+    counters: BTreeMap<String, u64>,
+    notes: Vec<String>,
+}
+
+impl CaseResult {
+    fn best(&self) -> Option<&Step> {
+        self.steps.iter().filter(|s| s.passed()).max_by_key(|s| s.result.offered_rate)
+    }
+
+    fn first_failure(&self) -> Option<&Step> {
+        let best = self.best().map_or(0, |s| s.result.offered_rate);
+        self.steps.iter().filter(|s| !s.passed() && s.result.offered_rate > best).min_by_key(|s| s.result.offered_rate)
+    }
+
+    fn counter(&self, key: &str) -> u64 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let quick = match args {
+        [] => false,
+        [flag] if flag == "--quick" => true,
+        _ => bail!("usage: regedge-bench refresh [--quick]"),
+    };
+    if !require_root("refresh") {
+        bail!("refresh needs root (network namespaces, XDP, AF_PACKET)");
+    }
+    for program in ["ip", "kamailio", "kamcmd"] {
+        ensure!(require_program("refresh", program), "{program} is not installed");
+    }
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+    let (binary, build_note) = regedge_binary()?;
+    eprintln!("regedge: {} ({build_note})", binary.display());
+
+    let net = Topology::new()?;
+    let mut backend = Kamailio::start(
+        &net.backend,
+        BACKEND_IP,
+        KamailioOpts { children: WORKERS, shm_mb: 512, pkg_mb: 64, debug: 1, ..KamailioOpts::default() },
+    );
+    let mut results = Vec::new();
+    for (n, case) in Case::ALL.into_iter().enumerate() {
+        if n > 0 && case != Case::Kamailio {
+            backend.restart();
+        }
+        let result = run_case(&net, &binary, &plan, case)
+            .with_context(|| format!("case {}", case.label()))
+            .unwrap_or_else(|e| CaseResult {
+                case,
+                registered: 0,
+                register_sent: 0,
+                register_503: 0,
+                register_s: 0.0,
+                latency: None,
+                steps: Vec::new(),
+                counters: BTreeMap::new(),
+                notes: vec![format!("failed: {e:#}")],
+            });
+        results.push(result);
+    }
+    drop(backend);
+    drop(net);
+    let payload = generator::refresh_payload(&fleet_spec(Case::Native, &plan, [0; 6], [0; 6]), 0, 2).0.len();
+
+    let cost =
+        kernel_cost::measure(&fleet_spec(Case::Native, &plan, [0; 6], [0; 6]), "bench").map_err(|e| format!("{e:#}"));
+    let report = render(&plan, &results, &build_note, payload, &cost, started.elapsed());
+    print!("{report}");
+    let dir = workspace_root().join("bench").join("report");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("refresh.md");
+    std::fs::write(&path, &report)?;
+    eprintln!("wrote {} after {:.0} s", path.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The phones of `case`.
+fn fleet_spec(case: Case, plan: &Plan, src_mac: [u8; 6], dst_mac: [u8; 6]) -> FleetSpec {
+    FleetSpec {
+        tag: case.tag(),
+        phones: plan.phones,
+        addrs: PHONE_IPS.to_vec(),
+        first_port: 20_000,
+        server: PROXY_IP,
+        domain: DOMAIN.to_owned(),
+        first_user: 100_000,
+        expires: 120,
+        src_mac,
+        dst_mac,
+    }
+}
+
+/// One case: start the server, register the phones, measure, stop.
+fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -> anyhow::Result<CaseResult> {
+    let server = match case {
+        Case::Kamailio => Server::Kamailio(Kamailio::start(
+            &net.proxy,
+            PROXY_IP,
+            KamailioOpts { children: WORKERS, shm_mb: 512, pkg_mb: 64, debug: 1, ..KamailioOpts::default() },
+        )),
+        _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
+    };
+    eprintln!("{}: pid {}", case.label(), server.pid());
+    let spec = fleet_spec(case, plan, net.phone_mac, net.proxy_mac);
+    let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
+    let fleet = Fleet::new(spec, sockets)?;
+    let stop = AtomicBool::new(false);
+    let mut notes = Vec::new();
+    let outcome = std::thread::scope(|scope| -> anyhow::Result<CaseResult> {
+        let receiver = scope.spawn(|| fleet.receive(&stop));
+        let result = (|| -> anyhow::Result<CaseResult> {
+            let reg_start = Instant::now();
+            let deadline =
+                Duration::from_secs(10) + Duration::from_secs_f64(plan.phones as f64 / REGISTER_RATE as f64 * 3.0);
+            let (registered, register_sent, register_503) =
+                fleet.register_all(REGISTER_RATE, Duration::from_millis(1000), deadline);
+            let register_s = reg_start.elapsed().as_secs_f64();
+            eprintln!(
+                "{}: {registered}/{} phones registered in {register_s:.1} s ({register_sent} REGISTERs, {register_503} × 503)",
+                case.label(),
+                plan.phones
+            );
+            ensure!(registered == plan.phones, "only {registered} of {} phones registered", plan.phones);
+            // regedge writes the kernel mirror after the 200 went out.
+            std::thread::sleep(Duration::from_millis(500));
+            let counters_before = server.counters(&net.proxy);
+            let latency = measure(net, &fleet, &server, plan.latency_rate, plan.latency_window, &stop);
+            eprintln!("{}: latency run {}", case.label(), describe(&latency));
+            let mut steps: Vec<Step> = Vec::new();
+            let mut failures = 0;
+            let max_failures = if plan.quick { 1 } else { 2 };
+            for &rate in RATES {
+                if failures >= max_failures {
+                    break;
+                }
+                let step = measure(net, &fleet, &server, rate, plan.step, &stop);
+                eprintln!("{}: {}", case.label(), describe(&step));
+                let passed = step.passed();
+                let kept_up = step.generator_kept_up();
+                steps.push(step);
+                if !server.alive() {
+                    notes.push(format!("the server exited during the {rate}/s step"));
+                    break;
+                }
+                if passed {
+                    failures = 0;
+                } else {
+                    failures += 1;
+                    std::thread::sleep(Duration::from_millis(700));
+                    if !kept_up {
+                        // Higher rates would only measure the generator again.
+                        break;
+                    }
+                }
+            }
+            // Narrow the gap between the last passing and the first failing rate.
+            for _ in 0..plan.bisections {
+                let best = steps.iter().filter(|s| s.passed()).map(|s| s.result.offered_rate).max();
+                let fail = steps
+                    .iter()
+                    .filter(|s| !s.passed() && s.generator_kept_up())
+                    .map(|s| s.result.offered_rate)
+                    .filter(|r| best.is_none_or(|b| *r > b))
+                    .min();
+                let (Some(lo), Some(hi)) = (best, fail) else { break };
+                let mid = (lo + hi) / 2 / 1000 * 1000;
+                if mid <= lo || hi - lo < 10_000 || !server.alive() {
+                    break;
+                }
+                let step = measure(net, &fleet, &server, mid, plan.step, &stop);
+                eprintln!("{}: {}", case.label(), describe(&step));
+                if !step.passed() {
+                    std::thread::sleep(Duration::from_millis(700));
+                }
+                steps.push(step);
+            }
+            let counters_after = server.counters(&net.proxy);
+            let counters = counters_after
+                .iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(counters_before.get(k).copied().unwrap_or(0))))
+                .filter(|(_, v)| *v > 0)
+                .collect();
+            Ok(CaseResult {
+                case,
+                registered,
+                register_sent,
+                register_503,
+                register_s,
+                latency: Some(latency),
+                steps,
+                counters,
+                notes: Vec::new(),
+            })
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let _ = receiver.join();
+        result
+    });
+    let mut result = outcome?;
+    result.notes.extend(notes);
+    let problems = server.log_problems();
+    if !problems.is_empty() {
+        result.notes.push(format!(
+            "the server logged {} warning or error lines; the last: `{}`",
+            problems.len(),
+            problems.last().map(String::as_str).unwrap_or("")
+        ));
+    }
+    drop(server);
+    Ok(result)
+}
+
+fn describe(s: &Step) -> String {
+    let r = &s.result;
+    format!(
+        "{}/s offered: sent {} at {:.0}/s ({} refused), 200 {}, other {}, unmatched {}, loss {:.4}%, p50 {:.0} µs p99 {:.0} µs, \
+         server {:.2} s, softirq {:.2} s, busy {:.2} s of {:.2} s wall, rx drops {} → {}",
+        r.offered_rate,
+        r.sent,
+        r.achieved_send_rate(),
+        r.send_errors,
+        r.ok,
+        r.not_ok,
+        r.unmatched,
+        r.loss() * 100.0,
+        r.percentile_us(0.5),
+        r.percentile_us(0.99),
+        s.server_cpu_s,
+        s.softirq_s,
+        s.busy_s,
+        s.wall_s,
+        s.rx_drops,
+        if s.passed() { "pass" } else { "FAIL" }
+    )
+}
+
+/// One open-loop step at `rate` with CPU counters read around it.
+fn measure(net: &Topology, fleet: &Fleet, server: &Server, rate: u64, window: Duration, stop: &AtomicBool) -> Step {
+    let _ = net;
+    let drops_before = generator::rx_drops(fleet);
+    let before = cpu_sample(server);
+    let result = fleet.run_step(rate, window, Duration::from_millis(300), stop);
+    let after = cpu_sample(server);
+    let rx_drops = generator::rx_drops(fleet).saturating_sub(drops_before);
+    let hz = clock_ticks_per_second();
+    let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz;
+    let step = Step {
+        wall_s: after.at.zip(before.at).map_or(0.0, |(a, b)| a.duration_since(b).as_secs_f64()),
+        server_cpu_s: d(after.server_ticks, before.server_ticks),
+        softirq_s: d(after.softirq, before.softirq),
+        busy_s: d(after.total, before.total) - d(after.idle, before.idle),
+        own_cpu_s: d(after.own_ticks, before.own_ticks),
+        rx_drops,
+        result,
+    };
+    // Let queues drain between steps.
+    std::thread::sleep(Duration::from_millis(200));
+    step
+}
+
+fn cpu_sample(server: &Server) -> CpuSample {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let values: Vec<u64> = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    let field = |i: usize| values.get(i).copied().unwrap_or(0);
+    CpuSample {
+        at: Some(Instant::now()),
+        server_ticks: server.cpu_ticks(),
+        own_ticks: proc_stat(std::process::id()).map_or(0, |s| s.ticks),
+        total: values.iter().take(8).sum(),
+        idle: field(3) + field(4),
+        softirq: field(6),
+    }
+}
+
+/// Three namespaces, two veth pairs, the peer XDP program; removed on drop.
+struct Topology {
+    // Drop order: the peer program before the namespaces.
+    _peer_xdp: XdpPass,
+    phones: NetNs,
+    proxy: NetNs,
+    backend: NetNs,
+    phone_ifindex: i32,
+    phone_mac: [u8; 6],
+    proxy_mac: [u8; 6],
+}
+
+impl Topology {
+    fn new() -> anyhow::Result<Self> {
+        let phones = NetNs::new("rf-phones");
+        let proxy = NetNs::new("rf-proxy");
+        let backend = NetNs::new("rf-backend");
+        proxy.link(PROXY_IF, &PROXY_IP.to_string(), &phones, PHONE_IF, &PHONE_IPS[0].to_string(), 24);
+        for ip in &PHONE_IPS[1..] {
+            phones.ip(&["addr", "add", &format!("{ip}/24"), "dev", PHONE_IF]);
+        }
+        proxy.link("rfp1", &PROXY_BACKEND_SIDE_IP.to_string(), &backend, "rfb0", &BACKEND_IP.to_string(), 24);
+        backend.route("10.230.0.0/24", &PROXY_BACKEND_SIDE_IP.to_string());
+        let (phone_ifindex, phone_mac) = link_info(&phones, PHONE_IF)?;
+        let peer_xdp =
+            phones.run(|| XdpPass::attach_native(phone_ifindex)).context("attach XDP_PASS to the phones' veth")?;
+        let (_, proxy_mac) = link_info(&proxy, PROXY_IF)?;
+        // Neighbours known up front: the first replies do not wait for ARP.
+        for ip in PHONE_IPS {
+            let _ = proxy
+                .command("ip")
+                .args([
+                    "neigh",
+                    "replace",
+                    &ip.to_string(),
+                    "lladdr",
+                    &mac_text(phone_mac),
+                    "dev",
+                    PROXY_IF,
+                    "nud",
+                    "permanent",
+                ])
+                .status();
+        }
+        Ok(Self { _peer_xdp: peer_xdp, phones, proxy, backend, phone_ifindex, phone_mac, proxy_mac })
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Interface index and MAC address of `dev` in `ns`.
+fn link_info(ns: &NetNs, dev: &str) -> anyhow::Result<(i32, [u8; 6])> {
+    let out = ns.command("ip").args(["-o", "link", "show", "dev", dev]).output().context("ip link show")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let index: i32 =
+        text.split(':').next().unwrap_or("").trim().parse().with_context(|| format!("ifindex in {text}"))?;
+    let mac_text = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("MAC address in {text}"))?;
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(mac_text.split(':')) {
+        *slot = u8::from_str_radix(part, 16)?;
+    }
+    Ok((index, mac))
+}
+
+enum Server {
+    Regedge(Regedge),
+    Kamailio(Kamailio),
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Regedge(r) => r.pid,
+            Self::Kamailio(k) => k.pid(),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Self::Regedge(r) => r.alive(),
+            Self::Kamailio(k) => k.is_running(),
+        }
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        match self {
+            Self::Regedge(r) => proc_stat(r.pid).map_or(0, |s| s.ticks),
+            Self::Kamailio(k) => group_ticks(k.pid()),
+        }
+    }
+
+    /// regedge: every sample of its counters; Kamailio: its statistics.
+    fn counters(&self, proxy: &NetNs) -> BTreeMap<String, u64> {
+        match self {
+            Self::Regedge(_) => scrape(METRICS, Some(proxy)).map(|t| counter_samples(&t)).unwrap_or_default(),
+            Self::Kamailio(k) => k
+                .kamcmd(&["stats.get_statistics", "all"])
+                .map(|t| regedge_tests::kamailio::parse_stats(&t).into_iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn log_problems(&self) -> Vec<String> {
+        let log = match self {
+            Self::Regedge(r) => std::fs::read_to_string(&r.log).unwrap_or_default(),
+            Self::Kamailio(k) => k.log(),
+        };
+        log.lines()
+            .filter(|l| ["WARN", "ERROR", "CRITICAL", "BUG", "panicked"].iter().any(|w| l.contains(w)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// `name{labels} value` lines of counter families whose name ends in `_total`.
+fn counter_samples(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let name = key.split('{').next()?;
+            (name.ends_with("_total") || name.starts_with("regedge_mirror"))
+                .then(|| Some((key.to_owned(), value.trim().parse::<f64>().ok()? as u64)))?
+        })
+        .collect()
+}
+
+/// regedge in the proxy namespace; SIGTERM by PID on drop.
+struct Regedge {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Regedge {
+    fn start(ns: &NetNs, binary: &std::path::Path, case: Case) -> anyhow::Result<Self> {
+        let mode = match case {
+            Case::Native => "native",
+            Case::Generic => "generic",
+            _ => "off",
+        };
+        let interfaces = if case.xdp() { format!("[\"{PROXY_IF}\"]") } else { "[]".to_owned() };
+        let dir = TempDir::new("bench-refresh");
+        let config = dir.write(
+            "regedge.toml",
+            &format!(
+                "[node]\nname = \"bench\"\nworkers = {WORKERS}\nstate_dir = \"\"\n\n[sip]\nlisten = [\"{PROXY_IP}:{SIP_PORT}\"]\n\
+                 local_names = [\"{DOMAIN}\"]\n\n[fastpath]\ninterfaces = {interfaces}\nmode = \"{mode}\"\npin_path = \"\"\n\n\
+                 [registration]\nphone_expires = 120\nbackend_expires = 3600\n\n[metrics]\nlisten = \"{METRICS}\"\n\n\
+                 [routing]\ndefault_group = \"default\"\n\n[[backends]]\nname = \"cm1\"\n\
+                 address = \"{BACKEND_IP}:{SIP_PORT}\"\nmax_register_rate = 100000\n\n\
+                 [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n"
+            ),
+        );
+        let log = dir.0.join("regedge.log");
+        let mut cmd = ns.command(binary.to_str().context("binary path is not UTF-8")?);
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn().context("spawn regedge")?;
+        let mut regedge = Self { pid: child.id(), child, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if !regedge.alive() {
+                let log = std::fs::read_to_string(&regedge.log).unwrap_or_default();
+                let _ = regedge.child.wait();
+                bail!("regedge exited at start:\n{log}");
+            }
+            if scrape(METRICS, Some(ns)).is_ok() {
+                return Ok(regedge);
+            }
+            if Instant::now() > deadline {
+                bail!("regedge not ready after 20 s:\n{}", std::fs::read_to_string(&regedge.log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        proc_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+    }
+}
+
+impl Drop for Regedge {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own unreaped child by its PID.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The regedge binary and a note on what was measured. `REGEDGE_BIN` if set; otherwise
+/// the release build of one commit (`REGEDGE_COMMIT`, default HEAD), exported with
+/// `git archive` into `target/refresh-bench/` and built there, so that other work in
+/// progress in the checkout is not what gets measured. Built once per commit.
+fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
+    let root = workspace_root();
+    if let Some(bin) = std::env::var_os("REGEDGE_BIN") {
+        let bin = PathBuf::from(bin);
+        ensure!(bin.is_file(), "REGEDGE_BIN {} is not a file", bin.display());
+        let head = command_output_in(&root, "git", &["log", "-1", "--format=%h %s"]);
+        return Ok((bin.clone(), format!("regedge from REGEDGE_BIN {} (checkout at {head})", bin.display())));
+    }
+    let rev = std::env::var("REGEDGE_COMMIT").unwrap_or_else(|_| "HEAD".to_owned());
+    let commit = command_output_in(&root, "git", &["rev-parse", "--short=12", &format!("{rev}^{{commit}}")]);
+    ensure!(!commit.is_empty(), "git rev-parse {rev} failed");
+    let subject = command_output_in(&root, "git", &["log", "-1", "--format=%s", &commit]);
+    let base = root.join("target").join("refresh-bench");
+    let binary = base.join(format!("regedge-{commit}"));
+    let note = format!("regedge release build of commit {commit} (\"{subject}\")");
+    if binary.is_file() {
+        return Ok((binary, note));
+    }
+    let src = base.join(format!("src-{commit}"));
+    if !src.join("Cargo.toml").is_file() {
+        std::fs::create_dir_all(&src)?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("git archive {commit} | tar -x -C '{}'", src.display()))
+            .current_dir(&root)
+            .status()
+            .context("git archive")?;
+        ensure!(status.success(), "git archive {commit} failed");
+    }
+    eprintln!("building regedge at {commit} in {} (once per commit)", src.display());
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "regedge", "--bin", "regedge"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", base.join("target"))
+        .status()
+        .context("run cargo build --release -p regedge")?;
+    ensure!(status.success(), "cargo build --release -p regedge at {commit} failed");
+    std::fs::copy(base.join("target").join("release").join("regedge"), &binary)?;
+    Ok((binary, note))
+}
+
+fn command_output_in(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    command_output_in(&workspace_root(), program, args)
+}
+
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+/// CPU ticks of every process of group `pgid`.
+fn group_ticks(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
+        .filter_map(|e| parse_proc_stat(&std::fs::read_to_string(e.path().join("stat")).ok()?))
+        .filter(|p| p.pgrp == pgid)
+        .map(|p| p.ticks)
+        .sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    command_output("getconf", &["CLK_TCK"]).parse().unwrap_or(100.0)
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1000.0 { format!("{:.1}k", r / 1000.0) } else { format!("{r:.0}") }
+}
+
+fn render(
+    plan: &Plan,
+    results: &[CaseResult],
+    build: &str,
+    payload: usize,
+    cost: &Result<(Vec<kernel_cost::CostRow>, Option<u32>), String>,
+    runtime: Duration,
+) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let kamailio = command_output("kamailio", &["-v"])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("version: ")
+        .to_owned();
+    let mut out = String::new();
+    let _ = writeln!(out, "# REGISTER refreshes per second: XDP native, XDP generic, userspace, Kamailio\n");
+    let _ =
+        writeln!(out, "Command: `{}` (as root); the whole run took {:.0} s.\n", plan.command(), runtime.as_secs_f64());
+    let _ = writeln!(out, "Measured: {build}.\n");
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs, {cpu}, kernel {}; {kamailio}. The generator, the server and the kernel's packet \
+         processing share these CPUs.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_output("uname", &["-r"]),
+    );
+    let _ = writeln!(
+        out,
+        "Setup: {phones} phones (4 source addresses × {per} source ports, each its own Call-ID, AOR and Contact with \
+         `+sip.instance`) in one namespace → 10.230.0.1:5060 in another, over a veth pair; the phones' veth carries \
+         an XDP_PASS-like program in native mode in every case (native XDP_TX on veth needs one on the peer). regedge \
+         (release, `workers = {WORKERS}`, phone_expires 120, backend_expires 3600) forwards the first REGISTERs to a \
+         Kamailio registrar in a third namespace; Kamailio as the registrar answers directly (`tests/kamailio/registrar.cfg`, \
+         `-x tlsf -n {WORKERS}`, debug=1, usrloc in memory). Every phone registers once ({REGISTER_RATE}/s, all must \
+         get a 200), then refreshes: same Call-ID, Contact and source port, CSeq + 1, {payload}-byte REGISTERs (Via with \
+         branch and rport, Max-Forwards, From tag, To, Call-ID, CSeq, Contact with +sip.instance and expires, Expires, \
+         User-Agent, Allow, Allow-Events, Supported, Accept-Language, Content-Length: 0), phones round-robin.\n",
+        phones = plan.phones,
+        per = plan.phones / 4,
+    );
+    let _ = writeln!(
+        out,
+        "Generator: full Ethernet frames (IPv4 and UDP checksums computed) sent open loop with sendmmsg on an AF_PACKET \
+         socket bound to the phones' veth, {batch} a call; replies read with recvmmsg on a second AF_PACKET socket \
+         (classic BPF filter: UDP from port 5060), matched by Call-ID and CSeq, latency (send call to the reply's \
+         arrival in userspace) in an HDR histogram. Steps of {step} s, rising; a step passes with < {loss}% of \
+         refreshes without a 200 within 300 ms after the step and the generator sending ≥ {share:.0}% of the offered \
+         rate. {bisect}\n",
+        batch = generator::BATCH,
+        step = plan.step.as_secs_f64(),
+        loss = MAX_LOSS * 100.0,
+        share = MIN_SEND_SHARE * 100.0,
+        bisect = if plan.bisections > 0 {
+            format!("After the first failure, {} bisection steps between the last pass and it.", plan.bisections)
+        } else {
+            "No bisection (--quick).".to_owned()
+        },
+    );
+    let _ = writeln!(
+        out,
+        "CPU: *server* = utime + stime of the regedge process (all threads) or of Kamailio's process group \
+         (/proc/PID/stat); *softirq* = softirq time of all CPUs (/proc/stat), where XDP runs, and also the veth \
+         receive work of both namespaces (the phones' side included); *server cost* = server + softirq for the XDP \
+         cases, server alone otherwise, as CPU-seconds per second per 100k refreshes/s (1.0 = one core per 100k/s). \
+         This kernel has no CONFIG_IRQ_TIME_ACCOUNTING: softirq time is sampled at the tick and also lands in the \
+         stime of whichever process was running.\n"
+    );
+
+    let _ = writeln!(out, "## Result\n");
+    let _ = writeln!(
+        out,
+        "| case | highest rate < {loss}% loss | 200s/s at it | p50 / p99 µs at {lat}/s | p50 / p99 µs at the highest rate | \
+         server CPU per 100k/s | softirq per 100k/s | server cost per 100k/s | machine busy | answered by | what stopped the sweep |",
+        loss = MAX_LOSS * 100.0,
+        lat = fmt_rate(plan.latency_rate as f64),
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for r in results {
+        let lat = r.latency.as_ref().map_or("-".to_owned(), |l| {
+            format!("{:.0} / {:.0}", l.result.percentile_us(0.5), l.result.percentile_us(0.99))
+        });
+        match r.best() {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {}/s | {} | {lat} | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} | {:.0}% | {} | {} |",
+                    r.case.label(),
+                    fmt_rate(b.result.offered_rate as f64),
+                    fmt_rate(b.answered_rate()),
+                    b.result.percentile_us(0.5),
+                    b.result.percentile_us(0.99),
+                    b.per_100k(b.server_cpu_s),
+                    b.per_100k(b.softirq_s),
+                    b.per_100k(b.server_cost_s(r.case)),
+                    b.busy_s
+                        / b.wall_s.max(1e-9)
+                        / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+                        * 100.0,
+                    answered_by(r),
+                    limit(r),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "| {} | none | - | {lat} | - | - | - | - | - | {} | {} |",
+                    r.case.label(),
+                    answered_by(r),
+                    limit(r)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "\n{}\n", ratios(results));
+
+    let _ = writeln!(out, "## Every step\n");
+    let _ = writeln!(
+        out,
+        "| case | offered/s | sent | sent/s | refused at send | 200 | other replies | unmatched | loss % | p50 µs | p99 µs | p99.9 µs | \
+         server CPU s | softirq s | busy s (all CPUs) | generator CPU s | wall s | rx socket drops | pass |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for r in results {
+        for (label, s) in r.latency.iter().map(|l| ("latency run", l)).chain(r.steps.iter().map(|s| ("", s))) {
+            let x = &s.result;
+            let _ = writeln!(
+                out,
+                "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                r.case.label(),
+                if label.is_empty() { String::new() } else { format!(" ({label})") },
+                x.offered_rate,
+                x.sent,
+                x.achieved_send_rate(),
+                x.send_errors,
+                x.ok,
+                x.not_ok,
+                x.unmatched,
+                x.loss() * 100.0,
+                x.percentile_us(0.5),
+                x.percentile_us(0.99),
+                x.percentile_us(0.999),
+                s.server_cpu_s,
+                s.softirq_s,
+                s.busy_s,
+                s.own_cpu_s,
+                s.wall_s,
+                s.rx_drops,
+                if s.passed() { "yes" } else { "no" },
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\n## Kernel cost of one refresh (BPF_PROG_TEST_RUN)\n");
+    match cost {
+        Ok((rows, verified)) => {
+            let _ = writeln!(
+                out,
+                "The XDP program of the measured build loaded here ({} verified instructions), configured to answer \
+                 REGISTER, with a `BINDINGS` entry for phone 0 written as the mirror writes it (rewritten before each \
+                 run: the kernel moves its CSeq on). One run per call, {} calls, the kernel's timing of each.\n",
+                verified.map_or("?".to_owned(), |v| v.to_string()),
+                kernel_cost::RUNS
+            );
+            let _ = writeln!(out, "| frame | bytes | action | median ns | p99 ns |");
+            let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: |");
+            for r in rows {
+                let _ = writeln!(out, "| {} | {} | {} | {} | {} |", r.name, r.bytes, r.action, r.median_ns, r.p99_ns);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "Not measured: {e}");
+        }
+    }
+
+    let _ = writeln!(out, "\n## Registration and counters per case\n");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "- **{}**: {} of {} phones registered in {:.1} s ({} REGISTERs sent, {} answered 503). Counters over the \
+             measured steps (deltas): {}",
+            r.case.label(),
+            r.registered,
+            plan.phones,
+            r.register_s,
+            r.register_sent,
+            r.register_503,
+            describe_counters(r),
+        );
+        for note in &r.notes {
+            let _ = writeln!(out, "  - note: {note}");
+        }
+    }
+    out
+}
+
+fn describe_counters(r: &CaseResult) -> String {
+    let interesting = |k: &str| match r.case {
+        Case::Kamailio => {
+            k.starts_with("core:rcv_requests_register")
+                || k.starts_with("registrar:")
+                || k.starts_with("sl:")
+                || k.starts_with("core:drop")
+                || k.starts_with("core:err")
+        }
+        _ => {
+            k.starts_with("regedge_registrations_total")
+                || k.starts_with("regedge_fastpath_replies_total")
+                || k.starts_with("regedge_fastpath_passed_total")
+                || k.starts_with("regedge_userspace")
+                || k.starts_with("regedge_mirror")
+                || k.starts_with("regedge_backend_timeouts")
+        }
+    };
+    let parts: Vec<String> =
+        r.counters.iter().filter(|(k, _)| interesting(k)).map(|(k, v)| format!("`{k}` {v}")).collect();
+    if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
+}
+
+/// Which path answered the refreshes, from the server's counters.
+fn answered_by(r: &CaseResult) -> String {
+    if r.case == Case::Kamailio {
+        return format!("Kamailio save(): {} REGISTERs received", r.counter("core:rcv_requests_register"));
+    }
+    let kernel = r.counter("regedge_fastpath_replies_total{kind=\"register\"}");
+    let absorbed = r.counter("regedge_registrations_total{protocol=\"sip\",outcome=\"absorbed\"}");
+    let forwarded = r.counter("regedge_registrations_total{protocol=\"sip\",outcome=\"forwarded\"}");
+    format!("kernel {kernel}, userspace absorbed {absorbed}, forwarded {forwarded}")
+}
+
+fn limit(r: &CaseResult) -> String {
+    if let Some(note) = r.notes.iter().find(|n| n.starts_with("failed")) {
+        return note.clone();
+    }
+    let Some(f) = r.first_failure() else {
+        return format!("no failure up to {}/s (end of the rate list)", fmt_rate(RATES[RATES.len() - 1] as f64));
+    };
+    let x = &f.result;
+    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let busy = f.busy_s / f.wall_s.max(1e-9) / cpus * 100.0;
+    if !f.generator_kept_up() {
+        format!(
+            "generator: at {}/s offered it sent only {}/s (CPUs {busy:.0}% busy, loss {:.2}%)",
+            fmt_rate(x.offered_rate as f64),
+            fmt_rate(x.achieved_send_rate()),
+            x.loss() * 100.0
+        )
+    } else {
+        format!(
+            "loss {:.2}% at {}/s (server {:.2} CPU-s/s, softirq {:.2}/s, CPUs {busy:.0}% busy{})",
+            x.loss() * 100.0,
+            fmt_rate(x.offered_rate as f64),
+            f.server_cpu_s / f.wall_s.max(1e-9),
+            f.softirq_s / f.wall_s.max(1e-9),
+            if x.send_errors > 0 { format!(", {} refused at send", x.send_errors) } else { String::new() }
+        )
+    }
+}
+
+fn ratios(results: &[CaseResult]) -> String {
+    let rate = |case: Case| {
+        results.iter().find(|r| r.case == case).and_then(CaseResult::best).map(|b| b.result.offered_rate as f64)
+    };
+    let mut parts = Vec::new();
+    let pairs = [
+        (Case::Native, Case::Off),
+        (Case::Generic, Case::Off),
+        (Case::Off, Case::Kamailio),
+        (Case::Native, Case::Kamailio),
+        (Case::Native, Case::Generic),
+    ];
+    for (a, b) in pairs {
+        if let (Some(x), Some(y)) = (rate(a), rate(b)) {
+            parts.push(format!("{} / {}: {:.2}×", a.label(), b.label(), x / y));
+        }
+    }
+    if parts.is_empty() {
+        "Ratios: not enough cases passed a step.".to_owned()
+    } else {
+        format!("Ratios of the highest rates within this run: {}.", parts.join("; "))
+    }
+}
