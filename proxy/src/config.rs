@@ -32,7 +32,8 @@ workers = 0
 # Directory for the state that survives a restart: the registry snapshot (written
 # atomically every second while bindings change, and at shutdown) and the flow-token
 # key. An absolute path, created if missing; "" keeps no state (a restart forgets every
-# binding and phones register again).
+# binding and phones register again). UDP bindings only: a phone on TCP lost its
+# connection with the process and registers again when it reconnects.
 state_dir = "/var/lib/regedge"
 
 [sip]

@@ -297,8 +297,9 @@ fn generation(registrar: &Registrar, mirror: Option<&MirrorStats>) -> u64 {
         .wrapping_add((registrar.registry.len() as u64) << 40)
 }
 
-/// The thread that writes the snapshot every [`INTERVAL`] while the registry changes, and
-/// once more when it is dropped (at shutdown, after the event loops stopped).
+/// The thread that writes the snapshot every [`INTERVAL`] while the registry changes (at
+/// most once per ten times the last write took, so a large registry does not keep a core
+/// busy), and once more when it is dropped (at shutdown, after the event loops stopped).
 pub struct SnapshotWriter {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -316,22 +317,27 @@ impl SnapshotWriter {
             let Some(registrar) = shared.engine.registrar.as_ref() else { return };
             let mut written = generation(registrar, mirror.as_deref());
             let mut failures = 0u64;
-            let mut save = |why: &str| match state.save(registrar, &node) {
-                Ok(bindings) => tracing::debug!(bindings, why, "registry snapshot written"),
-                Err(error) => {
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        tracing::warn!(path = %state.snapshot_path().display(), %error, failures, "cannot write the registry snapshot");
+            let mut next_allowed = std::time::Instant::now();
+            let mut save = |why: &str| {
+                let started = std::time::Instant::now();
+                match state.save(registrar, &node) {
+                    Ok(bindings) => tracing::debug!(bindings, why, took = ?started.elapsed(), "registry snapshot written"),
+                    Err(error) => {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::warn!(path = %state.snapshot_path().display(), %error, failures, "cannot write the registry snapshot");
+                        }
                     }
                 }
+                started + started.elapsed() * 10
             };
             loop {
                 match stopped.recv_timeout(INTERVAL) {
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         let now = generation(registrar, mirror.as_deref());
-                        if now != written {
+                        if now != written && std::time::Instant::now() >= next_allowed {
                             written = now;
-                            save("changed");
+                            next_allowed = save("changed");
                         }
                     }
                     _ => {

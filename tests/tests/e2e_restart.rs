@@ -279,4 +279,15 @@ fn kernel_answers_while_regedge_is_down_and_a_restart_loses_nothing() {
     lab.start_regedge(test, "third");
     assert!(lab.log().contains("adopted the pinned XDP link"), "{test}:\n{}", lab.log());
     assert_eq!(metric(&lab.metrics(), "regedge_bindings", "protocol", "sip"), Some(users), "{test}: third run");
+
+    // A pinned link in another mode than the config now asks for is replaced, not adopted.
+    lab.regedge.as_mut().expect("regedge").terminate(Duration::from_secs(5));
+    let native = std::fs::read_to_string(&lab.config).unwrap().replace("mode = \"generic\"", "mode = \"native\"");
+    std::fs::write(&lab.config, native).unwrap();
+    lab.start_regedge(test, "fourth");
+    let log = lab.log();
+    assert!(log.contains("runs in generic mode, the config asks for native"), "{test}:\n{log}");
+    let metrics = lab.metrics();
+    assert_eq!(metric(&metrics, "regedge_fastpath_attached", "mode", "native"), Some(1), "{test}:\n{metrics}\n{log}");
+    assert_eq!(metric(&metrics, "regedge_bindings", "protocol", "sip"), Some(users), "{test}: fourth run");
 }

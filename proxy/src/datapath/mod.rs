@@ -345,17 +345,26 @@ impl Fastpath {
     }
 
     /// Swaps this program into the link pinned at `path` (by an earlier run), atomically:
-    /// the interface is never without a program. Returns the mode the link runs in.
+    /// the interface is never without a program. Returns the mode the link runs in. A link
+    /// in another mode than an explicitly configured one is not adopted (an error: the
+    /// caller removes the pin and attaches anew, in the configured mode).
     fn adopt_link(&mut self, interface: &str, path: &Path, configured: FastpathMode) -> Result<AttachMode, String> {
+        let wanted = match configured {
+            FastpathMode::Native => Some(AttachMode::Native),
+            FastpathMode::Generic => Some(AttachMode::Generic),
+            FastpathMode::Auto | FastpathMode::Off => None,
+        };
+        let found = pin::attached_mode(interface);
+        if let (Some(wanted), Some(found)) = (wanted, found)
+            && wanted != found
+        {
+            return Err(format!("the pinned link runs in {found} mode, the config asks for {wanted}"));
+        }
         let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e: LinkError| e.to_string())?;
         let program = self.program_mut().map_err(|e| e.to_string())?;
         program.attach_to_link(link).map_err(|e| e.to_string())?;
-        let mode = pin::attached_mode(interface).unwrap_or(match configured {
-            FastpathMode::Native => AttachMode::Native,
-            _ => AttachMode::Generic,
-        });
-        Ok(mode)
+        Ok(found.or(wanted).unwrap_or(AttachMode::Generic))
     }
 
     /// Attaches to every interface following the configured mode: `native` and

@@ -234,3 +234,26 @@ mod netlink {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_path_outside_a_bpffs_names_the_mount_command() {
+        let dir = std::env::temp_dir().join(format!("regedge-pin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = prepare(&dir.join("regedge")).unwrap_err().to_string();
+        assert!(error.contains(&format!("mount -t bpf bpf {}", dir.display())), "{error}");
+        assert!(error.contains(&dir.join("regedge").display().to_string()), "{error}");
+        assert!(!dir.join("regedge").exists(), "nothing is created outside a bpffs");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pinned_maps_are_the_kernel_state_and_counters() {
+        let names: Vec<_> = PINNED_MAPS.iter().map(|m| m.name).collect();
+        assert_eq!(names, [maps::BINDINGS, maps::ABSORBED, maps::REPLIES, maps::PASSES]);
+        assert_eq!(link_path(Path::new("/sys/fs/bpf/regedge"), "eth0"), Path::new("/sys/fs/bpf/regedge/link-eth0"));
+    }
+}
