@@ -61,6 +61,13 @@ const DOMAIN: &str = "edge.example.net";
 const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
 /// regedge worker threads = Kamailio children.
 const WORKERS: u32 = 1;
+/// Generator threads that send (each paces its share of the rate); one more receives.
+const SENDERS: usize = 2;
+/// A failing step is run again (at most [`RETRIES`] times) when other processes used more
+/// than this many CPUs during it: other work on the machine, not the server, may have
+/// caused the loss.
+const OTHERS_BUSY: f64 = 0.15;
+const RETRIES: u32 = 2;
 /// A step passes below this share of refreshes without a 200.
 const MAX_LOSS: f64 = 0.001;
 /// A step's generator must send at least this share of the offered rate.
@@ -155,6 +162,8 @@ struct CpuSample {
     at: Option<Instant>,
     server_ticks: u64,
     own_ticks: u64,
+    /// Every other process (children's time included: builds run in short processes).
+    other_ticks: u64,
     /// /proc/stat, all CPUs: total, idle + iowait, softirq.
     total: u64,
     idle: u64,
@@ -169,12 +178,19 @@ struct Step {
     softirq_s: f64,
     busy_s: f64,
     own_cpu_s: f64,
+    /// CPU seconds of every other process during the step.
+    others_s: f64,
     rx_drops: u64,
 }
 
 impl Step {
     fn passed(&self) -> bool {
         self.result.loss() < MAX_LOSS && self.generator_kept_up()
+    }
+
+    /// CPUs other processes used during the step.
+    fn others_busy(&self) -> f64 {
+        self.others_s / self.wall_s.max(1e-9)
     }
 
     fn generator_kept_up(&self) -> bool {
@@ -312,6 +328,7 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
         _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
     };
     eprintln!("{}: pid {}", case.label(), server.pid());
+    let quiet = wait_for_quiet(&server, if plan.quick { Duration::from_secs(5) } else { Duration::from_secs(30) });
     let spec = fleet_spec(case, plan, net.phone_mac, net.proxy_mac);
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
     let fleet = Fleet::new(spec, sockets)?;
@@ -344,8 +361,20 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
                 if failures >= max_failures {
                     break;
                 }
-                let step = measure(net, &fleet, &server, rate, plan.step, &stop);
+                let mut step = measure(net, &fleet, &server, rate, plan.step, &stop);
                 eprintln!("{}: {}", case.label(), describe(&step));
+                let mut retries = 0;
+                while !step.passed() && step.others_busy() > OTHERS_BUSY && retries < RETRIES && server.alive() {
+                    retries += 1;
+                    notes.push(format!(
+                        "{rate}/s failed while other processes used {:.2} CPUs: run again",
+                        step.others_busy()
+                    ));
+                    std::thread::sleep(Duration::from_secs(2));
+                    steps.push(step);
+                    step = measure(net, &fleet, &server, rate, plan.step, &stop);
+                    eprintln!("{}: again: {}", case.label(), describe(&step));
+                }
                 let passed = step.passed();
                 let kept_up = step.generator_kept_up();
                 steps.push(step);
@@ -409,6 +438,9 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
     });
     let mut result = outcome?;
     result.notes.extend(notes);
+    if let Err(busy) = quiet {
+        result.notes.push(format!("other processes still used {busy:.2} CPUs when the case started"));
+    }
     let problems = server.log_problems();
     if !problems.is_empty() {
         result.notes.push(format!(
@@ -425,7 +457,7 @@ fn describe(s: &Step) -> String {
     let r = &s.result;
     format!(
         "{}/s offered: sent {} at {:.0}/s ({} refused), 200 {}, other {}, unmatched {}, loss {:.4}%, p50 {:.0} µs p99 {:.0} µs, \
-         server {:.2} s, softirq {:.2} s, busy {:.2} s of {:.2} s wall, rx drops {} → {}",
+         server {:.2} s, softirq {:.2} s, generator {:.2} s, others {:.2} s, busy {:.2} s of {:.2} s wall, rx drops {} → {}",
         r.offered_rate,
         r.sent,
         r.achieved_send_rate(),
@@ -438,6 +470,8 @@ fn describe(s: &Step) -> String {
         r.percentile_us(0.99),
         s.server_cpu_s,
         s.softirq_s,
+        s.own_cpu_s,
+        s.others_s,
         s.busy_s,
         s.wall_s,
         s.rx_drops,
@@ -445,12 +479,31 @@ fn describe(s: &Step) -> String {
     )
 }
 
+/// Waits (at most `limit`) until other processes use less than [`OTHERS_BUSY`] CPUs over a
+/// second; `Err` with what they used last when they never did.
+fn wait_for_quiet(server: &Server, limit: Duration) -> Result<(), f64> {
+    let hz = clock_ticks_per_second();
+    let deadline = Instant::now() + limit;
+    loop {
+        let before = other_ticks(server);
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = other_ticks(server).saturating_sub(before) as f64 / hz;
+        if busy < OTHERS_BUSY {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(busy);
+        }
+        eprintln!("other processes use {busy:.2} CPUs: waiting");
+    }
+}
+
 /// One open-loop step at `rate` with CPU counters read around it.
 fn measure(net: &Topology, fleet: &Fleet, server: &Server, rate: u64, window: Duration, stop: &AtomicBool) -> Step {
     let _ = net;
     let drops_before = generator::rx_drops(fleet);
     let before = cpu_sample(server);
-    let result = fleet.run_step(rate, window, Duration::from_millis(300), stop);
+    let result = fleet.run_step(rate, window, SENDERS, Duration::from_millis(300), stop);
     let after = cpu_sample(server);
     let rx_drops = generator::rx_drops(fleet).saturating_sub(drops_before);
     let hz = clock_ticks_per_second();
@@ -461,6 +514,7 @@ fn measure(net: &Topology, fleet: &Fleet, server: &Server, rate: u64, window: Du
         softirq_s: d(after.softirq, before.softirq),
         busy_s: d(after.total, before.total) - d(after.idle, before.idle),
         own_cpu_s: d(after.own_ticks, before.own_ticks),
+        others_s: d(after.other_ticks, before.other_ticks),
         rx_drops,
         result,
     };
@@ -481,6 +535,7 @@ fn cpu_sample(server: &Server) -> CpuSample {
         at: Some(Instant::now()),
         server_ticks: server.cpu_ticks(),
         own_ticks: proc_stat(std::process::id()).map_or(0, |s| s.ticks),
+        other_ticks: other_ticks(server),
         total: values.iter().take(8).sum(),
         idle: field(3) + field(4),
         softirq: field(6),
@@ -504,7 +559,35 @@ impl Topology {
         let phones = NetNs::new("rf-phones");
         let proxy = NetNs::new("rf-proxy");
         let backend = NetNs::new("rf-backend");
-        proxy.link(PROXY_IF, &PROXY_IP.to_string(), &phones, PHONE_IF, &PHONE_IPS[0].to_string(), 24);
+        // As NetNs::link, with one queue per CPU on both ends (as a NIC with RSS has): each
+        // queue has its own NAPI, so the XDP program can run on every CPU.
+        let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        regedge_tests::netns::ip(&[
+            "link",
+            "add",
+            PROXY_IF,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "netns",
+            &proxy.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            PHONE_IF,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "netns",
+            &phones.name,
+        ]);
+        for (ns, dev, addr) in [(&proxy, PROXY_IF, PROXY_IP), (&phones, PHONE_IF, PHONE_IPS[0])] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
         for ip in &PHONE_IPS[1..] {
             phones.ip(&["addr", "add", &format!("{ip}/24"), "dev", PHONE_IF]);
         }
@@ -708,6 +791,16 @@ fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
     if let Some(bin) = std::env::var_os("REGEDGE_BIN") {
         let bin = PathBuf::from(bin);
         ensure!(bin.is_file(), "REGEDGE_BIN {} is not a file", bin.display());
+        // A binary this function built earlier is named after its commit.
+        let commit = bin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("regedge-"))
+            .filter(|c| c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let Some(commit) = commit {
+            let subject = command_output_in(&root, "git", &["log", "-1", "--format=%s", commit]);
+            return Ok((bin.clone(), format!("regedge release build of commit {commit} (\"{subject}\")")));
+        }
         let head = command_output_in(&root, "git", &["log", "-1", "--format=%h %s"]);
         return Ok((bin.clone(), format!("regedge from REGEDGE_BIN {} (checkout at {head})", bin.display())));
     }
@@ -775,6 +868,32 @@ fn parse_proc_stat(text: &str) -> Option<ProcStat> {
         pgrp: fields.get(2)?.parse().ok()?,
         ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
     })
+}
+
+/// CPU ticks (own and reaped children's) of every process but this one and the server's.
+fn other_ticks(server: &Server) -> u64 {
+    let me = std::process::id();
+    let (pid, group) = match server {
+        Server::Regedge(r) => (r.pid, None),
+        Server::Kamailio(k) => (k.pid(), Some(k.pid())),
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().iter().all(u8::is_ascii_digit))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let p: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = parse_proc_stat(&text)?;
+            if p == me || p == pid || Some(stat.pgrp) == group {
+                return None;
+            }
+            let (_, rest) = text.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let children = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
+            Some(stat.ticks + children)
+        })
+        .sum()
 }
 
 /// CPU ticks of every process of group `pgid`.
@@ -923,18 +1042,18 @@ fn render(
     let _ = writeln!(
         out,
         "| case | offered/s | sent | sent/s | refused at send | 200 | other replies | unmatched | loss % | p50 µs | p99 µs | p99.9 µs | \
-         server CPU s | softirq s | busy s (all CPUs) | generator CPU s | wall s | rx socket drops | pass |"
+         server CPU s | softirq s | busy s (all CPUs) | generator CPU s | other processes CPU s | wall s | rx socket drops | pass |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for r in results {
         for (label, s) in r.latency.iter().map(|l| ("latency run", l)).chain(r.steps.iter().map(|s| ("", s))) {
             let x = &s.result;
             let _ = writeln!(
                 out,
-                "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
                 r.case.label(),
                 if label.is_empty() { String::new() } else { format!(" ({label})") },
                 x.offered_rate,
@@ -952,6 +1071,7 @@ fn render(
                 s.softirq_s,
                 s.busy_s,
                 s.own_cpu_s,
+                s.others_s,
                 s.wall_s,
                 s.rx_drops,
                 if s.passed() { "yes" } else { "no" },

@@ -120,7 +120,6 @@ pub struct StepResult {
     pub ok: u64,
     pub not_ok: u64,
     pub unmatched: u64,
-    pub foreign: u64,
     pub histogram: Histogram<u64>,
 }
 
@@ -298,45 +297,36 @@ impl Fleet {
         base
     }
 
-    /// Open loop: `rate` refreshes per second for `duration`, phones round-robin
-    /// (phone `k % N` sends CSeq `base + k / N`), then waits up to `drain` for replies.
-    /// Bounded: at most rate × duration frames, and sending stops at 1.2 × duration.
-    pub fn run_step(&self, rate: u64, duration: Duration, drain: Duration, stop: &AtomicBool) -> StepResult {
+    /// Open loop: `rate` refreshes per second for `duration` from `senders` threads,
+    /// phones round-robin (frame `k` of the step is phone `k % N` with CSeq `base + k / N`;
+    /// thread `t` sends the frames `k ≡ t` mod `senders` at `rate / senders`), then waits
+    /// up to `drain` for replies. Bounded: at most rate × duration frames, and sending
+    /// stops at 1.2 × duration.
+    pub fn run_step(
+        &self,
+        rate: u64,
+        duration: Duration,
+        senders: usize,
+        drain: Duration,
+        stop: &AtomicBool,
+    ) -> StepResult {
         let base = self.begin_step();
         let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
-        let n = self.phones.len() as u64;
-        let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
-        let mut items = Vec::with_capacity(BATCH);
-        // SAFETY: prctl on this thread only; a 1 µs timer slack makes short sleeps precise.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        let senders = senders.max(1) as u64;
         let start = Instant::now();
-        let hard_stop = duration.mul_f64(1.2);
-        let (mut sent, mut refused) = (0u64, 0u64);
-        while sent < total && !stop.load(Ordering::Relaxed) {
-            let elapsed = start.elapsed();
-            if elapsed > hard_stop {
-                break;
-            }
-            let due = ((rate as f64 * elapsed.as_secs_f64()) as u64).min(total);
-            if due <= sent {
-                // Sleep until the next frame is due, at least 50 µs (then send what is
-                // due as one burst): the sender never spins, so it leaves the CPUs to
-                // the server it measures.
-                let next_ns = ((sent + 1) as f64 / rate as f64 * 1e9) as u64;
-                let ahead = next_ns.saturating_sub(elapsed.as_nanos() as u64);
-                std::thread::sleep(Duration::from_nanos(ahead.max(50_000)));
-                continue;
-            }
-            let count = (due - sent).min(BATCH as u64);
-            items.clear();
-            for k in sent..sent + count {
-                items.push(((k % n) as usize, base + (k / n) as u32));
-            }
-            let (s, r) = self.send_batch(&items, &mut frames, true);
-            sent += s;
-            refused += r;
-        }
+        let per_thread: Vec<(u64, u64)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..senders)
+                .map(|t| {
+                    let count = (total + senders - 1 - t) / senders;
+                    let rate = rate as f64 / senders as f64;
+                    scope.spawn(move || self.send_paced(t, senders, count, rate, base, start, duration, stop))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or((0, 0))).collect()
+        });
         let send_elapsed = start.elapsed();
+        let sent: u64 = per_thread.iter().map(|p| p.0).sum();
+        let refused: u64 = per_thread.iter().map(|p| p.1).sum();
         let drain_until = Instant::now() + drain;
         while Instant::now() < drain_until && self.counters.ok.load(Ordering::Relaxed) + refused < sent {
             std::thread::sleep(Duration::from_millis(5));
@@ -352,9 +342,56 @@ impl Fleet {
             ok: c.ok.load(Ordering::Relaxed),
             not_ok: c.not_ok.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
-            foreign: c.foreign.load(Ordering::Relaxed),
             histogram,
         }
+    }
+
+    /// One sender thread of [`Fleet::run_step`]: `count` frames at `rate` per second.
+    #[allow(clippy::too_many_arguments)]
+    fn send_paced(
+        &self,
+        t: u64,
+        senders: u64,
+        count: u64,
+        rate: f64,
+        base: u32,
+        start: Instant,
+        duration: Duration,
+        stop: &AtomicBool,
+    ) -> (u64, u64) {
+        // SAFETY: prctl on this thread only; a 1 µs timer slack makes short sleeps precise.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+        let n = self.phones.len() as u64;
+        let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
+        let mut items = Vec::with_capacity(BATCH);
+        let hard_stop = duration.mul_f64(1.2);
+        let (mut sent, mut refused) = (0u64, 0u64);
+        while sent < count && !stop.load(Ordering::Relaxed) {
+            let elapsed = start.elapsed();
+            if elapsed > hard_stop {
+                break;
+            }
+            let due = ((rate * elapsed.as_secs_f64()) as u64).min(count);
+            if due <= sent {
+                // Sleep until the next frame is due, at least 50 µs (then send what is
+                // due as one burst): senders never spin, so they leave the CPUs to the
+                // server they measure.
+                let next_ns = ((sent + 1) as f64 / rate * 1e9) as u64;
+                let ahead = next_ns.saturating_sub(elapsed.as_nanos() as u64);
+                std::thread::sleep(Duration::from_nanos(ahead.max(50_000)));
+                continue;
+            }
+            let batch = (due - sent).min(BATCH as u64);
+            items.clear();
+            for j in sent..sent + batch {
+                let k = t + j * senders;
+                items.push(((k % n) as usize, base + (k / n) as u32));
+            }
+            let (s, r) = self.send_batch(&items, &mut frames, true);
+            sent += s;
+            refused += r;
+        }
+        (sent, refused)
     }
 
     /// Registers every phone once with a full REGISTER (CSeq 1, then +1 per new attempt)
@@ -546,23 +583,24 @@ fn parse_reply(packet: &[u8], tag: u8) -> Option<Reply> {
     let cseq_value = header(sip, b"\nCSeq:")?;
     let digits = cseq_value.iter().take_while(|b| b.is_ascii_digit()).count();
     let cseq = parse_u32(&cseq_value[..digits])?;
-    let retry_after = header(sip, b"\nRetry-After:")
-        .and_then(|v| parse_u32(&v[..v.iter().take_while(|b| b.is_ascii_digit()).count()]))
-        .unwrap_or(0);
+    let retry_after = if status == 200 {
+        0
+    } else {
+        header(sip, b"\nRetry-After:")
+            .and_then(|v| parse_u32(&v[..v.iter().take_while(|b| b.is_ascii_digit()).count()]))
+            .unwrap_or(0)
+    };
     Some(Reply { status, phone, cseq, retry_after })
 }
 
 /// The value of the first header line starting with `name` (which starts with `\n`),
-/// leading whitespace trimmed.
+/// leading whitespace trimmed. The name as written first (servers echo it), then any case.
 fn header<'a>(sip: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let at = memchr_find(sip, name)?;
+    let at = memchr::memmem::find(sip, name)
+        .or_else(|| sip.windows(name.len()).position(|w| w.eq_ignore_ascii_case(name)))?;
     let value = &sip[at + name.len()..];
     let start = value.iter().position(|b| *b != b' ' && *b != b'\t')?;
     Some(&value[start..])
-}
-
-fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn parse_u32(digits: &[u8]) -> Option<u32> {
@@ -644,8 +682,6 @@ fn phone_texts(spec: &FleetSpec, i: usize) -> Phone {
          User-Agent: Cisco-CP8865/14.2.1\r\n\
          Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, OPTIONS, UPDATE, SUBSCRIBE, INFO\r\n\
          Allow-Events: kpml, dialog, presence\r\n\
-         Supported: replaces, join, norefersub, X-cisco-callinfo\r\n\
-         Accept-Language: en\r\n\
          Content-Length: 0\r\n\r\n",
         expires = spec.expires
     );
