@@ -69,10 +69,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
     });
     if let (Some(state), Some(registrar)) = (&state, &registrar) {
-        let restored = registrar.restore(state.load(&routing));
-        if restored > 0 {
-            tracing::info!(restored, "bindings restored from the registry snapshot; none re-registered upstream");
-        }
+        restore_bindings(state, registrar);
     }
     let answer = AnswerSettings { register: registrar.is_some(), date_header: config.registration.date_header };
     let mut fastpath = start_fastpath(&config, &names, tag, answer)?;
@@ -90,15 +87,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some(health_rx),
     )?;
     let snapshot = match (state, &shared.engine.registrar) {
-        (Some(state), Some(_)) => Some(
-            SnapshotWriter::start(
-                state,
-                Arc::clone(&shared),
-                mirror.as_ref().map(|m| Arc::clone(&m.stats)),
-                config.node.name.clone(),
-            )
-            .context("starting the registry snapshot writer")?,
-        ),
+        (Some(state), Some(_)) => Some(start_snapshots(state, &shared, mirror.as_ref(), &config.node.name)?),
         _ => None,
     };
     let waker = workers_running.timekeeper_waker();
@@ -140,22 +129,48 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     drop(metrics);
     drop(mirror);
     if let Some(fastpath) = fastpath {
-        match fastpath.pin_dir().map(Path::to_path_buf) {
-            Some(dir) => {
-                drop(fastpath);
-                tracing::info!(
-                    pin = %dir.display(),
-                    "XDP program left attached (pinned): it keeps answering until the next start adopts it; \
-                     remove the pin directory to detach"
-                );
-            }
-            None => {
-                drop(fastpath);
-                tracing::info!("XDP program detached");
-            }
-        }
+        stop_fastpath(fastpath);
     }
     Ok(())
+}
+
+/// Puts the bindings of the last snapshot back into the registry (nothing goes upstream).
+fn restore_bindings(state: &StateDir, registrar: &Registrar) {
+    let restored = registrar.restore(state.load(&registrar.routing));
+    if restored > 0 {
+        tracing::info!(restored, "bindings restored from the registry snapshot; none re-registered upstream");
+    }
+}
+
+/// Starts the thread that keeps the registry snapshot current.
+fn start_snapshots(
+    state: StateDir,
+    shared: &Arc<Shared>,
+    mirror: Option<&MirrorThread>,
+    node: &str,
+) -> anyhow::Result<SnapshotWriter> {
+    let stats = mirror.map(|m| Arc::clone(&m.stats));
+    SnapshotWriter::start(state, Arc::clone(shared), stats, node.to_owned())
+        .context("starting the registry snapshot writer")
+}
+
+/// Drops the fast path at shutdown: unpinned, the program detaches; pinned, it stays
+/// attached and keeps answering until the next start adopts it (the upgrade path).
+fn stop_fastpath(fastpath: Fastpath) {
+    match fastpath.pin_dir().map(Path::to_path_buf) {
+        Some(dir) => {
+            drop(fastpath);
+            tracing::info!(
+                pin = %dir.display(),
+                "XDP program left attached (pinned): it keeps answering until the next start adopts it; \
+                 remove the pin directory to detach"
+            );
+        }
+        None => {
+            drop(fastpath);
+            tracing::info!("XDP program detached");
+        }
+    }
 }
 
 /// The state directory of `[node] state_dir`; `None` when it is empty or cannot be made

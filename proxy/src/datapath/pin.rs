@@ -71,6 +71,11 @@ fn mount_bpffs(dir: &Path) -> std::io::Result<()> {
 /// Makes sure `dir` exists on a bpffs: when its parent is not on one, a bpffs is mounted
 /// there if the parent is exactly `/sys/fs/bpf`; any other parent is an error that names
 /// the fix. Then `dir` is created (mode 0700) if missing.
+///
+/// A bpffs mounted here lives in regedge's mount namespace: under `ip netns exec` (which
+/// gives the process a private one with a fresh /sys) it, and the pins in it, go away
+/// with the process. To survive a restart there, mount the bpffs outside first and point
+/// `pin_path` at it.
 pub fn prepare(dir: &Path) -> Result<(), DatapathError> {
     let failed = |message: String| DatapathError::PinPath { path: dir.to_path_buf(), message };
     if dir.is_dir() && is_bpffs(dir).unwrap_or(false) {
