@@ -263,7 +263,8 @@ fn start_fastpath(
     };
     match attempt() {
         Ok(fastpath) => Ok(Some(fastpath)),
-        // A pin_path on no bpffs is a config problem whatever the mode.
+        // A pin_path on no bpffs is a config problem whatever the mode (failing to mount
+        // or create it, e.g. without privileges, is not: `auto` falls back).
         Err(err @ DatapathError::PinPath { .. }) => Err(anyhow::Error::new(err)),
         Err(err) if fp.mode == FastpathMode::Auto => {
             tracing::warn!(error = %err, "fast path unavailable (mode = \"auto\"): keepalives answered in userspace");

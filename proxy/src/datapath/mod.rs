@@ -61,6 +61,8 @@ pub enum DatapathError {
     PinPath { path: PathBuf, message: String },
     #[error("fastpath.pin_path {}: mounting a bpffs at {}: {source} (or mount it yourself: mount -t bpf bpf {})", path.display(), pin::BPFFS_ROOT, pin::BPFFS_ROOT)]
     PinMount { path: PathBuf, source: std::io::Error },
+    #[error("fastpath.pin_path {}: cannot create it: {source}", path.display())]
+    PinCreate { path: PathBuf, source: std::io::Error },
     #[error("pinning the XDP link of {interface} at {}: {message}", path.display())]
     PinLink { interface: String, path: PathBuf, message: String },
 }

@@ -100,7 +100,7 @@ pub fn prepare(dir: &Path) -> Result<(), DatapathError> {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(failed(format!("cannot create it: {e}"))),
+        Err(source) => return Err(DatapathError::PinCreate { path: dir.to_path_buf(), source }),
     }
     if !is_bpffs(dir).unwrap_or(false) {
         return Err(failed(format!("is not on a bpffs; mount one first: mount -t bpf bpf {}", parent.display())));
