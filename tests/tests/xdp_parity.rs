@@ -299,8 +299,10 @@ fn refreshes_the_registrar_would_not_absorb_pass() {
             PassReason::RegisterOtherIdentity,
         ),
         (
+            // The next refresh, so that its forward is not taken for a retransmission
+            // of the first case's.
             "another source port",
-            refresh.clone(),
+            corpus("sipp-3-refresh.sip"),
             SocketAddr::new(phone.ip(), phone.port() + 1),
             PassReason::RegisterOtherFlow,
         ),
