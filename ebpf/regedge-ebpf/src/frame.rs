@@ -235,10 +235,15 @@ pub fn load_payload(ctx: &XdpContext, udp: &Udp, scratch: *mut Scratch) -> Resul
     if unsafe { bpf_xdp_load_bytes(ctx.ctx, off, input.cast(), len) } != 0 {
         return Err(PassReason::HelperFailed);
     }
-    let tail = opaque(udp.payload_len) & BUF_MASK;
+    // Two aligned words from the one holding the last byte: volatile, or LLVM merges the
+    // stores into a call to a byte-at-a-time memset.
+    let tail = (opaque(udp.payload_len) & BUF_MASK) / 8;
     unsafe {
-        (input.add(tail) as *mut u64).write_unaligned(0);
-        (input.add(tail + 8) as *mut u64).write_unaligned(0);
+        let words = input as *mut u64;
+        let last = (*words.add(tail)) & ((1u64 << ((udp.payload_len & 7) * 8)) - 1);
+        core::ptr::write_volatile(words.add(tail), last);
+        core::ptr::write_volatile(words.add(tail + 1), 0);
+        core::ptr::write_volatile(words.add(tail + 2), 0);
     }
     Ok(())
 }

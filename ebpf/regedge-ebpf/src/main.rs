@@ -67,9 +67,11 @@ fn try_regedge_xdp(ctx: &XdpContext) -> Result<u32, PassReason> {
         let answer = register::answer(&udp, scratch, plen)?;
         frame::emit_reply(ctx, &udp, scratch, answer.len)?;
         if let Some(c) = answer.commit {
-            unsafe {
-                (*c.entry).cseq = c.cseq;
-                (*c.entry).last_seen_ms = c.now_ms;
+            if let Some(entry) = maps::binding(c.call_id_key) {
+                unsafe {
+                    (*entry).cseq = c.cseq;
+                    (*entry).last_seen_ms = c.now_ms;
+                }
             }
             maps::push_absorbed(&AbsorbedRefresh {
                 call_id_key: c.call_id_key,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use regedge_common::{
     PassReason, ReplyKind,
     maps::{
-        ABSORBED_RING_BYTES, AbsorbedRefresh, BINDINGS_MAX, BindingEntry, FAMILY_IPV4, FastpathSettings, LISTENERS_MAX,
+        ABSORBED_RING_BYTES, AbsorbedRefresh, BINDINGS_MAX, BindingEntry, FastpathSettings, LISTENERS_MAX,
         LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey,
     },
 };
@@ -52,6 +52,8 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Size of the payload buffers; indexes are masked with `BUF_MASK` before every access.
 pub const BUF: usize = 2048;
 pub const BUF_MASK: usize = BUF - 1;
+/// Room after the output buffer's last masked index.
+pub const OUT_SLACK: usize = 128;
 
 #[repr(C)]
 pub struct Scratch {
@@ -63,8 +65,9 @@ pub struct Scratch {
     pub tag: [u8; regedge_common::sip::TO_TAG_LEN],
     /// The request payload. +16: an 8-byte read at any masked index stays inside.
     pub input: [u8; BUF + 16],
-    /// The reply payload.
-    pub output: [u8; BUF + 16],
+    /// The reply payload. `OUT_SLACK` bytes past any masked index stay inside, so that
+    /// short constant texts are written with one mask.
+    pub output: [u8; BUF + OUT_SLACK],
     /// The REGISTER scanner's lines, copy segments and state (see `register.rs`).
     pub reg: crate::register::RegScratch,
 }
@@ -92,16 +95,16 @@ pub fn count_pass(reason: PassReason) {
 /// then the wildcard of its family.
 #[inline(always)]
 pub fn listener_answers(udp: &Udp) -> Option<u32> {
-    let mut key = ListenerKey { family: udp.family, port_be: udp.dport, addr: [0; 16] };
-    if udp.family == FAMILY_IPV4 {
-        key.addr[..4].copy_from_slice(&udp.daddr[..4]);
-    } else {
-        key.addr = udp.daddr;
-    }
+    // `Udp::daddr` already has the IPv4 layout of `ListenerKey::addr` (rest zero).
+    let mut key = ListenerKey { family: udp.family, port_be: udp.dport, addr: udp.daddr };
     if let Some(v) = unsafe { LISTENERS.get(&key) } {
         return Some(v.answers);
     }
-    key.addr = [0; 16];
+    // Four volatile stores: a plain `[0; 16]` becomes a call to a byte-at-a-time memset.
+    let addr = &raw mut key.addr as *mut u32;
+    for i in 0..4 {
+        unsafe { core::ptr::write_volatile(addr.add(i), 0) };
+    }
     unsafe { LISTENERS.get(&key) }.map(|v| v.answers)
 }
 

@@ -26,13 +26,13 @@ use aya_ebpf::{
 use regedge_common::{
     PassReason, ReplyKind,
     hash::{identity, mix, start as hash_start},
-    maps::{BINDING_PASS, BindingEntry, NO_CONTACT_EXPIRES, SETTING_DATE_HEADER},
+    maps::{BINDING_PASS, NO_CONTACT_EXPIRES, SETTING_DATE_HEADER},
     sip::{CONTENT_LENGTH_0, MAX_PAYLOAD, STATUS_200_OK, TO_TAG_LEN},
 };
 
 use crate::{
     frame::Udp,
-    maps::{self, BUF_MASK, Scratch},
+    maps::{self, BUF, BUF_MASK, Scratch},
 };
 
 /// Lines a REGISTER may have (request line and the empty line included).
@@ -53,13 +53,24 @@ pub struct RegScratch {
     pub segs: [[u16; 4]; MAX_SEGS],
     /// Scanner state, indexed by the `V_*` constants.
     pub v: [u32; STATE_WORDS],
+    /// The running hash, or the search result, of a range callback.
+    pub acc: u64,
+    /// The Date value last formatted on this CPU (`Wed, 25 Nov 2026 12:00:00 GMT`) and
+    /// the unix time in nanoseconds of the start of its second: a date is formatted once
+    /// a second, not per packet.
+    pub date_ns: u64,
+    pub date: [u8; DATE_LEN + 3],
 }
+
+/// Length of an IMF-fixdate.
+const DATE_LEN: usize = 29;
 
 // State words.
 const V_LINES: usize = 0;
 const V_START: usize = 1;
 const V_COLON: usize = 2;
-const V_CR: usize = 3;
+/// 1 + offset of the first CR not followed by LF, 0 if none.
+const V_BARE_CR: usize = 3;
 const V_SP0: usize = 4;
 /// 0 while scanning, `DONE_OK` once the empty line is found, `DONE_ERR` on bad framing.
 const V_DONE: usize = 5;
@@ -76,6 +87,9 @@ const V_TRAILER: usize = 14;
 const V_GRANT: usize = 15;
 const V_UNIX_LO: usize = 26;
 const V_UNIX_HI: usize = 27;
+const V_RANGE_START: usize = 46;
+const V_RANGE_END: usize = 47;
+const V_WORDS: usize = 48;
 /// Header counts: `V_COUNT + kind`.
 const V_COUNT: usize = 16;
 /// Value ranges: `V_VALUE + 2 * kind` (start), `+ 1` (end, the CR); kinds 3 to 8.
@@ -153,28 +167,51 @@ fn input_at(s: *mut Scratch, k: usize) -> u8 {
     unsafe { *(&raw const (*s).input as *const u8).add(k & BUF_MASK) }
 }
 
-/// Eight input bytes at `k`, little-endian.
+/// Input word `i` (bytes `8 * i ..`), one aligned 8-byte load: `input` sits at an
+/// 8-byte aligned offset of the map value (checked below), map values are 8-byte aligned.
 #[inline(always)]
-fn window(s: *mut Scratch, k: usize) -> u64 {
-    unsafe { ((&raw const (*s).input as *const u8).add(k & BUF_MASK) as *const u64).read_unaligned() }
+fn word(s: *mut Scratch, i: usize) -> u64 {
+    unsafe { *((&raw const (*s).input as *const u64).add(i & WORD_MASK)) }
 }
 
+/// Output word `i`.
 #[inline(always)]
-fn out_u64(s: *mut Scratch, o: usize, v: u64) {
-    unsafe { ((&raw mut (*s).output as *mut u8).add(o & BUF_MASK) as *mut u64).write_unaligned(v) }
+fn out_word(s: *mut Scratch, i: usize) -> *mut u64 {
+    unsafe { (&raw mut (*s).output as *mut u64).add(i & WORD_MASK) }
+}
+
+const WORD_MASK: usize = BUF / 8 - 1;
+const _: () = assert!(core::mem::offset_of!(Scratch, input) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Scratch, output) % 8 == 0);
+
+/// Eight input bytes at `k`, little-endian: two aligned loads (an unaligned `read`
+/// compiles to eight byte loads on BPF).
+#[inline(always)]
+fn window(s: *mut Scratch, k: usize) -> u64 {
+    let i = k >> 3;
+    let shift = (k & 7) * 8;
+    // `(hi << 1) << (63 - shift)` is `hi << (64 - shift)`, and 0 when shift is 0.
+    (word(s, i) >> shift) | ((word(s, i + 1) << 1) << (63 - shift))
+}
+
+/// The output at `o`: `OUT_SLACK` bytes may be written from there.
+#[inline(always)]
+fn out_at(s: *mut Scratch, o: usize) -> *mut u8 {
+    unsafe { (&raw mut (*s).output as *mut u8).add(o & BUF_MASK) }
 }
 
 #[inline(always)]
 fn out_byte(s: *mut Scratch, o: usize, c: u8) {
-    unsafe { *(&raw mut (*s).output as *mut u8).add(o & BUF_MASK) = c }
+    unsafe { *out_at(s, o) = c }
 }
 
-/// Writes `text` at `o`; returns the offset after it.
+/// Writes `text` (at most `OUT_SLACK` bytes) at `o`; returns the offset after it.
 #[inline(always)]
 fn out_text(s: *mut Scratch, o: usize, text: &[u8]) -> usize {
+    let p = out_at(s, o);
     let mut i = 0;
     while i < text.len() {
-        out_byte(s, o + i, text[i]);
+        unsafe { *p.add(i) = text[i] };
         i += 1;
     }
     o + text.len()
@@ -226,84 +263,95 @@ fn matches(w: u64, p: (u64, u64)) -> bool {
     (w | letters) & p.1 == p.0
 }
 
-const fn name_pattern(text: &[u8]) -> (u64, u64, usize) {
-    let (value, mask) = pattern(text);
-    (value, mask, text.len())
-}
-
-const SHORT_NAMES: [((u64, u64, usize), u32); 13] = [
-    (name_pattern(b"via"), K_VIA),
-    (name_pattern(b"v"), K_VIA),
-    (name_pattern(b"from"), K_FROM),
-    (name_pattern(b"f"), K_FROM),
-    (name_pattern(b"to"), K_TO),
-    (name_pattern(b"t"), K_TO),
-    (name_pattern(b"call-id"), K_CALL_ID),
-    (name_pattern(b"i"), K_CALL_ID),
-    (name_pattern(b"cseq"), K_CSEQ),
-    (name_pattern(b"contact"), K_CONTACT),
-    (name_pattern(b"m"), K_CONTACT),
-    (name_pattern(b"expires"), K_EXPIRES),
-    (name_pattern(b"authoriz"), K_AUTH),
-];
-const AUTH_TAIL: (u64, u64) = pattern(b"ation");
-const PROXY_AUTH: [(u64, u64); 3] = [pattern(b"proxy-au"), pattern(b"thorizat"), pattern(b"ion")];
+const VIA: (u64, u64) = pattern(b"via");
+const FROM: (u64, u64) = pattern(b"from");
+const TO: (u64, u64) = pattern(b"to");
+const CALL_ID: (u64, u64) = pattern(b"call-id");
+const CSEQ: (u64, u64) = pattern(b"cseq");
+const CONTACT: (u64, u64) = pattern(b"contact");
+const EXPIRES: (u64, u64) = pattern(b"expires");
+const AUTHORIZATION: [(u64, u64); 2] = [pattern(b"authoriz"), pattern(b"ation")];
+const PROXY_AUTHORIZATION: [(u64, u64); 3] = [pattern(b"proxy-au"), pattern(b"thorizat"), pattern(b"ion")];
 const TAG_PARAM: (u64, u64) = pattern(b"tag=");
 const KEEPALIVE: [(u64, u64); 2] = [pattern(b"cisco-ke"), pattern(b"ep-alive")];
 const EXPIRES_PARAM: (u64, u64) = pattern(b"expires");
 
-/// The kind of the header whose name starts at `k` (`K_OTHER` for any other name).
+/// `kind` if the name of `len` bytes at `k` ends at a colon, `K_BAD` if whitespace
+/// follows it, `None` if the line's name is longer.
+#[inline(always)]
+fn ends_name(s: *mut Scratch, k: usize, len: usize, kind: u32) -> Option<u32> {
+    let next = input_at(s, k + len);
+    if next == b':' {
+        Some(kind)
+    } else if is_ws(next) {
+        Some(K_BAD)
+    } else {
+        None
+    }
+}
+
+/// The kind of the header whose name starts at `k` (`K_OTHER` for any other name),
+/// dispatched on the first letter.
 #[inline(always)]
 fn classify(s: *mut Scratch, k: usize) -> u32 {
     let w = window(s, k);
-    let mut i = 0;
-    while i < SHORT_NAMES.len() {
-        let ((value, mask, len), kind) = SHORT_NAMES[i];
-        if matches(w, (value, mask)) {
-            let mut end = k + len;
-            if kind == K_AUTH {
-                if !matches(window(s, end), AUTH_TAIL) {
-                    i += 1;
-                    continue;
-                }
-                end += 5;
-            }
-            let next = input_at(s, end);
-            if next == b':' {
-                return kind;
-            }
-            if is_ws(next) {
-                return K_BAD;
-            }
+    let first = (w as u8) | 0x20;
+    let kind = if first == b'v' {
+        (if matches(w, VIA) { ends_name(s, k, 3, K_VIA) } else { None }).or_else(|| ends_name(s, k, 1, K_VIA))
+    } else if first == b'f' {
+        (if matches(w, FROM) { ends_name(s, k, 4, K_FROM) } else { None }).or_else(|| ends_name(s, k, 1, K_FROM))
+    } else if first == b't' {
+        (if matches(w, TO) { ends_name(s, k, 2, K_TO) } else { None }).or_else(|| ends_name(s, k, 1, K_TO))
+    } else if first == b'i' {
+        ends_name(s, k, 1, K_CALL_ID)
+    } else if first == b'm' {
+        ends_name(s, k, 1, K_CONTACT)
+    } else if first == b'c' {
+        if matches(w, CALL_ID) {
+            ends_name(s, k, 7, K_CALL_ID)
+        } else if matches(w, CONTACT) {
+            ends_name(s, k, 7, K_CONTACT)
+        } else if matches(w, CSEQ) {
+            ends_name(s, k, 4, K_CSEQ)
+        } else {
+            None
         }
-        i += 1;
-    }
-    if matches(w, PROXY_AUTH[0])
-        && matches(window(s, k + 8), PROXY_AUTH[1])
-        && matches(window(s, k + 16), PROXY_AUTH[2])
-    {
-        let next = input_at(s, k + 19);
-        if next == b':' {
-            return K_AUTH;
+    } else if first == b'e' {
+        if matches(w, EXPIRES) { ends_name(s, k, 7, K_EXPIRES) } else { None }
+    } else if first == b'a' {
+        if matches(w, AUTHORIZATION[0]) && matches(window(s, k + 8), AUTHORIZATION[1]) {
+            ends_name(s, k, 13, K_AUTH)
+        } else {
+            None
         }
-        if is_ws(next) {
-            return K_BAD;
+    } else if first == b'p' {
+        if matches(w, PROXY_AUTHORIZATION[0])
+            && matches(window(s, k + 8), PROXY_AUTHORIZATION[1])
+            && matches(window(s, k + 16), PROXY_AUTHORIZATION[2])
+        {
+            ends_name(s, k, 19, K_AUTH)
+        } else {
+            None
         }
-    }
-    K_OTHER
+    } else {
+        None
+    };
+    kind.unwrap_or(K_OTHER)
 }
 
 // ---------------------------------------------------------------------------------------
 // Pass 1: lines.
 
-/// Accounts the bytes of `part` (0x80 bits) of the word at `base` to the current line.
+/// Notes the first colon of the current line among the bytes of `part` (0x80 bits) of
+/// word `w` at `base`, and counts the request line's spaces and tabs.
 #[inline(always)]
-fn account(s: *mut Scratch, base: usize, w: u64, part: u64, colon: u64, cr: u64) {
-    let c = colon & part;
-    if c != 0 && get(s, V_COLON) == 0 {
-        set(s, V_COLON, (base + byte_index(c & c.wrapping_neg())) as u32);
+fn account(s: *mut Scratch, base: usize, w: u64, part: u64) {
+    if get(s, V_COLON) == 0 {
+        let c = eq_mask(w, b':') & part;
+        if c != 0 {
+            set(s, V_COLON, (base + byte_index(c & c.wrapping_neg())) as u32);
+        }
     }
-    set(s, V_CR, get(s, V_CR) + count(cr & part));
     if get(s, V_LINES) == 0 {
         let ws = (eq_mask(w, b' ') | eq_mask(w, b'\t')) & part;
         set(s, V_SP0, get(s, V_SP0) + count(ws));
@@ -316,14 +364,36 @@ fn fail(s: *mut Scratch) -> bool {
     false
 }
 
+const HIGH_BYTE: u64 = 0x80 << 56;
+
 /// Splits word `i` of the payload into lines. Returns false to stop.
 #[inline(always)]
 fn scan_word(s: *mut Scratch, i: usize) -> bool {
     let base = i * 8;
-    let w = window(s, base);
-    let colon = eq_mask(w, b':');
-    let cr = eq_mask(w, b'\r');
+    let w = word(s, i);
+    // Most words hold no byte below 0x0e (no CR, LF or HT): one exact test.
+    if w.wrapping_sub(ONES * 0x0e) & !w & (ONES * 0x80) == 0 {
+        if get(s, V_COLON) == 0 || get(s, V_LINES) == 0 {
+            account(s, base, w, !0);
+        }
+        return true;
+    }
     let mut lf = eq_mask(w, b'\n');
+    // A CR must be followed by LF (the one in byte 7 by byte 0 of the next word): note
+    // the first that is not; it matters if it comes before the end of the headers.
+    let mut bare_cr = eq_mask(w, b'\r') & !(lf >> 8);
+    if bare_cr != 0 {
+        if input_at(s, base + 8) == b'\n' {
+            bare_cr &= !HIGH_BYTE;
+        }
+        if bare_cr != 0 && get(s, V_BARE_CR) == 0 {
+            set(s, V_BARE_CR, (base + byte_index(bare_cr & bare_cr.wrapping_neg())) as u32 + 1);
+        }
+    }
+    if lf == 0 {
+        account(s, base, w, !0);
+        return true;
+    }
     let mut consumed = 0u64;
     let mut round = 0;
     while round < 8 {
@@ -332,7 +402,7 @@ fn scan_word(s: *mut Scratch, i: usize) -> bool {
         }
         let bit = lf & lf.wrapping_neg();
         let upto = bit | (bit - 1);
-        account(s, base, w, upto & !consumed, colon, cr);
+        account(s, base, w, upto & !consumed);
         let pos = base + byte_index(bit);
         if input_at(s, pos.wrapping_sub(1)) != b'\r' {
             return fail(s);
@@ -357,13 +427,29 @@ fn scan_word(s: *mut Scratch, i: usize) -> bool {
         lf &= !bit;
         round += 1;
     }
-    account(s, base, w, !consumed, colon, cr);
+    account(s, base, w, !consumed);
     true
 }
 
-unsafe extern "C" fn scan_word_callback(i: u64, ctx: *mut c_void) -> c_long {
+/// Words per `scan_words_callback` call: each callback call costs about as much as a
+/// word's work (a BPF-to-BPF call and return, with return-thunk mitigations on this CPU).
+const SCAN_CHUNK: usize = 8;
+
+unsafe extern "C" fn scan_words_callback(i: u64, ctx: *mut c_void) -> c_long {
     let s = unsafe { *(ctx as *mut *mut Scratch) };
-    if scan_word(s, i as usize) { 0 } else { 1 }
+    let words = get(s, V_WORDS) as usize;
+    let first = i as usize * SCAN_CHUNK;
+    let mut j = 0;
+    while j < SCAN_CHUNK {
+        if first + j >= words {
+            return 1;
+        }
+        if !scan_word(s, first + j) {
+            return 1;
+        }
+        j += 1;
+    }
+    0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -443,32 +529,81 @@ fn scan_line(s: *mut Scratch, idx: usize) -> bool {
     true
 }
 
-unsafe extern "C" fn scan_line_callback(i: u64, ctx: *mut c_void) -> c_long {
+/// Header lines per `scan_lines_callback` call.
+const LINE_CHUNK: usize = 1;
+
+unsafe extern "C" fn scan_lines_callback(i: u64, ctx: *mut c_void) -> c_long {
     let s = unsafe { *(ctx as *mut *mut Scratch) };
-    if scan_line(s, i as usize + 1) { 0 } else { 1 }
+    // Header lines are 1 to `V_LINES - 2` (not the request line, not the empty line).
+    let last = get(s, V_LINES) as usize - 2;
+    let first = 1 + i as usize * LINE_CHUNK;
+    let mut j = 0;
+    while j < LINE_CHUNK {
+        if first + j > last || !scan_line(s, first + j) {
+            return 1;
+        }
+        j += 1;
+    }
+    0
 }
 
 // ---------------------------------------------------------------------------------------
 // Hashing, the To-tag search.
 
-#[repr(C)]
-struct RangeCtx {
-    s: *mut Scratch,
-    start: u64,
-    end: u64,
-    acc: u64,
+/// The range a hashing, searching or probing callback works on, and its result, live in
+/// the scratch (`V_RANGE_*`, `reg.acc`): the callbacks get only the scratch pointer, so
+/// the program's stack stays small (callbacks add their frames to it).
+#[inline(always)]
+fn set_range(s: *mut Scratch, start: usize, end: usize, acc: u64) {
+    set(s, V_RANGE_START, start as u32);
+    set(s, V_RANGE_END, end as u32);
+    unsafe { core::ptr::write_volatile(&raw mut (*s).reg.acc, acc) };
 }
 
+#[inline(always)]
+fn range(s: *mut Scratch) -> (usize, usize) {
+    (get(s, V_RANGE_START) as usize, get(s, V_RANGE_END) as usize)
+}
+
+#[inline(always)]
+fn acc(s: *mut Scratch) -> u64 {
+    unsafe { core::ptr::read_volatile(&raw const (*s).reg.acc) }
+}
+
+#[inline(always)]
+fn set_acc(s: *mut Scratch, v: u64) {
+    unsafe { core::ptr::write_volatile(&raw mut (*s).reg.acc, v) }
+}
+
+/// Runs `callback` `n` times on the scratch.
+#[inline(always)]
+fn run_loop(s: *mut Scratch, n: u32, callback: unsafe extern "C" fn(u64, *mut c_void) -> c_long) {
+    let mut cb = s;
+    unsafe { bpf_loop(n, callback as *mut c_void, (&raw mut cb).cast(), 0) };
+}
+
+/// Words hashed per `hash_callback` call.
+const HASH_CHUNK: usize = 8;
+
 unsafe extern "C" fn hash_callback(i: u64, ctx: *mut c_void) -> c_long {
-    let c = ctx as *mut RangeCtx;
-    let (s, start, end) = unsafe { ((*c).s, (*c).start as usize, (*c).end as usize) };
-    let at = start + 8 * i as usize;
-    let mut w = window(s, at);
-    let rest = end.wrapping_sub(at);
-    if rest < 8 {
-        w &= (1u64 << ((rest & 7) * 8)) - 1;
+    let s = unsafe { *(ctx as *mut *mut Scratch) };
+    let (start, end) = range(s);
+    let mut h = acc(s);
+    let mut j = 0;
+    while j < HASH_CHUNK {
+        let at = start + 8 * (i as usize * HASH_CHUNK + j);
+        if at >= end {
+            break;
+        }
+        let mut w = window(s, at);
+        let rest = end - at;
+        if rest < 8 {
+            w &= (1u64 << ((rest & 7) * 8)) - 1;
+        }
+        h = mix(h, w);
+        j += 1;
     }
-    unsafe { (*c).acc = mix((*c).acc, w) };
+    set_acc(s, h);
     0
 }
 
@@ -476,15 +611,15 @@ unsafe extern "C" fn hash_callback(i: u64, ctx: *mut c_void) -> c_long {
 #[inline(always)]
 fn hash_range(s: *mut Scratch, start: usize, end: usize) -> u64 {
     let len = end - start;
-    let mut ctx = RangeCtx { s, start: start as u64, end: end as u64, acc: hash_start(len) };
-    let words = (len as u32 + 7) / 8;
-    unsafe { bpf_loop(words & 0x3ff, hash_callback as *mut c_void, (&raw mut ctx).cast(), 0) };
-    opaque(ctx.acc)
+    set_range(s, start, end, hash_start(len));
+    let chunk = 8 * HASH_CHUNK as u32;
+    run_loop(s, ((len as u32 + chunk - 1) / chunk) & 0x3ff, hash_callback);
+    acc(s)
 }
 
 unsafe extern "C" fn tag_callback(i: u64, ctx: *mut c_void) -> c_long {
-    let c = ctx as *mut RangeCtx;
-    let (s, start, end) = unsafe { ((*c).s, (*c).start as usize, (*c).end as usize) };
+    let s = unsafe { *(ctx as *mut *mut Scratch) };
+    let (start, end) = range(s);
     let base = start + 8 * i as usize;
     let mut semis = eq_mask(window(s, base), b';');
     let mut round = 0;
@@ -497,8 +632,13 @@ unsafe extern "C" fn tag_callback(i: u64, ctx: *mut c_void) -> c_long {
         if k >= end {
             break;
         }
-        if matches(window(s, k + 1), TAG_PARAM) {
-            unsafe { (*c).acc = 1 };
+        let found = if acc(s) == SEARCH_KEEPALIVE {
+            matches(window(s, k + 1), KEEPALIVE[0]) && matches(window(s, k + 9), KEEPALIVE[1])
+        } else {
+            matches(window(s, k + 1), TAG_PARAM)
+        };
+        if found {
+            set_acc(s, acc(s) | FOUND);
             return 1;
         }
         semis &= !bit;
@@ -507,13 +647,18 @@ unsafe extern "C" fn tag_callback(i: u64, ctx: *mut c_void) -> c_long {
     0
 }
 
-/// Whether `[start, end)` holds `;tag=` (case-insensitive).
+const SEARCH_TAG: u64 = 0;
+const SEARCH_KEEPALIVE: u64 = 2;
+const FOUND: u64 = 1;
+
+/// Whether `[start, end)` holds `;tag=` (`SEARCH_TAG`) or `;cisco-keep-alive`
+/// (`SEARCH_KEEPALIVE`), case-insensitive: a word per step, the windows compared only
+/// at the semicolons.
 #[inline(always)]
-fn has_tag(s: *mut Scratch, start: usize, end: usize) -> bool {
-    let mut ctx = RangeCtx { s, start: start as u64, end: end as u64, acc: 0 };
-    let words = ((end - start) as u32 + 7) / 8;
-    unsafe { bpf_loop(words & 0x3ff, tag_callback as *mut c_void, (&raw mut ctx).cast(), 0) };
-    opaque(ctx.acc) != 0
+fn has_param(s: *mut Scratch, start: usize, end: usize, which: u64) -> bool {
+    set_range(s, start, end, which);
+    run_loop(s, (((end - start) as u32 + 7) / 8) & 0x3ff, tag_callback);
+    acc(s) & FOUND != 0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -613,8 +758,8 @@ fn probe_step(s: *mut Scratch, k: usize) -> bool {
 }
 
 unsafe extern "C" fn probe_callback(i: u64, ctx: *mut c_void) -> c_long {
-    let c = ctx as *mut RangeCtx;
-    let (s, start) = unsafe { ((*c).s, (*c).start as usize) };
+    let s = unsafe { *(ctx as *mut *mut Scratch) };
+    let start = get(s, V_RANGE_START) as usize;
     if probe_step(s, start + i as usize) { 0 } else { 1 }
 }
 
@@ -622,6 +767,12 @@ unsafe extern "C" fn probe_callback(i: u64, ctx: *mut c_void) -> c_long {
 /// contact, a `cisco-keep-alive` parameter, expires 0 (the parameter, else the header).
 #[inline(always)]
 fn is_backup_probe(s: *mut Scratch, start: usize, end: usize, header_expires: Option<u32>) -> bool {
+    // Most REGISTERs without an entry are not probes: look for the flag a word per step
+    // before parsing the parameters a byte per step. (`; cisco-keep-alive`, with space
+    // after the semicolon, is not recognised: it passes as RegisterUnknown.)
+    if !has_param(s, start, end, SEARCH_KEEPALIVE) {
+        return false;
+    }
     let mut i = P_QUOTED;
     while i < STATE_WORDS {
         set(s, i, 0);
@@ -633,9 +784,8 @@ fn is_backup_probe(s: *mut Scratch, start: usize, end: usize, header_expires: Op
     } else if first == b';' {
         return false;
     }
-    let mut ctx = RangeCtx { s, start: start as u64, end: end as u64, acc: 0 };
-    let n = (end - start) as u32;
-    unsafe { bpf_loop(n & 0x7ff, probe_callback as *mut c_void, (&raw mut ctx).cast(), 0) };
+    set_range(s, start, end, 0);
+    run_loop(s, (end - start) as u32 & 0x7ff, probe_callback);
     if get(s, P_PHASE) == 1 {
         finish_param(s);
     }
@@ -767,31 +917,45 @@ unsafe extern "C" fn copy_callback(i: u64, ctx: *mut c_void) -> c_long {
     let (start, len) = (start as usize, len as usize);
     let mut o = get(s, V_OUT) as usize;
     if kind == SEG_CONTACT_URI {
-        out_u64(s, o, u64::from_le_bytes(*b"Contact:"));
-        out_byte(s, o + 8, b' ');
-        out_byte(s, o + 9, b'<');
-        o += 10;
+        o = out_text(s, o, b"Contact: <");
     }
-    let words = (len + 7) / 8;
-    let mut k = 0;
-    while k < MAX_PAYLOAD / 8 + 1 {
-        if k >= words {
-            break;
-        }
-        out_u64(s, o + 8 * k, window(s, start + 8 * k));
-        k += 1;
-    }
+    copy(s, o, start, len);
     o += len;
     if kind == SEG_TO && get(s, V_TO_TAGGED) == 0 {
         o -= 2;
-        out_u64(s, o, u64::from_le_bytes(*b";tag=\0\0\0"));
-        out_u64(s, o + 5, u64::from_le_bytes(unsafe { (*s).tag }));
-        out_byte(s, o + 13, b'\r');
-        out_byte(s, o + 14, b'\n');
-        o += 15;
+        o = out_text(s, o, b";tag=");
+        let tag = unsafe { (*s).tag };
+        let mut t = 0;
+        while t < TO_TAG_LEN {
+            out_byte(s, o + t, tag[t]);
+            t += 1;
+        }
+        o = out_text(s, o + TO_TAG_LEN, b"\r\n");
     }
     set(s, V_OUT, o as u32);
     0
+}
+
+/// Copies input `[src, src + len)` to output offset `o` in aligned output words (the
+/// bytes of the first word before `o` are kept; those after the end are garbage the
+/// next write replaces).
+#[inline(always)]
+fn copy(s: *mut Scratch, o: usize, src: usize, len: usize) {
+    let skew = o & 7;
+    let first = o >> 3;
+    let from = src.wrapping_sub(skew);
+    let words = (skew + len + 7) / 8;
+    let keep = (1u64 << (skew * 8)) - 1;
+    let head = out_word(s, first);
+    unsafe { *head = (*head & keep) | (window(s, from) & !keep) };
+    let mut k = 1;
+    while k < MAX_PAYLOAD / 8 + 2 {
+        if k >= words {
+            break;
+        }
+        unsafe { *out_word(s, first + k) = window(s, from + 8 * k) };
+        k += 1;
+    }
 }
 
 /// Decimal digits of `v`.
@@ -809,27 +973,30 @@ fn digits(v: u32) -> usize {
     n
 }
 
+/// `v / 10` for any `u32` without a division (BPF has no multiply-high, so LLVM keeps
+/// divisions by constants as divisions, which are slow).
+#[inline(always)]
+fn div10(v: u64) -> u64 {
+    (v * 0xcccc_cccd) >> 35
+}
+
 /// Writes `v` in decimal at `o`; returns the offset after it.
 #[inline(always)]
 fn out_decimal(s: *mut Scratch, o: usize, v: u32) -> usize {
     let n = digits(v);
-    let mut v = v;
+    let p = out_at(s, o);
+    let mut v = v as u64;
     let mut i = 0;
     while i < 10 {
         if i >= n {
             break;
         }
-        out_byte(s, o + n - 1 - i, b'0' + (v % 10) as u8);
-        v /= 10;
+        let q = div10(v);
+        unsafe { *p.add((n - 1 - i) & 15) = b'0' + (v - q * 10) as u8 };
+        v = q;
         i += 1;
     }
     o + n
-}
-
-#[inline(always)]
-fn out_2(s: *mut Scratch, o: usize, v: u64) {
-    out_byte(s, o, b'0' + (v / 10 % 10) as u8);
-    out_byte(s, o + 1, b'0' + (v % 10) as u8);
 }
 
 const DAYS: [[u8; 4]; 8] = [*b"Thu,", *b"Fri,", *b"Sat,", *b"Sun,", *b"Mon,", *b"Tue,", *b"Wed,", *b"Thu,"];
@@ -838,9 +1005,9 @@ const MONTHS: [[u8; 4]; 16] = [
     *b" Dec", *b" Jan", *b" Jan", *b" Jan", *b" Jan",
 ];
 
-/// Writes the Date line for `unix_secs` at `o` (IMF-fixdate, `forward::http_date`).
+/// Formats `unix_secs` as an IMF-fixdate (`forward::http_date`) into `reg.date`.
 #[inline(always)]
-fn out_date(s: *mut Scratch, o: usize, unix_secs: u64) -> usize {
+fn format_date(s: *mut Scratch, unix_secs: u64) {
     let days = unix_secs / 86_400;
     let secs = unix_secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -855,38 +1022,65 @@ fn out_date(s: *mut Scratch, o: usize, unix_secs: u64) -> usize {
     let year = yoe + era * 400 + (month <= 2) as u64;
     let weekday = opaque((days % 7) as usize) & 7;
     let month_index = opaque((month - 1) as usize) & 15;
+    let d = unsafe { &mut (*s).reg.date };
+    let two = |d: &mut [u8; DATE_LEN + 3], at: usize, v: u64| {
+        d[at] = b'0' + (v / 10 % 10) as u8;
+        d[at + 1] = b'0' + (v % 10) as u8;
+    };
+    d[..4].copy_from_slice(&DAYS[weekday]);
+    d[4] = b' ';
+    two(d, 5, day);
+    d[7..11].copy_from_slice(&MONTHS[month_index]);
+    d[11] = b' ';
+    two(d, 12, year / 100);
+    two(d, 14, year);
+    d[16] = b' ';
+    two(d, 17, secs / 3600);
+    d[19] = b':';
+    two(d, 20, secs / 60 % 60);
+    d[22] = b':';
+    two(d, 23, secs % 60);
+    d[25..29].copy_from_slice(b" GMT");
+}
+
+/// Whether the cached Date is not the one of `unix_ns`.
+#[inline(always)]
+fn date_is_stale(s: *mut Scratch, unix_ns: u64) -> bool {
+    let cached = unsafe { core::ptr::read_volatile(&raw const (*s).reg.date_ns) };
+    cached == 0 || unix_ns < cached || unix_ns - cached >= 1_000_000_000
+}
+
+/// Formats the Date of the unix time in `V_UNIX_*` into the cache (its own callback: the
+/// verifier adds each callback's stack to the program's).
+unsafe extern "C" fn date_callback(_i: u64, ctx: *mut c_void) -> c_long {
+    let s = unsafe { *(ctx as *mut *mut Scratch) };
+    let unix_ns = get(s, V_UNIX_LO) as u64 | (get(s, V_UNIX_HI) as u64) << 32;
+    let secs = unix_ns / 1_000_000_000;
+    format_date(s, secs);
+    unsafe { core::ptr::write_volatile(&raw mut (*s).reg.date_ns, secs * 1_000_000_000) };
+    1
+}
+
+/// Writes `Date: <cached date>\r\n` at `o`.
+#[inline(always)]
+fn out_date(s: *mut Scratch, o: usize) -> usize {
     let o = out_text(s, o, b"Date: ");
-    let name = DAYS[weekday];
+    let p = out_at(s, o);
+    let d = unsafe { &(*s).reg.date };
     let mut i = 0;
-    while i < 4 {
-        out_byte(s, o + i, name[i]);
+    while i < DATE_LEN {
+        unsafe { *p.add(i) = d[i] };
         i += 1;
     }
-    out_byte(s, o + 4, b' ');
-    out_2(s, o + 5, day);
-    let name = MONTHS[month_index];
-    let mut i = 0;
-    while i < 4 {
-        out_byte(s, o + 7 + i, name[i]);
-        i += 1;
-    }
-    out_byte(s, o + 11, b' ');
-    out_2(s, o + 12, year / 100);
-    out_2(s, o + 14, year);
-    out_byte(s, o + 16, b' ');
-    out_2(s, o + 17, secs / 3600);
-    out_byte(s, o + 19, b':');
-    out_2(s, o + 20, secs / 60 % 60);
-    out_byte(s, o + 22, b':');
-    out_2(s, o + 23, secs % 60);
-    out_text(s, o + 25, b" GMT\r\n")
+    out_text(s, o + DATE_LEN, b"\r\n")
 }
 
 // ---------------------------------------------------------------------------------------
 
 /// What to write back once the reply is on its way.
 pub struct Commit {
-    pub entry: *mut BindingEntry,
+    /// The entry is looked up again by the caller: a map value pointer returned through
+    /// the caller's stack is read back in pieces, which the verifier refuses.
     pub call_id_key: u64,
     pub cseq: u32,
     pub grant: u32,
@@ -913,7 +1107,9 @@ fn read16(p: *const [u8; 16]) -> (u64, u64) {
 
 /// Decides on the REGISTER in `scratch.input` (`plen` bytes, starting `REGISTER`) and
 /// builds the reply in `scratch.output`.
-#[inline(always)]
+/// Not inlined: its stack frame is separate from the program's, so that the program, this
+/// function and a callback stay within the 512-byte stack together.
+#[inline(never)]
 pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassReason> {
     let settings = maps::settings().ok_or(PassReason::HelperFailed)?;
     if settings.to_tag == [0; TO_TAG_LEN] || input_at(s, 8) != b' ' {
@@ -930,9 +1126,9 @@ pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassRea
     set(s, V_CURRENT, K_NONE);
 
     // Rules 1 and 2: lines, framing, the request line.
-    let mut cb = s;
     let words = (plen as u32 + 7) / 8;
-    unsafe { bpf_loop(words & 0x3ff, scan_word_callback as *mut c_void, (&raw mut cb).cast(), 0) };
+    set(s, V_WORDS, words);
+    run_loop(s, ((words + SCAN_CHUNK as u32 - 1) / SCAN_CHUNK as u32) & 0x3ff, scan_words_callback);
     let lines = get(s, V_LINES) as usize;
     let done = get(s, V_DONE);
     if lines == 0 {
@@ -948,7 +1144,8 @@ pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassRea
     if done != DONE_OK {
         return Err(PassReason::RegisterTruncated);
     }
-    if get(s, V_CR) != lines as u32 {
+    let bare_cr = get(s, V_BARE_CR);
+    if bare_cr != 0 && bare_cr <= get(s, V_END) {
         return Err(PassReason::RegisterUnsupported);
     }
     if (get(s, V_END) as usize) < plen {
@@ -957,7 +1154,7 @@ pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassRea
 
     // Rule 3: headers.
     let header_lines = (lines as u32).saturating_sub(2);
-    unsafe { bpf_loop(header_lines & 0x3f, scan_line_callback as *mut c_void, (&raw mut cb).cast(), 0) };
+    run_loop(s, ((header_lines + LINE_CHUNK as u32 - 1) / LINE_CHUNK as u32) & 0x3f, scan_lines_callback);
     if get(s, V_ERR) != 0 {
         return Err(PassReason::RegisterUnsupported);
     }
@@ -975,13 +1172,13 @@ pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassRea
     }
 
     // Rule 4: CSeq `<digits> REGISTER`, Expires digits.
-    unsafe { bpf_loop(1, cseq_callback as *mut c_void, (&raw mut cb).cast(), 0) };
+    run_loop(s, 1, cseq_callback);
     if get(s, V_ERR) != 0 {
         return Err(PassReason::RegisterUnsupported);
     }
     let cseq = get(s, V_NUMBER);
     let header_expires = if n(K_EXPIRES) == 1 {
-        unsafe { bpf_loop(1, expires_callback as *mut c_void, (&raw mut cb).cast(), 0) };
+        run_loop(s, 1, expires_callback);
         if get(s, V_ERR) != 0 {
             return Err(PassReason::RegisterUnsupported);
         }
@@ -1063,30 +1260,32 @@ pub fn answer(udp: &Udp, s: *mut Scratch, plen: usize) -> Result<Answer, PassRea
     if len > plen {
         return Err(PassReason::RegisterUnsupported);
     }
-    Ok(Answer { len, kind: ReplyKind::Register, commit: Some(Commit { entry, call_id_key: key, cseq, grant, now_ms }) })
+    Ok(Answer { len, kind: ReplyKind::Register, commit: Some(Commit { call_id_key: key, cseq, grant, now_ms }) })
 }
 
 /// Builds the reply in `scratch.output`: the status line, the copy segments (To-tag
 /// added when the To value `[ts, te)` has none), the trailer. Returns its length.
 #[inline(always)]
 fn build(s: *mut Scratch, ts: usize, te: usize, trailer: u32, grant: u32, realtime_minus_tai_ns: i64) -> usize {
-    set(s, V_TO_TAGGED, has_tag(s, ts, te) as u32);
+    set(s, V_TO_TAGGED, has_param(s, ts, te, SEARCH_TAG) as u32);
     set(s, V_TRAILER, trailer);
     set(s, V_GRANT, grant);
     if trailer & TRAILER_DATE != 0 {
-        let secs = unix_secs(realtime_minus_tai_ns);
-        set(s, V_UNIX_LO, secs as u32);
-        set(s, V_UNIX_HI, (secs >> 32) as u32);
+        let ns = unix_ns(realtime_minus_tai_ns);
+        if date_is_stale(s, ns) {
+            set(s, V_UNIX_LO, ns as u32);
+            set(s, V_UNIX_HI, (ns >> 32) as u32);
+            run_loop(s, 1, date_callback);
+        }
     }
-    out_u64(s, 0, u64::from_le_bytes(*b"SIP/2.0 "));
-    out_u64(s, 8, u64::from_le_bytes(*b"200 OK\r\n"));
-    set(s, V_OUT, STATUS_200_OK.len() as u32);
-    let mut cb = s;
-    let n = get(s, V_SEGS);
     unsafe {
-        bpf_loop(n & 0x7f, copy_callback as *mut c_void, (&raw mut cb).cast(), 0);
-        bpf_loop(1, trailer_callback as *mut c_void, (&raw mut cb).cast(), 0);
+        *out_word(s, 0) = u64::from_le_bytes(*b"SIP/2.0 ");
+        *out_word(s, 1) = u64::from_le_bytes(*b"200 OK\r\n");
     }
+    set(s, V_OUT, STATUS_200_OK.len() as u32);
+    let n = get(s, V_SEGS);
+    run_loop(s, n & 0x7f, copy_callback);
+    run_loop(s, 1, trailer_callback);
     get(s, V_OUT) as usize
 }
 
@@ -1105,8 +1304,7 @@ unsafe extern "C" fn trailer_callback(_i: u64, ctx: *mut c_void) -> c_long {
         o = out_text(s, o, b"\r\n");
     }
     if trailer & TRAILER_DATE != 0 {
-        let secs = get(s, V_UNIX_LO) as u64 | (get(s, V_UNIX_HI) as u64) << 32;
-        o = out_date(s, o, secs) & BUF_MASK;
+        o = out_date(s, o) & BUF_MASK;
     }
     o = out_text(s, o, CONTENT_LENGTH_0);
     set(s, V_OUT, o as u32);
@@ -1114,8 +1312,8 @@ unsafe extern "C" fn trailer_callback(_i: u64, ctx: *mut c_void) -> c_long {
 }
 
 #[inline(always)]
-fn unix_secs(realtime_minus_tai_ns: i64) -> u64 {
+fn unix_ns(realtime_minus_tai_ns: i64) -> u64 {
     let tai = unsafe { bpf_ktime_get_tai_ns() } as i64;
     let unix_ns = tai.wrapping_add(realtime_minus_tai_ns);
-    if unix_ns < 0 { 0 } else { unix_ns as u64 / 1_000_000_000 }
+    if unix_ns < 0 { 0 } else { unix_ns as u64 }
 }
