@@ -54,6 +54,8 @@ const PHONE_IPS: [Ipv4Addr; 4] = [
 ];
 const PROXY_BACKEND_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 11);
+/// Source MAC of the phones' frames (locally administered), see [`Topology::new`].
+const PHONES_MAC: [u8; 6] = [0x02, 0x52, 0x46, 0x00, 0x00, 0x01];
 const PROXY_IF: &str = "rfp0";
 const PHONE_IF: &str = "rfc0";
 const SIP_PORT: u16 = 5060;
@@ -328,7 +330,7 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
         _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
     };
     eprintln!("{}: pid {}", case.label(), server.pid());
-    let quiet = wait_for_quiet(&server, if plan.quick { Duration::from_secs(5) } else { Duration::from_secs(30) });
+    let quiet = wait_for_quiet(&server, if plan.quick { Duration::from_secs(3) } else { Duration::from_secs(30) });
     let spec = fleet_spec(case, plan, net.phone_mac, net.proxy_mac);
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
     let fleet = Fleet::new(spec, sockets)?;
@@ -593,11 +595,16 @@ impl Topology {
         }
         proxy.link("rfp1", &PROXY_BACKEND_SIDE_IP.to_string(), &backend, "rfb0", &BACKEND_IP.to_string(), 24);
         backend.route("10.230.0.0/24", &PROXY_BACKEND_SIDE_IP.to_string());
-        let (phone_ifindex, phone_mac) = link_info(&phones, PHONE_IF)?;
+        let (phone_ifindex, _) = link_info(&phones, PHONE_IF)?;
+        let phone_mac = PHONES_MAC;
         let peer_xdp =
             phones.run(|| XdpPass::attach_native(phone_ifindex)).context("attach XDP_PASS to the phones' veth")?;
         let (_, proxy_mac) = link_info(&proxy, PROXY_IF)?;
-        // Neighbours known up front: the first replies do not wait for ARP.
+        // The phones' MAC as the proxy knows it, up front and for good: not the veth's own
+        // address, so every reply reaches the phones' veth as PACKET_OTHERHOST, which the
+        // receiving AF_PACKET socket sees and the phones' IP stack drops at its first check
+        // (no route lookup, no UDP lookup, no ICMP port unreachable per reply). The XDP
+        // answers go there too: the program swaps the request's MACs.
         for ip in PHONE_IPS {
             let _ = proxy
                 .command("ip")
@@ -1168,18 +1175,24 @@ fn limit(r: &CaseResult) -> String {
     let busy = f.busy_s / f.wall_s.max(1e-9) / cpus * 100.0;
     if !f.generator_kept_up() {
         format!(
-            "generator: at {}/s offered it sent only {}/s (CPUs {busy:.0}% busy, loss {:.2}%)",
+            "generator: at {}/s offered it sent only {}/s (CPUs {busy:.0}% busy: generator {:.2}, softirq {:.2}, \
+             server {:.2}, other processes {:.2} CPUs; loss {:.2}%)",
             fmt_rate(x.offered_rate as f64),
             fmt_rate(x.achieved_send_rate()),
+            f.own_cpu_s / f.wall_s.max(1e-9),
+            f.softirq_s / f.wall_s.max(1e-9),
+            f.server_cpu_s / f.wall_s.max(1e-9),
+            f.others_busy(),
             x.loss() * 100.0
         )
     } else {
         format!(
-            "loss {:.2}% at {}/s (server {:.2} CPU-s/s, softirq {:.2}/s, CPUs {busy:.0}% busy{})",
+            "loss {:.2}% at {}/s (server {:.2} CPUs, softirq {:.2}, other processes {:.2}, CPUs {busy:.0}% busy{})",
             x.loss() * 100.0,
             fmt_rate(x.offered_rate as f64),
             f.server_cpu_s / f.wall_s.max(1e-9),
             f.softirq_s / f.wall_s.max(1e-9),
+            f.others_busy(),
             if x.send_errors > 0 { format!(", {} refused at send", x.send_errors) } else { String::new() }
         )
     }

@@ -6,9 +6,10 @@
 //! AF_PACKET socket bound to the phones' veth, so one socket sends every phone's flow in
 //! batches and the phones' own UDP stack is not in the send path. Replies are read with
 //! recvmmsg(2) on a second AF_PACKET socket (SOCK_DGRAM, ETH_P_IP) with a classic BPF
-//! filter keeping UDP from port 5060, PACKET_IGNORE_OUTGOING; no UDP socket is bound to
-//! the phones' ports, so the phones' stack drops each reply after the tap (and sends at
-//! most its rate-limited ICMP port unreachable, about one per second to the proxy).
+//! filter keeping UDP from port 5060, PACKET_IGNORE_OUTGOING. The frames carry a source
+//! MAC that is not the phones' veth's, and the proxy's neighbour entries for the phones
+//! point at it, so replies arrive as PACKET_OTHERHOST: the tap sees them, the phones' IP
+//! stack drops them at its first check.
 //!
 //! Matching: the Call-ID carries the phone's index, the CSeq says which refresh; the send
 //! time of each refresh sits in a small per-phone ring of slots indexed by CSeq, claimed
