@@ -244,6 +244,14 @@ fn answered_rows() -> Vec<Row> {
             expect: reply(ReplyKind::Register, v4_ok("r5", "sip:1001@10.0.0.2:40000", 60)),
         },
         Row {
+            fixture: RegisterFixture {
+                name: "one-byte Request-URI".into(),
+                request: crlf(&format!("REGISTER x SIP/2.0\n{}\n", v4("r8", CONTACT, ""))),
+                ..refresh("", p4, x4, &v4("r8", CONTACT, ""), |_| {})
+            },
+            expect: reply(ReplyKind::Register, v4_ok("r8", CONTACT_URI, 120)),
+        },
+        Row {
             fixture: refresh("Authorization unchanged", p4, x4, &v4("r6", CONTACT, AUTH_ABC), |_| {}),
             expect: reply(ReplyKind::Register, v4_ok("r6", CONTACT_URI, 120)),
         },
