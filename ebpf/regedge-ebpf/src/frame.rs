@@ -82,8 +82,9 @@ pub struct Udp {
 }
 
 impl Udp {
+    /// Where the UDP payload starts in the frame.
     #[inline(always)]
-    fn payload_off(&self) -> usize {
+    pub fn payload_off(&self) -> usize {
         if self.family == FAMILY_IPV4 { IPV4_PAYLOAD_OFF } else { IPV6_PAYLOAD_OFF }
     }
 }

@@ -64,7 +64,7 @@ fn try_regedge_xdp(ctx: &XdpContext) -> Result<u32, PassReason> {
     let scratch = maps::scratch().ok_or(PassReason::HelperFailed)?;
     frame::load_payload(ctx, &udp, scratch)?;
     if kind == ReplyKind::Register {
-        let answer = register::answer(&udp, scratch, plen)?;
+        let answer = register::answer(ctx.ctx, &udp, scratch, plen)?;
         frame::emit_reply(ctx, &udp, scratch, answer.len)?;
         if let Some(c) = answer.commit {
             if let Some(entry) = maps::binding(c.call_id_key) {

@@ -52,8 +52,9 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Size of the payload buffers; indexes are masked with `BUF_MASK` before every access.
 pub const BUF: usize = 2048;
 pub const BUF_MASK: usize = BUF - 1;
-/// Room after the output buffer's last masked index.
-pub const OUT_SLACK: usize = 128;
+/// Room after the output buffer's last masked index: any masked length fits after any
+/// masked index (the REGISTER path copies header lines there with a helper).
+pub const OUT_SLACK: usize = BUF;
 
 #[repr(C)]
 pub struct Scratch {
@@ -66,7 +67,7 @@ pub struct Scratch {
     /// The request payload. +16: an 8-byte read at any masked index stays inside.
     pub input: [u8; BUF + 16],
     /// The reply payload. `OUT_SLACK` bytes past any masked index stay inside, so that
-    /// short constant texts are written with one mask.
+    /// texts are written with one mask.
     pub output: [u8; BUF + OUT_SLACK],
     /// The REGISTER scanner's lines, copy segments and state (see `register.rs`).
     pub reg: crate::register::RegScratch,
