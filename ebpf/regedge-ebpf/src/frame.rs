@@ -236,8 +236,8 @@ pub fn load_payload(ctx: &XdpContext, udp: &Udp, scratch: *mut Scratch) -> Resul
     if unsafe { bpf_xdp_load_bytes(ctx.ctx, off, input.cast(), len) } != 0 {
         return Err(PassReason::HelperFailed);
     }
-    // Two aligned words from the one holding the last byte: volatile, or LLVM merges the
-    // stores into a call to a byte-at-a-time memset.
+    // Zero the rest of the last word and the two after it with aligned stores (volatile,
+    // or LLVM merges them into a call to a byte-at-a-time memset).
     let tail = (opaque(udp.payload_len) & BUF_MASK) / 8;
     unsafe {
         let words = input as *mut u64;
