@@ -256,6 +256,16 @@ fn answered_rows() -> Vec<Row> {
             expect: reply(ReplyKind::Register, v4_ok("r6", CONTACT_URI, 120)),
         },
         Row {
+            fixture: refresh(
+                "Proxy-Authorization unchanged",
+                p4,
+                x4,
+                &v4("r9", CONTACT, &AUTH_ABC.replace("Authorization", "Proxy-Authorization")),
+                |_| {},
+            ),
+            expect: reply(ReplyKind::Register, v4_ok("r9", CONTACT_URI, 120)),
+        },
+        Row {
             fixture: refresh("grant under the ceiling, large ceiling", p4, x4, &v4("r7", "<sip:1001@10.0.0.2:40000>;expires=3600", ""), |e| {
                 e.grant_ceiling = 86_400;
             }),
@@ -467,6 +477,37 @@ fn pass_rows() -> Vec<Row> {
                 "CSeq of another method",
                 register_request(URI, &base("x4").replace("102 REGISTER", "102 INVITE")),
                 &base("x4"),
+            ),
+            expect: pass(PassReason::RegisterUnsupported),
+        },
+        Row {
+            fixture: raw(
+                "Expires not a number",
+                register_request(URI, &v4("x11", CONTACT, "Expires: soon\n")),
+                &base("x11"),
+            ),
+            expect: pass(PassReason::RegisterUnsupported),
+        },
+        Row {
+            fixture: raw(
+                "CSeq over 2^31-1",
+                register_request(URI, &base("x12").replace("102 REGISTER", "2147483648 REGISTER")),
+                &base("x12"),
+            ),
+            expect: pass(PassReason::RegisterUnsupported),
+        },
+        Row {
+            fixture: raw(
+                "Authorization and Proxy-Authorization",
+                register_request(
+                    URI,
+                    &v4(
+                        "x13",
+                        CONTACT,
+                        &format!("{AUTH_ABC}{}", AUTH_ABC.replace("Authorization", "Proxy-Authorization")),
+                    ),
+                ),
+                &v4("x13", CONTACT, AUTH_ABC),
             ),
             expect: pass(PassReason::RegisterUnsupported),
         },
