@@ -226,6 +226,7 @@ const FOLDED_AND_SEVERAL_VIAS: &str = "REGISTER sip:example.net SIP/2.0
 Via: SIP/2.0/UDP 10.9.0.4:5060;branch=z9hG4bK-sbc{cseq};rport,
  SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bK-inner{cseq}
 Via: SIP/2.0/UDP 172.16.0.9:5060;branch=z9hG4bK-phone{cseq}
+Max-Forwards: 69
 From: <sip:3001@example.net>
 \t;tag=fold
 To: <sip:3001@example.net>;tag=already
@@ -233,6 +234,8 @@ Call-ID: folded-3001
 CSeq: {cseq} REGISTER
 Contact: <sip:3001@172.16.0.9:5060;line=x7>;q=0.9
 Expires: 300
+User-Agent: Yealink SIP-T46S 66.86.0.15
+Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, OPTIONS, INFO, SUBSCRIBE, UPDATE
 Content-Length: 0
 
 ";
