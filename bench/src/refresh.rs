@@ -183,6 +183,9 @@ struct Step {
     /// CPU seconds of every other process during the step.
     others_s: f64,
     rx_drops: u64,
+    /// UDP datagrams the proxy namespace dropped for a full receive buffer (the server's
+    /// socket): /proc/net/snmp `Udp: RcvbufErrors`.
+    server_drops: u64,
 }
 
 impl Step {
@@ -459,7 +462,7 @@ fn describe(s: &Step) -> String {
     let r = &s.result;
     format!(
         "{}/s offered: sent {} at {:.0}/s ({} refused), 200 {}, other {}, unmatched {}, loss {:.4}%, p50 {:.0} µs p99 {:.0} µs, \
-         server {:.2} s, softirq {:.2} s, generator {:.2} s, others {:.2} s, busy {:.2} s of {:.2} s wall, rx drops {} → {}",
+         server {:.2} s, softirq {:.2} s, generator {:.2} s, others {:.2} s, busy {:.2} s of {:.2} s wall, rx drops {}, server socket drops {} → {}",
         r.offered_rate,
         r.sent,
         r.achieved_send_rate(),
@@ -477,8 +480,19 @@ fn describe(s: &Step) -> String {
         s.busy_s,
         s.wall_s,
         s.rx_drops,
+        s.server_drops,
         if s.passed() { "pass" } else { "FAIL" }
     )
+}
+
+/// `Udp: RcvbufErrors` of /proc/net/snmp in `ns`.
+fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
+    let out = ns.command("cat").arg("/proc/net/snmp").output().map(|o| o.stdout).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(header), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    let Some(index) = header.split_whitespace().position(|h| h == "RcvbufErrors") else { return 0 };
+    values.split_whitespace().nth(index).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Waits (at most `limit`) until other processes use less than [`OTHERS_BUSY`] CPUs over a
@@ -502,12 +516,13 @@ fn wait_for_quiet(server: &Server, limit: Duration) -> Result<(), f64> {
 
 /// One open-loop step at `rate` with CPU counters read around it.
 fn measure(net: &Topology, fleet: &Fleet, server: &Server, rate: u64, window: Duration, stop: &AtomicBool) -> Step {
-    let _ = net;
     let drops_before = generator::rx_drops(fleet);
+    let server_drops_before = udp_rcvbuf_errors(&net.proxy);
     let before = cpu_sample(server);
     let result = fleet.run_step(rate, window, SENDERS, Duration::from_millis(300), stop);
     let after = cpu_sample(server);
     let rx_drops = generator::rx_drops(fleet).saturating_sub(drops_before);
+    let server_drops = udp_rcvbuf_errors(&net.proxy).saturating_sub(server_drops_before);
     let hz = clock_ticks_per_second();
     let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz;
     let step = Step {
@@ -518,6 +533,7 @@ fn measure(net: &Topology, fleet: &Fleet, server: &Server, rate: u64, window: Du
         own_cpu_s: d(after.own_ticks, before.own_ticks),
         others_s: d(after.other_ticks, before.other_ticks),
         rx_drops,
+        server_drops,
         result,
     };
     // Let queues drain between steps.
@@ -998,6 +1014,19 @@ fn render(
          stime of whichever process was running.\n"
     );
 
+    let _ = writeln!(
+        out,
+        "Where the work runs: on a veth, a frame sent by the generator is received by the proxy's veth in softirq \
+         on the sending CPU, so the XDP program (native: in the veth's NAPI; generic: in the receive path) runs in \
+         the generator's threads' context, and so do the answer's way back and the phones' veth. Without \
+         CONFIG_IRQ_TIME_ACCOUNTING that time is also charged to the generator's utime+stime: for the XDP cases \
+         *generator CPU* holds most of the server's work, and a sweep stopped by \"generator\" means the two CPUs \
+         were full with sending and answering together. *Other processes* is every process but this benchmark and \
+         the server (other work on the machine, e.g. builds); a failed step with other processes above {others} \
+         CPUs is run again up to {retries} times, and each case first waits for a quiet second.\n",
+        others = OTHERS_BUSY,
+        retries = RETRIES,
+    );
     let _ = writeln!(out, "## Result\n");
     let _ = writeln!(
         out,
@@ -1049,18 +1078,18 @@ fn render(
     let _ = writeln!(
         out,
         "| case | offered/s | sent | sent/s | refused at send | 200 | other replies | unmatched | loss % | p50 µs | p99 µs | p99.9 µs | \
-         server CPU s | softirq s | busy s (all CPUs) | generator CPU s | other processes CPU s | wall s | rx socket drops | pass |"
+         server CPU s | softirq s | busy s (all CPUs) | generator CPU s | other processes CPU s | wall s | generator rx drops | server socket drops | pass |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for r in results {
         for (label, s) in r.latency.iter().map(|l| ("latency run", l)).chain(r.steps.iter().map(|s| ("", s))) {
             let x = &s.result;
             let _ = writeln!(
                 out,
-                "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
                 r.case.label(),
                 if label.is_empty() { String::new() } else { format!(" ({label})") },
                 x.offered_rate,
@@ -1081,6 +1110,7 @@ fn render(
                 s.others_s,
                 s.wall_s,
                 s.rx_drops,
+                s.server_drops,
                 if s.passed() { "yes" } else { "no" },
             );
         }
@@ -1187,9 +1217,11 @@ fn limit(r: &CaseResult) -> String {
         )
     } else {
         format!(
-            "loss {:.2}% at {}/s (server {:.2} CPUs, softirq {:.2}, other processes {:.2}, CPUs {busy:.0}% busy{})",
+            "loss {:.2}% at {}/s ({} dropped at the server's full socket buffer; server {:.2} CPUs, softirq {:.2}, \
+             other processes {:.2}, CPUs {busy:.0}% busy{})",
             x.loss() * 100.0,
             fmt_rate(x.offered_rate as f64),
+            f.server_drops,
             f.server_cpu_s / f.wall_s.max(1e-9),
             f.softirq_s / f.wall_s.max(1e-9),
             f.others_busy(),
