@@ -593,7 +593,7 @@ impl Edge {
         let config = dir.write(
             "regedge.toml",
             &format!(
-                "[node]\nname = \"bench\"\nworkers = {WORKERS}\n\n[sip]\nlisten = [\"{EDGE_IP}:{SIP_PORT}\"]\n\n\
+                "[node]\nname = \"bench\"\nworkers = {WORKERS}\nstate_dir = \"\"\n\n[sip]\nlisten = [\"{EDGE_IP}:{SIP_PORT}\"]\n\n\
                  [registration]\nphone_expires = 120\nbackend_expires = 3600\n\n[metrics]\nlisten = \"{METRICS}\"\n\n\
                  [routing]\ndefault_group = \"default\"\n\n[[backends]]\nname = \"cm1\"\n\
                  address = \"{BACKEND_IP}:{SIP_PORT}\"\nmax_register_rate = 100000\n\n\
