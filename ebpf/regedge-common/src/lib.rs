@@ -7,6 +7,7 @@
 //! wire (network order), so the kernel builds keys without swapping bytes.
 
 pub mod counters;
+pub mod date;
 pub mod hash;
 pub mod maps;
 pub mod sip;

@@ -17,6 +17,7 @@ mod maps;
 mod options;
 mod register;
 mod stun;
+mod text;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use regedge_common::{

@@ -25,7 +25,10 @@ use regedge_common::{
     sip::{CONTENT_LENGTH_0, STATUS_200_OK, TO_TAG_LEN},
 };
 
-use crate::maps::{self, BUF_MASK, Scratch};
+use crate::{
+    maps::{self, BUF_MASK, Scratch},
+    text::{is_ws, matches, pattern},
+};
 
 // Scanner state words in `Scratch::state`.
 const S_OUT: usize = 0;
@@ -97,33 +100,6 @@ fn input_at(s: *mut Scratch, k: usize) -> u8 {
 #[inline(always)]
 fn window(s: *mut Scratch, k: usize) -> u64 {
     unsafe { ((&raw const (*s).input as *const u8).add(k & BUF_MASK) as *const u64).read_unaligned() }
-}
-
-/// `(pattern, mask)` for comparing a window against `text` (at most eight bytes): letters
-/// compare case-insensitively, every other byte exactly.
-const fn pattern(text: &[u8]) -> (u64, u64) {
-    let mut value = 0u64;
-    let mut mask = 0u64;
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        let fold = if c.is_ascii_alphabetic() { 0x20u64 } else { 0 };
-        value |= ((c as u64) | fold) << (8 * i);
-        mask |= 0xffu64 << (8 * i);
-        i += 1;
-    }
-    (value, mask)
-}
-
-#[inline(always)]
-fn matches(w: u64, p: (u64, u64)) -> bool {
-    let letters = p.0 & 0x2020_2020_2020_2020 & p.1;
-    (w | letters) & p.1 == p.0
-}
-
-#[inline(always)]
-fn is_ws(c: u8) -> bool {
-    c == b' ' || c == b'\t'
 }
 
 /// Compile-time patterns: (value, mask, length).

@@ -59,6 +59,7 @@ use regedge_common::{
 use crate::{
     frame::Udp,
     maps::{self, BUF, BUF_MASK, Scratch},
+    text::{is_ws, matches, pattern},
 };
 
 /// Lines a REGISTER may have (request line and the empty line included).
@@ -272,33 +273,6 @@ fn byte_index(bit: u64) -> usize {
 #[inline(always)]
 fn count(mask: u64) -> u32 {
     ((mask >> 7).wrapping_mul(ONES) >> 56) as u32
-}
-
-#[inline(always)]
-fn is_ws(c: u8) -> bool {
-    c == b' ' || c == b'\t'
-}
-
-/// `(pattern, mask)` for comparing a window against `text` (at most eight bytes): letters
-/// compare case-insensitively, every other byte exactly.
-const fn pattern(text: &[u8]) -> (u64, u64) {
-    let mut value = 0u64;
-    let mut mask = 0u64;
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        let fold = if c.is_ascii_alphabetic() { 0x20u64 } else { 0 };
-        value |= ((c as u64) | fold) << (8 * i);
-        mask |= 0xffu64 << (8 * i);
-        i += 1;
-    }
-    (value, mask)
-}
-
-#[inline(always)]
-fn matches(w: u64, p: (u64, u64)) -> bool {
-    let letters = p.0 & 0x2020_2020_2020_2020 & p.1;
-    (w | letters) & p.1 == p.0
 }
 
 const VIA: (u64, u64) = pattern(b"via");
@@ -1045,16 +1019,7 @@ const MONTHS: [[u8; 4]; 16] = [
 fn format_date(s: *mut Scratch, unix_secs: u64) {
     let days = unix_secs / 86_400;
     let secs = unix_secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as u64;
+    let (year, month, day) = regedge_common::date::civil_from_days(days);
     let weekday = opaque((days % 7) as usize) & 7;
     let month_index = opaque((month - 1) as usize) & 15;
     let d = unsafe { &mut (*s).reg.date };
