@@ -210,3 +210,26 @@ pub fn sized_register(phone: SocketAddr, call_id: &str, cseq: u32, size: usize) 
     }
     register_request("sip:example.net", &format!("{head}{pad}{tail}"))
 }
+
+/// The addresses of the XDP fixture tables (BPF_PROG_TEST_RUN: no interface carries them).
+pub mod table {
+    use std::net::SocketAddr;
+
+    pub fn proxy_v4() -> SocketAddr {
+        "10.0.0.1:5060".parse().unwrap()
+    }
+    pub fn proxy_v6() -> SocketAddr {
+        "[fd00::1]:5060".parse().unwrap()
+    }
+    pub fn phone_v4() -> SocketAddr {
+        "10.0.0.2:40000".parse().unwrap()
+    }
+    pub fn phone_v6() -> SocketAddr {
+        "[fd00::2]:40002".parse().unwrap()
+    }
+
+    /// The listeners the tables configure: the proxy's IPv4 and IPv6 addresses.
+    pub fn listen() -> Vec<SocketAddr> {
+        vec![proxy_v4(), proxy_v6()]
+    }
+}

@@ -12,6 +12,7 @@ use regedge::{
 };
 use regedge_common::{PassReason, ReplyKind, stun::ATTR_FINGERPRINT};
 use regedge_tests::{
+    fixtures::table::{listen, phone_v4, phone_v6, proxy_v4, proxy_v6},
     fixtures::{crlf, options_request, stun_attr, stun_request},
     frames::{PHONE_MAC, PROXY_MAC, Shape, arp_frame, parse_reply, shaped_udp_frame, udp_frame},
     privilege::require_root,
@@ -28,23 +29,6 @@ const VERIFIED_INSTRUCTIONS_BUDGET: u32 = 305_000;
 
 const NODE: &str = "fixture";
 const LOCAL_NAME: &str = "edge.example.net";
-
-fn proxy_v4() -> SocketAddr {
-    "10.0.0.1:5060".parse().unwrap()
-}
-fn proxy_v6() -> SocketAddr {
-    "[fd00::1]:5060".parse().unwrap()
-}
-fn phone_v4() -> SocketAddr {
-    "10.0.0.2:40000".parse().unwrap()
-}
-fn phone_v6() -> SocketAddr {
-    "[fd00::2]:40002".parse().unwrap()
-}
-
-fn listen() -> Vec<SocketAddr> {
-    vec![proxy_v4(), proxy_v6()]
-}
 
 fn local_names() -> LocalNames {
     LocalNames::new(&[LOCAL_NAME.to_owned()], &listen(), &[])

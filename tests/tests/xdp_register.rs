@@ -20,6 +20,7 @@ use regedge_common::{
     maps::{AbsorbedRefresh, BINDING_PASS, BindingEntry, NO_CONTACT_EXPIRES},
 };
 use regedge_tests::{
+    fixtures::table::{listen, phone_v4, phone_v6, proxy_v4, proxy_v6},
     fixtures::{RegisterFixture, binding_for, crlf, monotonic_ms, options_request, register_request, sized_register},
     frames::{PHONE_MAC, PROXY_MAC, parse_reply, udp_frame},
     privilege::require_root,
@@ -32,23 +33,6 @@ const NODE: &str = "register-fixture";
 /// Seconds a phone may be granted in the fixtures' entries.
 const CEILING: u32 = 120;
 const URI: &str = "sip:example.net";
-
-fn proxy_v4() -> SocketAddr {
-    "10.0.0.1:5060".parse().unwrap()
-}
-fn proxy_v6() -> SocketAddr {
-    "[fd00::1]:5060".parse().unwrap()
-}
-fn phone_v4() -> SocketAddr {
-    "10.0.0.2:40000".parse().unwrap()
-}
-fn phone_v6() -> SocketAddr {
-    "[fd00::2]:40002".parse().unwrap()
-}
-
-fn listen() -> Vec<SocketAddr> {
-    vec![proxy_v4(), proxy_v6()]
-}
 
 fn local_names() -> LocalNames {
     LocalNames::new(&["edge.example.net".to_owned()], &listen(), &[])
