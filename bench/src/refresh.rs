@@ -806,7 +806,8 @@ impl Drop for Regedge {
 }
 
 /// The regedge binary and a note on what was measured. `REGEDGE_BIN` if set; otherwise
-/// the release build of one commit (`REGEDGE_COMMIT`, default HEAD), exported with
+/// the release build of one commit (the last to change proxy/ or ebpf/ at or before
+/// `REGEDGE_COMMIT`, default HEAD), exported with
 /// `git archive` into `target/refresh-bench/` and built there, so that other work in
 /// progress in the checkout is not what gets measured. Built once per commit.
 fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
@@ -828,8 +829,11 @@ fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
         return Ok((bin.clone(), format!("regedge from REGEDGE_BIN {} (checkout at {head})", bin.display())));
     }
     let rev = std::env::var("REGEDGE_COMMIT").unwrap_or_else(|_| "HEAD".to_owned());
-    let commit = command_output_in(&root, "git", &["rev-parse", "--short=12", &format!("{rev}^{{commit}}")]);
-    ensure!(!commit.is_empty(), "git rev-parse {rev} failed");
+    // The last commit at or before `rev` that changed regedge (proxy/ or ebpf/): later
+    // commits that touch only tests, benchmarks or docs measure the same binary.
+    let commit =
+        command_output_in(&root, "git", &["log", "-1", "--format=%h", "--abbrev=12", &rev, "--", "proxy", "ebpf"]);
+    ensure!(!commit.is_empty(), "git log {rev} -- proxy ebpf found no commit");
     let subject = command_output_in(&root, "git", &["log", "-1", "--format=%s", &commit]);
     let base = root.join("target").join("refresh-bench");
     let binary = base.join(format!("regedge-{commit}"));

@@ -59,7 +59,7 @@ fn v4(addr: SocketAddr) -> ([u8; 16], u16) {
 /// Measures the rows; `spec` gives the phones (the first one is used).
 pub fn measure(spec: &FleetSpec, node: &str) -> anyhow::Result<(Vec<CostRow>, Option<u32>)> {
     let proxy = SocketAddr::new(spec.server.into(), 5060);
-    let names = LocalNames::new(&[spec.domain.clone()], &[proxy], &[]);
+    let names = LocalNames::new(std::slice::from_ref(&spec.domain), &[proxy], &[]);
     let mut fastpath = Fastpath::load().context("load the XDP program")?;
     fastpath
         .configure(&[proxy], &names, ToTag::for_node(node), AnswerSettings { register: true, date_header: true })
