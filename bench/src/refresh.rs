@@ -979,26 +979,32 @@ fn render(
     let _ = writeln!(
         out,
         "Setup: {phones} phones (4 source addresses × {per} source ports, each its own Call-ID, AOR and Contact with \
-         `+sip.instance`) in one namespace → 10.230.0.1:5060 in another, over a veth pair; the phones' veth carries \
-         an XDP_PASS-like program in native mode in every case (native XDP_TX on veth needs one on the peer). regedge \
+         `+sip.instance`) in one namespace → 10.230.0.1:5060 in another, over a veth pair with one queue per CPU at \
+         each end; the phones' veth carries a two-instruction XDP_PASS program in native mode in every case (native \
+         XDP_TX on veth needs one on the peer). regedge \
          (release, `workers = {WORKERS}`, phone_expires 120, backend_expires 3600) forwards the first REGISTERs to a \
          Kamailio registrar in a third namespace; Kamailio as the registrar answers directly (`tests/kamailio/registrar.cfg`, \
          `-x tlsf -n {WORKERS}`, debug=1, usrloc in memory). Every phone registers once ({REGISTER_RATE}/s, all must \
          get a 200), then refreshes: same Call-ID, Contact and source port, CSeq + 1, {payload}-byte REGISTERs (Via with \
          branch and rport, Max-Forwards, From tag, To, Call-ID, CSeq, Contact with +sip.instance and expires, Expires, \
-         User-Agent, Allow, Allow-Events, Supported, Accept-Language, Content-Length: 0), phones round-robin.\n",
+         User-Agent, Allow, Allow-Events, Content-Length: 0), phones round-robin.\n",
         phones = plan.phones,
         per = plan.phones / 4,
     );
     let _ = writeln!(
         out,
         "Generator: full Ethernet frames (IPv4 and UDP checksums computed) sent open loop with sendmmsg on an AF_PACKET \
-         socket bound to the phones' veth, {batch} a call; replies read with recvmmsg on a second AF_PACKET socket \
-         (classic BPF filter: UDP from port 5060), matched by Call-ID and CSeq, latency (send call to the reply's \
-         arrival in userspace) in an HDR histogram. Steps of {step} s, rising; a step passes with < {loss}% of \
+         socket bound to the phones' veth, {batch} a call at most, by {senders} threads that each pace their share \
+         of the rate (sleeping, never spinning, at least 50 µs between bursts); replies read with recvmmsg on a second \
+         AF_PACKET socket (classic BPF filter: UDP from port 5060) by a third thread, matched by Call-ID and CSeq, \
+         latency (send call to the reply's arrival in userspace) in an HDR histogram. The frames' source MAC is not \
+         the phones' veth's and the proxy's neighbour entries point at it, so replies reach the phones' namespace as \
+         PACKET_OTHERHOST: the AF_PACKET tap sees them, the phones' IP stack drops them at once (no UDP lookup or \
+         ICMP per reply). Steps of {step} s, rising; a step passes with < {loss}% of \
          refreshes without a 200 within 300 ms after the step and the generator sending ≥ {share:.0}% of the offered \
          rate. {bisect}\n",
         batch = generator::BATCH,
+        senders = SENDERS,
         step = plan.step.as_secs_f64(),
         loss = MAX_LOSS * 100.0,
         share = MIN_SEND_SHARE * 100.0,
