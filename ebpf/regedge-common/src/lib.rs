@@ -10,6 +10,7 @@ pub mod counters;
 pub mod date;
 pub mod hash;
 pub mod maps;
+pub mod sccp;
 pub mod sip;
 pub mod stun;
 
