@@ -19,12 +19,14 @@ pub enum ReplyKind {
     /// Cisco's liveness probe to a backup server (`REGISTER` with Expires 0 and the
     /// `cisco-keep-alive` contact parameter), answered 200 OK.
     BackupProbe = 4,
+    /// SCCP KeepAlive from a registered phone, answered with KeepAliveAck.
+    SccpKeepalive = 5,
 }
 
 impl ReplyKind {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const ALL: [ReplyKind; Self::COUNT as usize] =
-        [Self::Stun, Self::Crlf, Self::Options, Self::Register, Self::BackupProbe];
+        [Self::Stun, Self::Crlf, Self::Options, Self::Register, Self::BackupProbe, Self::SccpKeepalive];
 
     /// Value of the `kind` metric label.
     pub const fn label(self) -> &'static str {
@@ -34,6 +36,7 @@ impl ReplyKind {
             Self::Options => "options",
             Self::Register => "register",
             Self::BackupProbe => "backup_probe",
+            Self::SccpKeepalive => "sccp_keepalive",
         }
     }
 }
