@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{BackendConfig, BackendTransport, Config, RuleMatcher},
+    config::{BackendConfig, BackendProtocol, BackendTransport, Config, RuleMatcher},
     registrar::request::Device,
 };
 
@@ -86,6 +86,7 @@ impl TokenBucket {
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
+    pub protocol: BackendProtocol,
     pub transport: BackendTransport,
     state: AtomicU8,
     limiter: Mutex<TokenBucket>,
@@ -96,6 +97,7 @@ impl Backend {
         Self {
             name: config.name.clone(),
             address: config.address,
+            protocol: config.protocol,
             transport: config.transport,
             state: AtomicU8::new(BackendState::Up as u8),
             limiter: Mutex::new(TokenBucket::new(config.max_register_rate)),
@@ -122,6 +124,8 @@ pub struct Group {
     pub name: String,
     /// Priority order.
     pub backends: Vec<BackendId>,
+    /// What every backend of the group speaks (validated: one protocol per group).
+    pub protocol: BackendProtocol,
 }
 
 /// Backends, groups and the rules that map devices to groups.
@@ -142,7 +146,11 @@ impl Routing {
         let groups: Vec<Group> = config
             .groups
             .iter()
-            .map(|g| Group { name: g.name.clone(), backends: g.backends.iter().map(|b| backend_id(b)).collect() })
+            .map(|g| {
+                let members: Vec<BackendId> = g.backends.iter().map(|b| backend_id(b)).collect();
+                let protocol = members.first().map_or(BackendProtocol::Sip, |b| backends[b.0].protocol);
+                Group { name: g.name.clone(), backends: members, protocol }
+            })
             .collect();
         let group_id = |name: &str| config.groups.iter().position(|g| g.name == name).map(GroupId);
         let rules = config.rules.iter().filter_map(|r| Some((r.matcher(), group_id(&r.group)?))).collect();
@@ -158,9 +166,17 @@ impl Routing {
         &self.backends[id.0]
     }
 
-    /// The group of a device: the first matching rule, else the default group.
-    pub fn group_for(&self, device: &Device) -> Option<GroupId> {
-        self.rules.iter().find(|(m, _)| matches(m, device)).map(|(_, g)| *g).or(self.default_group)
+    /// The group of a device for `protocol`: the first matching rule whose group speaks
+    /// it, else the default group if it does. A SIP phone and an SCCP phone with the same
+    /// device name can so be matched by one rule set.
+    pub fn group_for_protocol(&self, device: &Device, protocol: BackendProtocol) -> Option<GroupId> {
+        let speaks = |g: &GroupId| self.groups[g.0].protocol == protocol;
+        self.rules
+            .iter()
+            .filter(|(_, g)| speaks(g))
+            .find(|(m, _)| matches(m, device))
+            .map(|(_, g)| *g)
+            .or(self.default_group.filter(speaks))
     }
 
     /// The backend a group's phones register with now: the first one that is up.
@@ -263,7 +279,7 @@ mod tests {
             mac: mac.map(str::to_owned),
             domain: domain.to_owned(),
         };
-        let group_name = |d: &Device| routing.groups[routing.group_for(d).unwrap().0].name.clone();
+        let group_name = |d: &Device| routing.groups[routing.group_for_protocol(d, BackendProtocol::Sip).unwrap().0].name.clone();
         assert_eq!(group_name(&device(Some("SEP001122334455"), Some("001122334455"), "example.net")), "lab");
         assert_eq!(group_name(&device(None, Some("aabbcc000001"), "example.net")), "partner");
         assert_eq!(group_name(&device(None, None, "lab.example.net")), "lab");

@@ -477,7 +477,7 @@ impl Registrar {
             let date = self.date_line(now);
             return self.answer(msg, 200, "OK", date.as_bytes(), reply, RegistrationOutcome::BackupProbe);
         }
-        let Some(group) = self.routing.group_for(&request.device) else {
+        let Some(group) = self.routing.group_for_protocol(&request.device, crate::config::BackendProtocol::Sip) else {
             return self.answer(msg, 403, "No Group For Device", b"", reply, RegistrationOutcome::Rejected);
         };
         let active = self.routing.active_backend(group);
