@@ -44,6 +44,16 @@ listen = ["127.0.0.1:5060"]
 # addresses, e.g. ["edge.example.net", "[2001:db8::10]"]. Up to 63 bytes each.
 local_names = []
 
+[sccp]
+# TCP addresses where SCCP (Skinny) phones connect as to their call manager, usually
+# port 2000, e.g. ["0.0.0.0:2000"]. No duplicates, none also in sip.listen. Empty means
+# no SCCP edge.
+listen = []
+# A connection that sends neither Register nor KeepAlive within this is closed.
+register_timeout = "10s"
+# Keepalive interval toward a backend whose RegisterAck gives none.
+keepalive_interval = "30s"
+
 [fastpath]
 # Interfaces the XDP fast path attaches to, e.g. ["eth0"]. Empty means none.
 interfaces = []
@@ -158,6 +168,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[sip]`: the SIP listener. Default: see [`SipConfig`].
     pub sip: SipConfig,
+    /// `[sccp]`: the SCCP (Skinny) listener. Default: see [`SccpConfig`].
+    pub sccp: SccpConfig,
     /// `[fastpath]`: the XDP fast path. Default: see [`FastpathConfig`].
     pub fastpath: FastpathConfig,
     /// `[metrics]`: the Prometheus endpoint. Default: see [`MetricsConfig`].
@@ -198,6 +210,33 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self { name: "regedge".to_owned(), workers: 0, state_dir: PathBuf::from("/var/lib/regedge") }
+    }
+}
+
+/// `[sccp]`: where SCCP phones connect (TCP), as they would to their call manager.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SccpConfig {
+    /// TCP addresses to listen on, usually port 2000: no duplicates, no port 0, none also in
+    /// `sip.listen`. Empty means no SCCP edge. Default: `[]`.
+    pub listen: Vec<SocketAddr>,
+    /// A new connection that sends neither Register nor KeepAlive within this is closed;
+    /// more than zero. Default: `"10s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub register_timeout: Duration,
+    /// regedge's keepalive interval toward a backend whose RegisterAck names none; more
+    /// than zero. Default: `"30s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for SccpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            register_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+        }
     }
 }
 

@@ -104,6 +104,16 @@ pub enum ConfigErrorKind {
     #[error("sip.local_names lists {name:?} more than once (case is ignored)")]
     LocalNameDuplicate { name: String },
 
+    /// An address in `sccp.listen` has port 0.
+    #[error("sccp.listen address {addr} has port 0")]
+    SccpListenPortZero { addr: SocketAddr },
+    /// An address appears twice in `sccp.listen`.
+    #[error("sccp.listen lists {addr} more than once")]
+    SccpListenDuplicate { addr: SocketAddr },
+    /// An `sccp.listen` address is also in `sip.listen` (SIP listens on TCP too).
+    #[error("sccp.listen address {addr} is also in sip.listen")]
+    SccpListenCollides { addr: SocketAddr },
+
     /// A `fastpath.interfaces` entry breaks the interface name rules.
     #[error("fastpath.interfaces entry {name:?} {problem}")]
     Interface { name: String, problem: NameProblem },

@@ -802,3 +802,20 @@ fn edge_errors_read_well() {
     ];
     assert_eq!(shown.lines().collect::<Vec<_>>(), expected);
 }
+
+#[test]
+fn sccp_listen_is_checked_against_itself_and_sip() {
+    let text = "[sip]\nlisten = [\"127.0.0.1:5060\"]\n[sccp]\nlisten = [\"0.0.0.0:2000\", \"127.0.0.1:5060\", \"0.0.0.0:2000\", \"0.0.0.0:0\"]\nregister_timeout = \"0s\"\n";
+    let shown = parse_err(text).to_string();
+    for expected in [
+        "regedge.toml:4: sccp.listen address 127.0.0.1:5060 is also in sip.listen",
+        "regedge.toml:4: sccp.listen lists 0.0.0.0:2000 more than once",
+        "regedge.toml:4: sccp.listen address 0.0.0.0:0 has port 0",
+        "regedge.toml:5: sccp.register_timeout",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+    let config = Config::from_toml("[sccp]\nlisten = [\"10.0.0.1:2000\"]\n", "regedge.toml").unwrap();
+    assert_eq!(config.sccp.listen, vec!["10.0.0.1:2000".parse::<std::net::SocketAddr>().unwrap()]);
+    assert_eq!(config.sccp.register_timeout, Duration::from_secs(10));
+}

@@ -11,7 +11,7 @@ use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, N
 use super::spans::KeyPath;
 use super::{
     BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig, HealthConfig,
-    MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SipConfig,
+    MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
 };
 
 const MAX_NODE_NAME_LEN: usize = 64;
@@ -68,6 +68,7 @@ pub(super) fn check(config: &Config, document: &Document<&str>) -> Vec<Issue> {
     let mut issues = Vec::new();
     check_node(&config.node, &mut issues);
     check_sip(&config.sip, &mut issues);
+    check_sccp(&config.sccp, &config.sip, &mut issues);
     check_fastpath(&config.fastpath, &mut issues);
     check_metrics(&config.metrics, &config.sip, &mut issues);
     check_registration(&config.registration, &mut issues);
@@ -145,6 +146,24 @@ fn check_sip(sip: &SipConfig, issues: &mut Vec<Issue>) {
         let kind = ConfigErrorKind::LocalNameDuplicate { name: sip.local_names[index].clone() };
         issues.push(Issue::new(KeyPath::element("sip", "local_names", index), kind));
     }
+}
+
+fn check_sccp(sccp: &SccpConfig, sip: &SipConfig, issues: &mut Vec<Issue>) {
+    for (index, &addr) in sccp.listen.iter().enumerate() {
+        let key = KeyPath::element("sccp", "listen", index);
+        if addr.port() == 0 {
+            issues.push(Issue::new(key.clone(), ConfigErrorKind::SccpListenPortZero { addr }));
+        }
+        if sip.listen.contains(&addr) {
+            issues.push(Issue::new(key, ConfigErrorKind::SccpListenCollides { addr }));
+        }
+    }
+    for index in repeated_indices(&sccp.listen, |addr| *addr) {
+        let kind = ConfigErrorKind::SccpListenDuplicate { addr: sccp.listen[index] };
+        issues.push(Issue::new(KeyPath::element("sccp", "listen", index), kind));
+    }
+    check_positive(sccp.register_timeout, "sccp.register_timeout", issues);
+    check_positive(sccp.keepalive_interval, "sccp.keepalive_interval", issues);
 }
 
 fn check_fastpath(fastpath: &FastpathConfig, issues: &mut Vec<Issue>) {
