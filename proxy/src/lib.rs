@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod registrar;
 pub mod registry;
 pub mod run;
+pub mod sccp;
 pub mod snapshot;
 pub mod sip;
 pub mod stun;
