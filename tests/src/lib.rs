@@ -10,5 +10,6 @@ pub mod netns;
 pub mod pinned;
 pub mod privilege;
 pub mod process;
+pub mod sccp_sim;
 pub mod sipp;
 pub mod tshark;
