@@ -18,3 +18,6 @@ pub use counters::{PassReason, ReplyKind};
 
 /// Name of the XDP program in the embedded object.
 pub const XDP_PROGRAM: &str = "regedge_xdp";
+
+/// Name of the SCCP KeepAlive program (`sk_skb` stream verdict) in the embedded object.
+pub const SCCP_PROGRAM: &str = "regedge_sccp_keepalive";

@@ -194,3 +194,98 @@ mod pod {
     unsafe impl aya::Pod for super::BindingEntry {}
     unsafe impl aya::Pod for super::AbsorbedRefresh {}
 }
+
+/// `SockHash<SccpSocketKey>`: the phones' SCCP TCP sockets the KeepAlive program
+/// (`SCCP_PROGRAM`) runs on. Written by userspace (insert when a phone connects, after
+/// its [`SCCP_FRAMING`] entry; the kernel drops a socket by itself when it closes).
+pub const SCCP_SOCKETS: &str = "SCCP_SOCKETS";
+/// `HashMap<SccpSocketKey, SccpFraming>`: where each phone socket's byte stream stands
+/// between PDUs. Created zeroed by userspace before the socket enters [`SCCP_SOCKETS`],
+/// then written only by the kernel (userspace reads it, and removes it with the socket).
+pub const SCCP_FRAMING: &str = "SCCP_FRAMING";
+/// `HashMap<SccpSocketKey, u32>`: phone sockets whose KeepAlives the kernel answers (the
+/// phone registered here; a standby connection, where regedge is the backup CM, is never
+/// in it). Written by userspace only: a separate map, so that setting the mark never
+/// races with the kernel's writes to [`SCCP_FRAMING`].
+pub const SCCP_REGISTERED: &str = "SCCP_REGISTERED";
+/// Phone sockets the KeepAlive program can hold; more are served by userspace alone.
+pub const SCCP_SOCKETS_MAX: u32 = 1 << 16;
+
+/// `AF_INET` / `AF_INET6` as in `__sk_buff.family` (Linux values).
+pub const SOCKET_FAMILY_INET: u32 = 2;
+pub const SOCKET_FAMILY_INET6: u32 = 10;
+
+/// One TCP socket by its 4-tuple, as the `sk_skb` program sees it in `__sk_buff`.
+/// Addresses are the raw network-order words (`remote_ip4` / `remote_ip6`; an IPv4
+/// address occupies word 0, the rest is zero; a dual-stack socket's peer is the
+/// IPv4-mapped IPv6 address, family `AF_INET6`). Ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SccpSocketKey {
+    pub family: u32,
+    pub local_port_be: u16,
+    pub remote_port_be: u16,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+}
+
+impl SccpSocketKey {
+    /// The key of the socket with local address `local` and peer `remote` (the
+    /// socket's own family: a dual-stack listener's sockets are IPv6 ones).
+    pub fn new(local: core::net::SocketAddr, remote: core::net::SocketAddr) -> Self {
+        fn words(addr: core::net::IpAddr) -> (u32, [u32; 4]) {
+            let mut w = [0u32; 4];
+            match addr {
+                core::net::IpAddr::V4(a) => {
+                    w[0] = u32::from_ne_bytes(a.octets());
+                    (SOCKET_FAMILY_INET, w)
+                }
+                core::net::IpAddr::V6(a) => {
+                    let o = a.octets();
+                    for (i, word) in w.iter_mut().enumerate() {
+                        *word = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                    }
+                    (SOCKET_FAMILY_INET6, w)
+                }
+            }
+        }
+        let (family, local_addr) = words(local.ip());
+        let (_, remote_addr) = words(remote.ip());
+        Self {
+            family,
+            local_port_be: local.port().to_be(),
+            remote_port_be: remote.port().to_be(),
+            local_addr,
+            remote_addr,
+        }
+    }
+}
+
+/// [`SccpFraming::flags`]: the kernel lost the PDU boundaries of this socket (a header
+/// it could not read, a segment with more PDUs than it walks): from then on it passes
+/// everything to userspace and answers nothing.
+pub const SCCP_OUT_OF_SYNC: u32 = 1 << 0;
+
+/// Where a phone socket's byte stream stands, kept by the KeepAlive program across the
+/// segments it sees. Zero: at a PDU boundary.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SccpFraming {
+    /// Bytes of the current PDU still to come after its first 8 header bytes.
+    pub owed: u32,
+    /// How many of the current PDU's first 8 header bytes (`data_length`,
+    /// `header_version`) arrived so far, when a segment ended inside them (0..=7).
+    pub header_have: u32,
+    /// Those bytes.
+    pub header: [u8; 8],
+    /// `SCCP_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod sccp_pod {
+    // SAFETY: plain #[repr(C)] data without padding holes (explicit `_pad` fields).
+    unsafe impl aya::Pod for super::SccpSocketKey {}
+    unsafe impl aya::Pod for super::SccpFraming {}
+}

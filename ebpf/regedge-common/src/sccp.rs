@@ -35,3 +35,9 @@ pub mod id {
     pub const REGISTER_TOKEN_ACK: u32 = 0x011A;
     pub const REGISTER_TOKEN_REJECT: u32 = 0x011B;
 }
+
+/// A KeepAlive or KeepAliveAck PDU: the header alone (`data_length` 4).
+pub const KEEP_ALIVE_LEN: usize = HEADER_LEN;
+/// Bytes of the header that frame a PDU (`data_length`, `header_version`): the PDU is
+/// `FRAMING_LEN + data_length` bytes.
+pub const FRAMING_LEN: u32 = 8;

@@ -7,6 +7,8 @@
 //! - CRLF keepalive                  → absorbed, nothing sent (XDP_DROP, counted as a reply)
 //! - OPTIONS addressed to the proxy  → 200 OK (`options.rs`)
 //! - REGISTER refresh of a binding in `BINDINGS`, Cisco backup probe → 200 OK (`register.rs`)
+//! - SCCP KeepAlive on a registered phone's TCP socket → KeepAliveAck (`sccp.rs`, a separate
+//!   `sk_skb` stream-verdict program, `regedge_sccp_keepalive`)
 //!
 //! Each reply is built in a per-CPU scratch buffer and written over the request by
 //! `frame::emit_reply`, so every reply takes the same resize/checksum path.
@@ -16,6 +18,7 @@ mod frame;
 mod maps;
 mod options;
 mod register;
+mod sccp;
 mod stun;
 mod text;
 

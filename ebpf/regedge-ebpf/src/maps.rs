@@ -130,3 +130,40 @@ pub fn push_absorbed(record: &AbsorbedRefresh) {
 pub fn settings() -> Option<&'static FastpathSettings> {
     SETTINGS.get(0)
 }
+
+// ---- SCCP KeepAlive program (`sccp.rs`) ----
+
+/// The phones' SCCP TCP sockets the KeepAlive program runs on (written by userspace).
+#[map]
+static SCCP_SOCKETS: aya_ebpf::maps::SockHash<regedge_common::maps::SccpSocketKey> =
+    aya_ebpf::maps::SockHash::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
+
+/// Framing state per phone socket (created by userspace, then written by the kernel).
+#[map]
+static SCCP_FRAMING: HashMap<regedge_common::maps::SccpSocketKey, regedge_common::maps::SccpFraming> =
+    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
+
+/// Phone sockets whose KeepAlives the kernel answers (written by userspace).
+#[map]
+static SCCP_REGISTERED: HashMap<regedge_common::maps::SccpSocketKey, u32> =
+    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
+
+#[inline(always)]
+pub fn sccp_framing(key: &regedge_common::maps::SccpSocketKey) -> Option<*mut regedge_common::maps::SccpFraming> {
+    SCCP_FRAMING.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn sccp_registered(key: &regedge_common::maps::SccpSocketKey) -> bool {
+    unsafe { SCCP_REGISTERED.get(key) }.is_some()
+}
+
+/// `bpf_sk_redirect_hash` to the egress of the socket `key` in `SCCP_SOCKETS`: `SK_PASS`
+/// when the socket was found (the verdict then redirects), `SK_DROP` otherwise.
+#[inline(always)]
+pub fn sccp_redirect_egress(
+    ctx: &aya_ebpf::programs::SkBuffContext,
+    key: &mut regedge_common::maps::SccpSocketKey,
+) -> u32 {
+    SCCP_SOCKETS.redirect_skb(ctx, key, 0) as u32
+}

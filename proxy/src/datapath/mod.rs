@@ -13,6 +13,7 @@
 
 pub mod mirror;
 pub mod pin;
+pub mod sccp;
 mod test_run;
 
 use std::{
