@@ -139,14 +139,16 @@ static SCCP_SOCKETS: aya_ebpf::maps::SockHash<regedge_common::maps::SccpSocketKe
     aya_ebpf::maps::SockHash::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
 
 /// Framing state per phone socket (created by userspace, then written by the kernel).
+/// Not preallocated, like the two other SCCP maps: every load of the object creates them,
+/// the XDP program's too, and most nodes have few SCCP phones or none.
 #[map]
 static SCCP_FRAMING: HashMap<regedge_common::maps::SccpSocketKey, regedge_common::maps::SccpFraming> =
-    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
+    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Phone sockets whose KeepAlives the kernel answers (written by userspace).
 #[map]
 static SCCP_REGISTERED: HashMap<regedge_common::maps::SccpSocketKey, u32> =
-    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, 0);
+    HashMap::with_max_entries(regedge_common::maps::SCCP_SOCKETS_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn sccp_framing(key: &regedge_common::maps::SccpSocketKey) -> Option<*mut regedge_common::maps::SccpFraming> {
