@@ -67,6 +67,15 @@ fn read_window(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// Whether poll(2) reports `stream` readable within the read window (what mio/epoll sees).
+fn readable(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut fd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll(2) on one valid pollfd.
+    let n = unsafe { libc::poll(&mut fd, 1, READ_WINDOW.as_millis() as i32) };
+    n == 1 && fd.revents & libc::POLLIN != 0
+}
+
 /// A phone connection: `phone` is the client, `edge` the accepted socket in the offload.
 struct Conn {
     phone: TcpStream,
@@ -153,7 +162,9 @@ fn registered_lone_keepalive_is_answered_in_kernel() {
 #[test]
 fn standby_keepalive_goes_to_userspace() {
     with_conn("standby_keepalive_goes_to_userspace", |offload, conn| {
+        assert!(!readable(&conn.edge));
         conn.send(&[&keepalive()]);
+        assert!(readable(&conn.edge), "poll reports the passed KeepAlive");
         let (phone, edge) = conn.received();
         assert!(phone.is_empty(), "a standby connection gets no KeepAliveAck from the kernel: {phone:?}");
         assert_eq!(edge, keepalive(), "userspace reads the KeepAlive");
@@ -269,6 +280,20 @@ fn unknown_socket_is_left_alone_and_remove_stops_answers() {
         assert!(phone.is_empty());
         assert_eq!(edge, keepalive());
         assert_eq!(offload.kernel_keepalive_answers(), 0);
+    });
+}
+
+#[test]
+fn phone_closing_reaches_userspace() {
+    with_conn("phone_closing_reaches_userspace", |offload, conn| {
+        offload.mark_registered(conn.socket).unwrap();
+        let phone = conn.phone.try_clone().unwrap();
+        conn.phone.write_all(&register()).unwrap();
+        phone.shutdown(std::net::Shutdown::Both).unwrap();
+        std::thread::sleep(SEGMENT_GAP);
+        assert!(readable(&conn.edge));
+        assert_eq!(read_window(&mut conn.edge), register(), "the data, then end of stream");
+        assert_eq!(conn.edge.read(&mut [0u8; 16]).unwrap(), 0, "end of stream");
     });
 }
 
