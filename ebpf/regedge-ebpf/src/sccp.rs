@@ -16,7 +16,14 @@
 //! A segment it cannot follow (an invalid header, more than `MAX_PDUS` PDUs) puts the
 //! socket out of sync for good: everything is passed from then on, nothing answered.
 
-use aya_ebpf::{bindings::sk_action::SK_PASS, macros::stream_verdict, programs::SkBuffContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{__sk_buff, sk_action::SK_PASS},
+    helpers::bpf_loop,
+    macros::stream_verdict,
+    programs::{SkBuffContext, sk_buff::SkBuff},
+};
 use regedge_common::{
     ReplyKind,
     maps::{SCCP_OUT_OF_SYNC, SOCKET_FAMILY_INET6, SccpFraming, SccpSocketKey},
@@ -25,8 +32,10 @@ use regedge_common::{
 
 use crate::maps;
 
-/// PDUs walked in one segment; a segment with more puts the socket out of sync.
-pub const MAX_PDUS: u32 = 64;
+/// PDUs walked in one segment (with `bpf_loop`, so the verifier sees one step whatever
+/// the count); a segment with more puts the socket out of sync. 8192 of the smallest PDU
+/// (12 bytes) are 96 KiB: more than a 64 KiB skb holds.
+pub const MAX_PDUS: u32 = 8192;
 
 #[stream_verdict]
 pub fn regedge_sccp_keepalive(ctx: SkBuffContext) -> u32 {
@@ -148,37 +157,86 @@ fn walk(ctx: &SkBuffContext, state: &mut SccpFraming, len: u32) -> bool {
         offset += state.owed;
         state.owed = 0;
     }
-    let mut pdus: u32 = 0;
-    while pdus < MAX_PDUS {
-        if offset >= len {
-            return true;
-        }
-        let rest = len - offset;
-        if rest < FRAMING_LEN {
-            // A header split by the end of the segment: keep its first bytes.
-            let mut j: u32 = 0;
-            while j < FRAMING_LEN - 1 {
-                if j < rest {
-                    let Ok(byte) = ctx.skb.load::<u8>((offset + j) as usize) else { return false };
-                    state.header[(j & 7) as usize] = byte;
-                }
-                j += 1;
-            }
-            state.header_have = rest;
-            return true;
-        }
-        let Ok(header) = ctx.skb.load::<[u32; 2]>(offset as usize) else { return false };
-        let data_length = u32::from_le(header[0]);
-        if !valid_header(data_length, u32::from_le(header[1])) {
-            return false;
-        }
-        let total = FRAMING_LEN + data_length;
-        if total > rest {
-            state.owed = total - rest;
-            return true;
-        }
-        offset += total;
-        pdus += 1;
+    let mut w = Walk { skb: ctx.skb.skb, offset, len, outcome: WALKING, owed: 0, header_have: 0, header: [0; 8] };
+    // SAFETY: `walk_step` is a callback of bpf_loop's signature; `w` outlives the call.
+    unsafe {
+        bpf_loop(MAX_PDUS, walk_step as *const () as *mut c_void, (&raw mut w).cast(), 0);
     }
-    offset >= len
+    match w.outcome {
+        FOLLOWED => {
+            state.owed = w.owed;
+            state.header_have = w.header_have;
+            state.header = w.header;
+            true
+        }
+        // WALKING: MAX_PDUS PDUs and the segment goes on.
+        _ => false,
+    }
+}
+
+/// [`Walk::outcome`] values.
+const WALKING: u32 = 0;
+const FOLLOWED: u32 = 1;
+const LOST: u32 = 2;
+
+/// The PDU walk's state, handed to each `bpf_loop` step.
+#[repr(C)]
+struct Walk {
+    skb: *mut __sk_buff,
+    /// Where the next PDU starts in the segment.
+    offset: u32,
+    len: u32,
+    outcome: u32,
+    /// At the end of the segment (outcome `FOLLOWED`): the `SccpFraming` fields.
+    owed: u32,
+    header_have: u32,
+    header: [u8; 8],
+}
+
+/// One `bpf_loop` step: steps over the PDU at `offset`; 1 ends the loop.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on the caller's stack.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let skb = SkBuff::new(w.skb);
+    let offset = w.offset;
+    if offset >= w.len {
+        w.outcome = FOLLOWED;
+        return 1;
+    }
+    let rest = w.len - offset;
+    if rest < FRAMING_LEN {
+        // A header split by the end of the segment: keep its first bytes.
+        let mut j: u32 = 0;
+        while j < FRAMING_LEN - 1 {
+            if j < rest {
+                let Ok(byte) = skb.load::<u8>((offset + j) as usize) else {
+                    w.outcome = LOST;
+                    return 1;
+                };
+                w.header[(j & 7) as usize] = byte;
+            }
+            j += 1;
+        }
+        w.header_have = rest;
+        w.outcome = FOLLOWED;
+        return 1;
+    }
+    let Ok(header) = skb.load::<[u32; 2]>(offset as usize) else {
+        w.outcome = LOST;
+        return 1;
+    };
+    let data_length = u32::from_le(header[0]);
+    if !valid_header(data_length, u32::from_le(header[1])) {
+        w.outcome = LOST;
+        return 1;
+    }
+    let total = FRAMING_LEN + data_length;
+    if total > rest {
+        w.owed = total - rest;
+        w.outcome = FOLLOWED;
+        return 1;
+    }
+    w.offset = offset + total;
+    0
 }
