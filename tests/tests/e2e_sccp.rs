@@ -39,7 +39,7 @@ struct Lab {
     _dir: TempDir,
     phones: NetNs,
     proxy: NetNs,
-    _servers: NetNs,
+    servers: NetNs,
     /// regedge's SCCP address (phone side).
     edge: SocketAddr,
 }
@@ -87,7 +87,7 @@ impl Lab {
         if let Err(err) = regedge.wait_ready(METRICS.parse().unwrap(), Some(&proxy), Duration::from_secs(20)) {
             panic!("{test}: {err}");
         }
-        let lab = Self { regedge, cm1, cm2, _dir: dir, phones, proxy, _servers: servers, edge };
+        let lab = Self { regedge, cm1, cm2, _dir: dir, phones, proxy, servers, edge };
         // Both servers up before any phone comes.
         let up = wait_for(Duration::from_secs(10), || {
             let m = lab.metrics();
@@ -211,6 +211,12 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duratio
 }
 
 const PHONES: usize = 500;
+
+/// The least time `moves` paced moves can take at `RATE` per second, with a full bucket
+/// of `RATE` at the start (10 % slack).
+fn paced_floor(moves: usize) -> Duration {
+    Duration::from_secs_f64(moves.saturating_sub(RATE as usize) as f64 / RATE as f64 * 0.9)
+}
 /// Phones (of the 500) whose keepalives always share a segment with another message.
 const COALESCED: usize = 20;
 
@@ -340,10 +346,11 @@ fn phones_fail_over_paced_and_a_call_holds_its_phone() {
     assert_eq!(now_caller.register_acks.len(), caller.register_acks.len(), "{test}: the caller registered again");
     assert!(!lab.cm2.stats().registered.contains(&now_caller.device), "{test}: the caller is on cm2");
 
-    // Paced: 499 moves at max_register_rate take at least 499/RATE seconds.
+    // Paced: 499 moves at max_register_rate, after a burst of one second's worth (the
+    // token bucket's), take at least (499 - RATE) / RATE seconds.
     // Checked after the rest, so that one run reports every failure.
     let mut failures = Vec::new();
-    let floor = Duration::from_secs_f64((PHONES - 1) as f64 / RATE as f64 * 0.8);
+    let floor = paced_floor(PHONES - 1);
     if last - first < floor {
         failures.push(format!(
             "{} phones re-registered within {:?}: not paced at {RATE}/s (expected >= {floor:?})",
@@ -373,6 +380,67 @@ fn phones_fail_over_paced_and_a_call_holds_its_phone() {
     assert_eq!(lab.metrics().sessions("registered"), PHONES as u64, "{test}: regedge's count after the move");
     eprintln!("{test}: took {:?}", started.elapsed());
     assert!(failures.is_empty(), "{test}:\n{}", failures.join("\n"));
+}
+
+/// The primary comes back: every phone on the secondary moves back to it, paced by the
+/// primary's `max_register_rate`, none lost.
+#[test]
+fn phones_fall_back_to_the_primary_paced() {
+    let test = "phones_fall_back_to_the_primary_paced";
+    if !require_root(test) {
+        return;
+    }
+    const COUNT: usize = 400;
+    let mut lab = Lab::start(test);
+    let fleet = lab.fleet(FleetOpts {
+        count: COUNT,
+        first_mac: 0x00DD_0000_0000,
+        keepalive_interval: Duration::from_millis(1000),
+        reconnect_delay: Duration::from_millis(250),
+        ..FleetOpts::default()
+    });
+    let on = |cm: &CallServer| cm.registered_count() == COUNT;
+    assert!(
+        wait_for(Duration::from_secs(20), || on(&lab.cm1) && fleet.registered_count() == COUNT).is_some(),
+        "{test}: cm1 holds {} of {COUNT}",
+        lab.cm1.registered_count()
+    );
+    lab.cm1.kill();
+    assert!(
+        wait_for(Duration::from_secs(20), || on(&lab.cm2) && fleet.registered_count() == COUNT).is_some(),
+        "{test}: after cm1 died cm2 holds {} of {COUNT}; closes: {}",
+        lab.cm2.registered_count(),
+        lab.metrics().closes()
+    );
+    // Let the token buckets fill up again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let moved_before = lab.metrics().closed("moved");
+
+    let restarted = Instant::now();
+    lab.cm1.restart(&lab.servers);
+    let back = wait_for(Duration::from_secs(20), || {
+        on(&lab.cm1) && fleet.stats().iter().all(|p| p.registered && p.acks_since(restarted).count() > 0)
+    });
+    let m = lab.metrics();
+    assert!(
+        back.is_some(),
+        "{test}: after cm1 came back it holds {} of {COUNT}, cm2 {}; closes: {}\n{}",
+        lab.cm1.registered_count(),
+        lab.cm2.registered_count(),
+        m.closes(),
+        lab.regedge_log()
+    );
+    let firsts: Vec<Duration> =
+        fleet.stats().iter().map(|p| p.acks_since(restarted).next().expect("registered again") - restarted).collect();
+    let (first, last) = (*firsts.iter().min().unwrap(), *firsts.iter().max().unwrap());
+    eprintln!(
+        "{test}: cm1 restarted: first phone back after {first:?}, last after {last:?} (spread {:?}); moved {}",
+        last - first,
+        m.closed("moved") - moved_before
+    );
+    assert_eq!(lab.cm2.registered_count(), 0, "{test}: phones left on cm2");
+    assert_eq!(m.closed("moved") - moved_before, COUNT as u64, "{test}: one move per phone");
+    assert!(last - first >= paced_floor(COUNT), "{test}: {COUNT} phones back within {:?}: not paced", last - first);
 }
 
 /// A connection that only sends KeepAlives (regedge as a phone's backup call manager)
