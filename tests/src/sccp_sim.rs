@@ -194,11 +194,14 @@ pub struct CallServerOpts {
     pub keepalive_secs: u32,
     /// The RegisterAck's secondary keepalive interval, seconds.
     pub secondary_keepalive_secs: u32,
+    /// Answer OffHook and OnHook with a CallState (as a call server does); without, the
+    /// edge learns of the call from the phone's OffHook alone.
+    pub call_states: bool,
 }
 
 impl Default for CallServerOpts {
     fn default() -> Self {
-        Self { keepalive_secs: 30, secondary_keepalive_secs: 60 }
+        Self { keepalive_secs: 30, secondary_keepalive_secs: 60, call_states: true }
     }
 }
 
@@ -414,11 +417,13 @@ fn answer(
                     *next_call += 1;
                     *next_call
                 });
-                call_state(msg::STATE_OFF_HOOK, reference).encode(v, &mut out);
+                if opts.call_states {
+                    call_state(msg::STATE_OFF_HOOK, reference).encode(v, &mut out);
+                }
             }
             msg::ON_HOOK => {
                 s.on_hooks += 1;
-                if let Some(reference) = conn.call.take() {
+                if let Some(reference) = conn.call.take().filter(|_| opts.call_states) {
                     call_state(msg::STATE_ON_HOOK, reference).encode(v, &mut out);
                 }
             }
