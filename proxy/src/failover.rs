@@ -279,11 +279,52 @@ mod tests {
             mac: mac.map(str::to_owned),
             domain: domain.to_owned(),
         };
-        let group_name = |d: &Device| routing.groups[routing.group_for_protocol(d, BackendProtocol::Sip).unwrap().0].name.clone();
+        let group_name =
+            |d: &Device| routing.groups[routing.group_for_protocol(d, BackendProtocol::Sip).unwrap().0].name.clone();
         assert_eq!(group_name(&device(Some("SEP001122334455"), Some("001122334455"), "example.net")), "lab");
         assert_eq!(group_name(&device(None, Some("aabbcc000001"), "example.net")), "partner");
         assert_eq!(group_name(&device(None, None, "lab.example.net")), "lab");
         assert_eq!(group_name(&device(Some("SEP999999999999"), None, "example.net")), "main");
+    }
+
+    #[test]
+    fn sip_and_sccp_phones_of_one_rule_set_find_groups_of_their_protocol() {
+        let config = crate::config::Config::from_toml(
+            r#"
+            [routing]
+            default_group = "sip"
+            [[backends]]
+            name = "sip1"
+            address = "10.0.0.11:5060"
+            [[backends]]
+            name = "skinny1"
+            address = "10.0.0.12:2000"
+            protocol = "sccp"
+            transport = "tcp"
+            [[groups]]
+            name = "sip"
+            backends = ["sip1"]
+            [[groups]]
+            name = "skinny"
+            backends = ["skinny1"]
+            [[rules]]
+            group = "sip"
+            device = "SEP*"
+            [[rules]]
+            group = "skinny"
+            device = "SEP*"
+            "#,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let routing = Routing::from_config(&config);
+        let phone =
+            Device { key: String::new(), name: Some("SEP001122334455".into()), mac: None, domain: String::new() };
+        let name = |g: Option<GroupId>| g.map(|g| routing.groups[g.0].name.clone());
+        assert_eq!(name(routing.group_for_protocol(&phone, BackendProtocol::Sip)).as_deref(), Some("sip"));
+        assert_eq!(name(routing.group_for_protocol(&phone, BackendProtocol::Sccp)).as_deref(), Some("skinny"));
+        let other = Device { name: Some("ATA001122334455".into()), ..phone };
+        assert_eq!(routing.group_for_protocol(&other, BackendProtocol::Sccp), None, "the default group speaks SIP");
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Backend health: SIP OPTIONS probes, one thread per backend. A probe that gets any
-//! SIP response within `[health] timeout` is a success; a timeout, an ICMP error or a
-//! refused connection is a failure (never a locally generated 408). `down_after`
+//! Backend health, one probe thread per backend. SIP backends get an OPTIONS: any SIP
+//! response within `[health] timeout` is a success; a timeout, an ICMP error or a refused
+//! connection is a failure (never a locally generated 408). SCCP backends get a TCP
+//! connection and a KeepAlive: a KeepAliveAck, or silence until the timeout on a
+//! connection that stays open (a backup CUCM only TCP-acks an unregistered connection's
+//! keepalives), is a success; a refused, reset or closed connection is a failure. `down_after`
 //! failures in a row take an up backend down, `up_after` successes bring it back. State
 //! changes reach the event loops over a crossbeam channel.
 
@@ -18,7 +21,7 @@ use std::{
 use crossbeam_channel::Sender;
 
 use crate::{
-    config::{BackendTransport, HealthConfig},
+    config::{BackendProtocol, BackendTransport, HealthConfig},
     failover::{BackendId, BackendState, Routing},
 };
 
@@ -76,8 +79,13 @@ impl HealthChecker {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (index, backend) in routing.backends.iter().enumerate() {
-            let probe =
-                Probe { address: backend.address, transport: backend.transport, timeout: config.timeout, sequence: 0 };
+            let probe = Probe {
+                address: backend.address,
+                protocol: backend.protocol,
+                transport: backend.transport,
+                timeout: config.timeout,
+                sequence: 0,
+            };
             let (stop, events, wake, interval) = (Arc::clone(&stop), events.clone(), wake.clone(), config.interval);
             let mut verdicts = Verdicts::new(config);
             let name = backend.name.clone();
@@ -121,6 +129,7 @@ impl Drop for HealthChecker {
 
 struct Probe {
     address: SocketAddr,
+    protocol: BackendProtocol,
     transport: BackendTransport,
     timeout: Duration,
     sequence: u32,
@@ -130,9 +139,10 @@ impl Probe {
     /// One OPTIONS; true if a SIP response came back in time.
     fn run(&mut self) -> bool {
         self.sequence = self.sequence.wrapping_add(1);
-        let result = match self.transport {
-            BackendTransport::Udp => self.over_udp(),
-            BackendTransport::Tcp => self.over_tcp(),
+        let result = match (self.protocol, self.transport) {
+            (BackendProtocol::Sccp, _) => self.sccp_keepalive(),
+            (BackendProtocol::Sip, BackendTransport::Udp) => self.over_udp(),
+            (BackendProtocol::Sip, BackendTransport::Tcp) => self.over_tcp(),
         };
         result.unwrap_or(false)
     }
@@ -162,6 +172,20 @@ impl Probe {
             }
         }
         Ok(false)
+    }
+
+    /// An SCCP KeepAlive on a fresh connection (see the module documentation).
+    fn sccp_keepalive(&self) -> std::io::Result<bool> {
+        use regedge_common::sccp::{HEADER_LEN, HEADER_VERSION_BASIC, id};
+        let mut stream = TcpStream::connect_timeout(&self.address, self.timeout)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.write_all(&crate::sccp::session::empty_pdu(HEADER_VERSION_BASIC, id::KEEP_ALIVE))?;
+        let mut header = [0u8; HEADER_LEN];
+        match stream.read_exact(&mut header) {
+            Ok(()) => Ok(u32::from_le_bytes([header[8], header[9], header[10], header[11]]) == id::KEEP_ALIVE_ACK),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     fn over_tcp(&self) -> std::io::Result<bool> {

@@ -28,6 +28,11 @@ use crate::{
     failover::BackendState,
     io::{tcp::CloseReason, workers::Shared},
     registrar::{RESPONSE_BUCKETS_MS, Registrar, RegistrationOutcome},
+    sccp::{
+        FramingError,
+        edge::{STATE_LABELS, SccpShared},
+        session::CloseReason as SccpCloseReason,
+    },
 };
 
 /// Metric names.
@@ -72,6 +77,14 @@ pub mod names {
     pub const FASTPATH_MIRROR_ERRORS: &str = "regedge_fastpath_mirror_errors";
     /// `regedge_fastpath_absorbed_read_total`: answered refreshes userspace read back from the kernel.
     pub const FASTPATH_ABSORBED_READ: &str = "regedge_fastpath_absorbed_read";
+    /// `regedge_sccp_sessions{state}`: SCCP phone connections by session state.
+    pub const SCCP_SESSIONS: &str = "regedge_sccp_sessions";
+    /// `regedge_sccp_sessions_closed_total{reason}`: SCCP sessions ended, by reason.
+    pub const SCCP_SESSIONS_CLOSED: &str = "regedge_sccp_sessions_closed";
+    /// `regedge_sccp_standby_keepalives_total`: keepalives of standby connections (not acked).
+    pub const SCCP_STANDBY_KEEPALIVES: &str = "regedge_sccp_standby_keepalives";
+    /// `regedge_sccp_framing_errors_total{reason}`: connections closed for bytes that are not Skinny.
+    pub const SCCP_FRAMING_ERRORS: &str = "regedge_sccp_framing_errors";
 }
 
 /// Counters the event loops bump; lock-free, summed at scrape time.
@@ -111,6 +124,8 @@ pub struct MetricsCollector {
     pub kernel: Option<Arc<KernelCounters>>,
     /// `None` when no kernel mirror runs (fast path off, or no registrar).
     pub mirror: Option<Arc<MirrorStats>>,
+    /// `None` when there is no SCCP edge.
+    pub sccp: Option<Arc<SccpShared>>,
     /// Attached interfaces per mode label.
     pub attached: Vec<(&'static str, i64)>,
 }
@@ -142,7 +157,13 @@ impl Collector for MetricsCollector {
             names::FASTPATH_REPLIES,
             "Keepalives answered or absorbed by the XDP program.",
             "kind",
-            ReplyKind::ALL.map(|k| (k.label(), kernel.map_or(0, |c| c.replies(k)))),
+            ReplyKind::ALL.map(|k| {
+                let sccp = match (k, self.sccp.as_ref().and_then(|s| s.offload.as_ref())) {
+                    (ReplyKind::SccpKeepalive, Some(offload)) => offload.kernel_answers(),
+                    _ => 0,
+                };
+                (k.label(), kernel.map_or(0, |c| c.replies(k)) + sccp)
+            }),
         )?;
         encode_counter(
             &mut encoder,
@@ -188,7 +209,13 @@ impl Collector for MetricsCollector {
             names::USERSPACE_REPLIES,
             "Keepalives answered or absorbed in userspace.",
             "kind",
-            ReplyKind::ALL.map(|k| (k.label(), user.replies(k))),
+            ReplyKind::ALL.map(|k| {
+                let sccp = match (k, &self.sccp) {
+                    (ReplyKind::SccpKeepalive, Some(sccp)) => sccp.stats.keepalives_answered.load(Ordering::Relaxed),
+                    _ => 0,
+                };
+                (k.label(), user.replies(k) + sccp)
+            }),
         )?;
         encode_counter(
             &mut encoder,
@@ -221,6 +248,9 @@ impl Collector for MetricsCollector {
         if let Some(registrar) = &self.shared.engine.registrar {
             encode_registrar(&mut encoder, registrar)?;
         }
+        if let Some(sccp) = &self.sccp {
+            encode_sccp(&mut encoder, sccp)?;
+        }
         Ok(())
     }
 }
@@ -229,6 +259,36 @@ impl std::fmt::Debug for MetricsCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetricsCollector").finish_non_exhaustive()
     }
+}
+
+fn encode_sccp(encoder: &mut DescriptorEncoder, sccp: &SccpShared) -> std::fmt::Result {
+    let stats = &sccp.stats;
+    let mut sessions =
+        encoder.encode_descriptor(names::SCCP_SESSIONS, "SCCP phone connections by state.", None, MetricType::Gauge)?;
+    for (label, count) in STATE_LABELS.iter().zip(&stats.sessions) {
+        ConstGauge::new(count.load(Ordering::Relaxed)).encode(sessions.encode_family(&[("state", *label)])?)?;
+    }
+    encode_counter(
+        encoder,
+        names::SCCP_SESSIONS_CLOSED,
+        "SCCP sessions ended, by reason.",
+        "reason",
+        SccpCloseReason::ALL.iter().zip(&stats.closed).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
+    )?;
+    encode_counter(
+        encoder,
+        names::SCCP_FRAMING_ERRORS,
+        "SCCP connections closed for bytes that are not Skinny, by reason.",
+        "reason",
+        FramingError::ALL.iter().zip(&stats.framing_errors).map(|(e, c)| (e.label(), c.load(Ordering::Relaxed))),
+    )?;
+    let standby = encoder.encode_descriptor(
+        names::SCCP_STANDBY_KEEPALIVES,
+        "Keepalives of standby SCCP connections (regedge as backup call manager), not acked.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(stats.standby_keepalives.load(Ordering::Relaxed)).encode(standby)
 }
 
 fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> std::fmt::Result {

@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     config::{BackendTransport, Config, FastpathMode},
-    datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread, pin},
+    datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread, pin, sccp::SccpOffload},
     engine::Engine,
     failover::Routing,
     health::HealthChecker,
@@ -32,6 +32,10 @@ use crate::{
     metrics::{MetricsCollector, MetricsServer},
     registrar::{Node, Policy, Registrar},
     registry::Transport,
+    sccp::{
+        edge::{KeepaliveOffload, SccpEdge, SccpShared},
+        session::SessionPolicy,
+    },
     sip::stateless::ToTag,
     snapshot::{SnapshotWriter, StateDir},
 };
@@ -86,6 +90,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         backend_listener.iter().map(|(index, _)| *index).collect(),
         Some(health_rx),
     )?;
+    let sccp = start_sccp(&config, &routing, workers)?;
     let snapshot = match (state, &shared.engine.registrar) {
         (Some(state), Some(_)) => Some(start_snapshots(state, &shared, mirror.as_ref(), &config.node.name)?),
         _ => None,
@@ -105,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shared,
         kernel: fastpath.as_ref().map(Fastpath::counters),
         mirror: mirror.as_ref().map(|m| Arc::clone(&m.stats)),
+        sccp: sccp.as_ref().map(|(_, shared)| Arc::clone(shared)),
         attached,
     };
     let metrics = MetricsServer::start(config.metrics.listen, collector)
@@ -113,6 +119,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node = %config.node.name,
         sip = ?config.sip.listen,
+        sccp = ?config.sccp.listen,
         workers,
         backends = routing.backends.len(),
         groups = routing.groups.len(),
@@ -124,6 +131,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down");
     drop(health);
     drop(workers_running);
+    drop(sccp);
     // After the loops: the last snapshot has every change they made.
     drop(snapshot);
     drop(metrics);
@@ -132,6 +140,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         stop_fastpath(fastpath);
     }
     Ok(())
+}
+
+/// Starts the SCCP edge's loops when `[sccp] listen` has addresses.
+fn start_sccp(
+    config: &Config,
+    routing: &Arc<Routing>,
+    workers: usize,
+) -> anyhow::Result<Option<(SccpEdge, Arc<SccpShared>)>> {
+    if config.sccp.listen.is_empty() {
+        return Ok(None);
+    }
+    let policy = SessionPolicy {
+        register_timeout_ms: config.sccp.register_timeout.as_millis() as u64,
+        default_keepalive_ms: config.sccp.keepalive_interval.as_millis() as u64,
+        backend_judgement_ms: (config.health.interval * (config.health.down_after + 1)).as_millis() as u64,
+    };
+    let offload: Option<Box<dyn KeepaliveOffload>> = if config.fastpath.mode == FastpathMode::Off {
+        None
+    } else {
+        match SccpOffload::load() {
+            Ok(offload) => Some(Box::new(offload)),
+            Err(error) => {
+                tracing::warn!(%error, "SCCP keepalive offload unavailable: keepalives answered in userspace");
+                None
+            }
+        }
+    };
+    let shared = Arc::new(SccpShared { routing: Arc::clone(routing), policy, stats: Default::default(), offload });
+    let edge = SccpEdge::start(&config.sccp.listen, workers, Arc::clone(&shared)).context("starting the SCCP edge")?;
+    Ok(Some((edge, shared)))
 }
 
 /// Puts the bindings of the last snapshot back into the registry (nothing goes upstream).

@@ -1,6 +1,8 @@
-//! SIP over TCP: listeners (one SO_REUSEPORT listener per loop and address, so the
-//! kernel spreads accepts over the loops) and connections framed by
-//! [`StreamDecoder`](crate::sip::framing::StreamDecoder), with bounded write buffers.
+//! TCP for SIP and SCCP: listeners (one SO_REUSEPORT listener per loop and address, so
+//! the kernel spreads accepts over the loops) and connections whose received bytes go
+//! straight into a protocol's stream decoder (SIP's
+//! [`StreamDecoder`](crate::sip::framing::StreamDecoder) by default), with bounded write
+//! buffers.
 
 use std::{
     io::{self, Read, Write},
@@ -69,39 +71,74 @@ impl CloseReason {
     }
 }
 
-/// A SIP TCP connection: accepted from a phone, or opened to a backend.
-pub struct Connection {
+/// A protocol decoder that received bytes are read into.
+pub trait ReadInto {
+    /// Room of at least `min` bytes to read into.
+    fn read_buf(&mut self, min: usize) -> &mut [u8];
+    /// The first `n` bytes of that room were received.
+    fn commit(&mut self, n: usize);
+}
+
+impl ReadInto for StreamDecoder {
+    fn read_buf(&mut self, min: usize) -> &mut [u8] {
+        StreamDecoder::read_buf(self, min)
+    }
+    fn commit(&mut self, n: usize) {
+        StreamDecoder::commit(self, n)
+    }
+}
+
+impl ReadInto for crate::sccp::framing::StreamDecoder {
+    fn read_buf(&mut self, min: usize) -> &mut [u8] {
+        crate::sccp::framing::StreamDecoder::read_buf(self, min)
+    }
+    fn commit(&mut self, n: usize) {
+        crate::sccp::framing::StreamDecoder::commit(self, n)
+    }
+}
+
+/// A TCP connection: accepted from a phone, or opened to a backend.
+pub struct Connection<D = StreamDecoder> {
     pub stream: TcpStream,
     pub id: ConnectionId,
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    pub decoder: StreamDecoder,
+    pub decoder: D,
     queued: Vec<u8>,
     /// False while an outgoing connection is still being established.
     connected: bool,
 }
 
 impl Connection {
-    /// An accepted connection.
+    /// An accepted SIP connection.
     pub fn new(stream: TcpStream, id: ConnectionId, peer: SocketAddr, local: SocketAddr) -> Self {
-        Self {
-            stream,
-            id,
-            peer,
-            local,
-            decoder: StreamDecoder::new(StreamLimits::default()),
-            queued: Vec::new(),
-            connected: true,
-        }
+        Self::with_decoder(stream, id, peer, local, StreamDecoder::new(StreamLimits::default()))
+    }
+
+    /// A SIP connection being opened to `peer` (see [`Connection::connect_with`]).
+    pub fn connect(peer: SocketAddr, id: ConnectionId, local: SocketAddr) -> io::Result<Self> {
+        Self::connect_with(peer, id, local, StreamDecoder::new(StreamLimits::default()))
+    }
+}
+
+impl<D: ReadInto> Connection<D> {
+    /// An accepted connection read into `decoder`.
+    pub fn with_decoder(stream: TcpStream, id: ConnectionId, peer: SocketAddr, local: SocketAddr, decoder: D) -> Self {
+        Self { stream, id, peer, local, decoder, queued: Vec::new(), connected: true }
     }
 
     /// A connection being opened to `peer` (non-blocking connect); writes queue until
     /// it is established.
-    pub fn connect(peer: SocketAddr, id: ConnectionId, local: SocketAddr) -> io::Result<Self> {
+    pub fn connect_with(peer: SocketAddr, id: ConnectionId, local: SocketAddr, decoder: D) -> io::Result<Self> {
         let stream = TcpStream::connect(peer)?;
-        let mut connection = Self::new(stream, id, peer, local);
+        let mut connection = Self::with_decoder(stream, id, peer, local, decoder);
         connection.connected = false;
         Ok(connection)
+    }
+
+    /// Whether an outgoing connection is established.
+    pub fn is_connected(&self) -> bool {
+        self.connected
     }
 
     /// On a writable event: whether an outgoing connection is now established (or

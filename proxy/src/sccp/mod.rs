@@ -5,8 +5,10 @@
 //! keeps every other one as opaque bytes; [`Message::encode`] writes them back, byte for
 //! byte.
 
+pub mod edge;
 pub mod framing;
 pub mod message;
+pub mod session;
 
 pub use framing::{Frame, FramingError, Pdu, StreamDecoder};
 pub use message::{DecodeError, Message, Register, RegisterAck, RegisterTokenReq};
