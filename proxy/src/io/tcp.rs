@@ -177,6 +177,27 @@ impl<D: ReadInto> Connection<D> {
         }
     }
 
+    /// Reads at most about `max` bytes into the decoder: `(bytes read, still open)`. Fewer
+    /// than `max` means the socket is drained (edge-triggered readiness is consumed).
+    pub fn fill_some(&mut self, max: usize) -> io::Result<(usize, bool)> {
+        let mut read = 0;
+        while read < max {
+            let buf = self.decoder.read_buf(READ_CHUNK.min(max - read));
+            let want = buf.len().min(max - read);
+            match self.stream.read(&mut buf[..want]) {
+                Ok(0) => return Ok((read, false)),
+                Ok(n) => {
+                    self.decoder.commit(n);
+                    read += n;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok((read, true)),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((read, true))
+    }
+
     /// Writes `bytes` now, queueing what the socket does not take.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
         if self.queued.is_empty() && self.connected {
@@ -203,6 +224,11 @@ impl<D: ReadInto> Connection<D> {
 
     pub fn wants_write(&self) -> bool {
         !self.queued.is_empty()
+    }
+
+    /// Bytes queued for the peer.
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
     }
 }
 

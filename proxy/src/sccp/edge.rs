@@ -41,6 +41,12 @@ type Conn = tcp::Connection<StreamDecoder>;
 const WAKE: Token = Token(usize::MAX);
 const SESSION_BASE: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(250);
+/// Backpressure: a side is not read while more than this is queued for the other side,
+/// and is read again once that queue is below [`RESUME_BELOW`].
+const PAUSE_ABOVE: usize = 256 * 1024;
+const RESUME_BELOW: usize = 64 * 1024;
+/// How much is read from one side before the queue toward the other is checked again.
+const READ_SLICE: usize = 64 * 1024;
 
 /// Sessions by the state they count as in `regedge_sccp_sessions{state}`.
 pub const STATE_LABELS: [&str; 4] = ["awaiting_register", "standby", "registering", "registered"];
@@ -178,6 +184,13 @@ struct Entry {
     session: Session,
     /// The state the session is counted in.
     counted: Option<usize>,
+    /// Reading the phone waits until the backend takes what is queued for it.
+    phone_paused: bool,
+    /// Reading the backend waits until the phone takes what is queued for it.
+    backend_paused: bool,
+    /// A write failed (or overflowed) on that side; `apply` acts on it.
+    phone_failed: bool,
+    backend_failed: bool,
 }
 
 struct Loop {
@@ -266,7 +279,17 @@ impl Loop {
             }
             let phone = Conn::with_decoder(stream, ConnectionId(key as u64), peer, local, StreamDecoder::new());
             let session = Session::new(monotonic_ms(), self.shared.policy);
-            let mut entry = Entry { phone, backend: None, group: None, session, counted: None };
+            let mut entry = Entry {
+                phone,
+                backend: None,
+                group: None,
+                session,
+                counted: None,
+                phone_paused: false,
+                backend_paused: false,
+                phone_failed: false,
+                backend_failed: false,
+            };
             self.recount(&mut entry);
             self.sessions.insert(key, entry);
         }
@@ -289,12 +312,35 @@ impl Loop {
     fn phone_event(&mut self, key: usize, writable: bool, readable: bool) {
         let Some(mut entry) = self.sessions.remove(&key) else { return };
         let mut actions = Vec::new();
-        if writable && entry.phone.flush().is_err() {
-            entry.session.on_phone_closed(&mut actions);
+        let now = monotonic_ms();
+        if writable {
+            if entry.phone.flush().is_err() {
+                entry.session.on_phone_closed(&mut actions);
+            } else if entry.backend_paused && entry.phone.queued_len() < RESUME_BELOW {
+                // The phone caught up: read what the backend sent meanwhile.
+                entry.backend_paused = false;
+                if self.read_backend(&mut entry, now, &mut actions) {
+                    self.backend_lost(key, &mut entry, &mut actions);
+                }
+            }
         }
         if readable {
-            let open = entry.phone.fill();
-            let routing = Arc::clone(&self.shared.routing);
+            self.read_phone(&mut entry, &mut actions);
+        }
+        self.apply(key, entry, actions);
+    }
+
+    /// Reads and handles what the phone sent, a slice at a time, until the socket is
+    /// drained or the backend is not taking it fast enough (then the rest waits in the
+    /// socket, TCP slows the phone down, and reading resumes when the backend catches up).
+    fn read_phone(&self, entry: &mut Entry, actions: &mut Vec<Action>) {
+        loop {
+            if entry.backend.as_ref().is_some_and(|b| b.queued_len() > PAUSE_ABOVE) {
+                entry.phone_paused = true;
+                return;
+            }
+            let read = entry.phone.fill_some(READ_SLICE);
+            let routing = &self.shared.routing;
             loop {
                 let frame = match entry.phone.decoder.next_pdu() {
                     Ok(Some(pdu)) => pdu.to_frame(),
@@ -302,8 +348,8 @@ impl Loop {
                     Err(error) => {
                         self.shared.stats.count_framing(error);
                         tracing::info!(peer = %entry.phone.peer, %error, "SCCP connection is not Skinny; closing it");
-                        entry.session.close_malformed(&mut actions);
-                        break;
+                        entry.session.close_malformed(actions);
+                        return;
                     }
                 };
                 let mut group = None;
@@ -316,16 +362,71 @@ impl Loop {
                     message_id: frame.message_id,
                     bytes: &frame.bytes,
                 };
-                entry.session.on_phone(pdu, pick, &mut actions);
+                entry.session.on_phone(pdu, pick, actions);
                 if group.is_some() {
                     entry.group = group;
                 }
             }
-            if !matches!(open, Ok(true)) {
-                entry.session.on_phone_closed(&mut actions);
+            // Carry out what the session asked so far, so that the queue check above sees it.
+            self.deliver(entry, actions);
+            match read {
+                Ok((n, true)) if n == READ_SLICE => continue,
+                Ok((_, true)) => return,
+                _ => return entry.session.on_phone_closed(actions),
             }
         }
-        self.apply(key, entry, actions);
+    }
+
+    /// Reads and handles what the backend sent, a slice at a time, until the socket is
+    /// drained or the phone is not reading (then the rest waits in the socket). Returns
+    /// true when the backend connection is lost.
+    fn read_backend(&self, entry: &mut Entry, now: u64, actions: &mut Vec<Action>) -> bool {
+        loop {
+            if entry.phone.queued_len() > PAUSE_ABOVE {
+                entry.backend_paused = true;
+                return false;
+            }
+            let Some(backend) = entry.backend.as_mut() else { return false };
+            let read = backend.fill_some(READ_SLICE);
+            loop {
+                match backend.decoder.next_pdu() {
+                    Ok(Some(pdu)) => entry.session.on_backend(pdu, now, actions),
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.shared.stats.count_framing(error);
+                        return true;
+                    }
+                }
+            }
+            self.deliver(entry, actions);
+            match read {
+                Ok((n, true)) if n == READ_SLICE => continue,
+                Ok((_, true)) => return false,
+                _ => return true,
+            }
+        }
+    }
+
+    /// Writes the bytes the session produced so far; other actions stay for `apply`.
+    fn deliver(&self, entry: &mut Entry, actions: &mut Vec<Action>) {
+        actions.retain(|action| match action {
+            Action::ToPhone(bytes) => {
+                if entry.phone.send(bytes).is_err() {
+                    entry.phone_failed = true;
+                }
+                false
+            }
+            Action::ToBackend(bytes) => match entry.backend.as_mut() {
+                Some(backend) => {
+                    if backend.send(bytes).is_err() {
+                        entry.backend_failed = true;
+                    }
+                    false
+                }
+                None => false,
+            },
+            _ => true,
+        });
     }
 
     fn backend_event(&mut self, key: usize, writable: bool, readable: bool) {
@@ -333,35 +434,26 @@ impl Loop {
         let mut actions = Vec::new();
         let now = monotonic_ms();
         let mut lost = false;
-        if let Some(backend) = entry.backend.as_mut() {
-            if writable {
-                let was_connected = backend.is_connected();
-                match backend.establish() {
-                    Ok(()) if backend.is_connected() && !was_connected => {
-                        entry.session.on_backend_connected(now, &mut actions);
-                    }
-                    Ok(()) => {}
-                    Err(_) => lost = true,
+        if writable && let Some(backend) = entry.backend.as_mut() {
+            let was_connected = backend.is_connected();
+            match backend.establish() {
+                Ok(()) if backend.is_connected() && !was_connected => {
+                    entry.session.on_backend_connected(now, &mut actions);
                 }
-                if !lost && backend.flush().is_err() {
-                    lost = true;
-                }
+                Ok(()) => {}
+                Err(_) => lost = true,
             }
-            if readable && !lost {
-                let open = backend.fill();
-                loop {
-                    match backend.decoder.next_pdu() {
-                        Ok(Some(pdu)) => entry.session.on_backend(pdu, now, &mut actions),
-                        Ok(None) => break,
-                        Err(error) => {
-                            self.shared.stats.count_framing(error);
-                            lost = true;
-                            break;
-                        }
-                    }
-                }
-                lost |= !matches!(open, Ok(true));
+            if !lost && backend.flush().is_err() {
+                lost = true;
             }
+            if !lost && entry.phone_paused && backend.queued_len() < RESUME_BELOW {
+                // The backend caught up: read what the phone sent meanwhile.
+                entry.phone_paused = false;
+                self.read_phone(&mut entry, &mut actions);
+            }
+        }
+        if readable && !lost {
+            lost = self.read_backend(&mut entry, now, &mut actions);
         }
         if lost {
             self.backend_lost(key, &mut entry, &mut actions);
@@ -404,6 +496,12 @@ impl Loop {
         let stats = &self.shared.stats;
         let mut closing = None;
         let mut follow_up = Vec::new();
+        if std::mem::take(&mut entry.phone_failed) {
+            closing = Some(CloseReason::PhoneClosed);
+        }
+        if std::mem::take(&mut entry.backend_failed) {
+            self.backend_lost(key, &mut entry, &mut follow_up);
+        }
         for action in actions {
             match action {
                 Action::ToPhone(bytes) => {
@@ -533,5 +631,115 @@ impl Loop {
         if entry.session.wants_move() && routing.backend(target).try_admit(now) {
             entry.session.moved(actions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shell over loopback: a phone, regedge's SCCP loop and a backend that stops
+    //! reading.
+
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener as StdListener, TcpStream},
+    };
+
+    use regedge_common::sccp::id;
+
+    use super::*;
+    use crate::{config::Config, sccp::framing::encode_pdu};
+
+    fn pdu(message_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_pdu(0x11, message_id, payload, &mut out);
+        out
+    }
+
+    fn read_pdu(stream: &mut TcpStream) -> (u32, Vec<u8>) {
+        let mut header = [0u8; 12];
+        stream.read_exact(&mut header).unwrap();
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize - 4;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).unwrap();
+        (u32::from_le_bytes(header[8..].try_into().unwrap()), payload)
+    }
+
+    /// A phone that sends faster than its backend reads is slowed down by TCP (regedge
+    /// stops reading it), not cut off; once the backend reads again, every byte arrives.
+    #[test]
+    fn a_backend_that_stops_reading_slows_the_phone_down() {
+        let backend = StdListener::bind("127.0.0.1:0").unwrap();
+        let edge_addr: SocketAddr = {
+            let probe = StdListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let config = Config::from_toml(
+            &format!(
+                "[routing]\ndefault_group = \"skinny\"\n[[backends]]\nname = \"cm1\"\naddress = \"{}\"\n\
+                 protocol = \"sccp\"\ntransport = \"tcp\"\n[[groups]]\nname = \"skinny\"\nbackends = [\"cm1\"]\n",
+                backend.local_addr().unwrap()
+            ),
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy =
+            SessionPolicy { register_timeout_ms: 5000, default_keepalive_ms: 30_000, backend_judgement_ms: 3000 };
+        let shared = Arc::new(SccpShared {
+            routing: Arc::new(Routing::from_config(&config)),
+            policy,
+            stats: SccpStats::default(),
+            offload: None,
+        });
+        let _edge = SccpEdge::start(&[edge_addr], 1, Arc::clone(&shared)).unwrap();
+
+        let mut phone = TcpStream::connect(edge_addr).unwrap();
+        phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut register = b"SEP001122334455\0".to_vec();
+        register.extend_from_slice(&[0; 28]);
+        phone.write_all(&pdu(id::REGISTER, &register)).unwrap();
+        let (mut cm, _) = backend.accept().unwrap();
+        cm.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_pdu(&mut cm).0, id::REGISTER);
+        cm.write_all(&pdu(id::REGISTER_ACK, &[30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!(read_pdu(&mut phone).0, id::REGISTER_ACK);
+
+        // The backend reads nothing now; the phone sends 64 MiB of opaque PDUs.
+        const TOTAL: usize = 64 << 20;
+        let chunk = pdu(0x0099, &[7u8; 4000]);
+        let expected = TOTAL.div_ceil(chunk.len()) * chunk.len();
+        let sender = std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < TOTAL {
+                phone.write_all(&chunk).unwrap();
+                sent += chunk.len();
+            }
+            phone
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let closed: Vec<_> = CloseReason::ALL
+            .iter()
+            .zip(&shared.stats.closed)
+            .filter(|(_, c)| c.load(Relaxed) > 0)
+            .map(|(r, c)| (r.label(), c.load(Relaxed)))
+            .collect();
+        assert!(
+            !sender.is_finished(),
+            "the phone could send 64 MiB to a backend that reads nothing; closed: {closed:?}"
+        );
+        assert_eq!(
+            shared.stats.closed.iter().map(|c| c.load(Relaxed)).sum::<u64>(),
+            0,
+            "the session is held, not closed for overflowing"
+        );
+        // The backend reads again: every byte arrives, in order.
+        let mut received = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while received < expected {
+            let n = cm.read(&mut buf).unwrap();
+            assert!(n > 0, "backend connection closed after {received} bytes");
+            received += n;
+        }
+        assert_eq!(received, expected);
+        let _phone = sender.join().unwrap();
     }
 }
