@@ -194,3 +194,41 @@ pub fn stop_child(child: &mut Child, timeout: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A Prometheus /metrics text, read by sample name and exact label set.
+pub struct MetricsText(pub String);
+
+impl MetricsText {
+    /// The sample of `name` whose label set is exactly `labels` (in any order).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        want.sort();
+        self.0.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (sample_name, mut found) = match series.split_once('{') {
+                Some((sample_name, rest)) => (sample_name, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, Vec::new()),
+            };
+            found.sort();
+            (sample_name == name && found == want).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
+        })
+    }
+
+    /// Like [`MetricsText::get`], panicking (with the whole text) when the sample is missing.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics:\n{}", self.0))
+    }
+}
+
+/// `k="v",k2="v2"` (values without escaped quotes or commas, as regedge's are).
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().strip_prefix('"')?.strip_suffix('"')?.to_owned()))
+        })
+        .collect()
+}

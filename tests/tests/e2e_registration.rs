@@ -19,7 +19,7 @@ use regedge_tests::{
     kamailio::{Binding, Kamailio, KamailioOpts},
     netns::NetNs,
     privilege::{require_peers, require_program},
-    process::{Regedge, TempDir, scrape},
+    process::{MetricsText, Regedge, TempDir, scrape},
     sipp::{FleetOpts, FleetSummary, Sipp, Transport, user_names},
     tshark::Capture,
 };
@@ -112,7 +112,7 @@ impl Lab {
     }
 
     fn metrics(&self) -> Metrics {
-        Metrics(scrape(METRICS.parse().unwrap(), Some(&self.proxy)).expect("scrape /metrics"))
+        Metrics(MetricsText(scrape(METRICS.parse().unwrap(), Some(&self.proxy)).expect("scrape /metrics")))
     }
 
     /// The end of regedge's log, for assertion messages.
@@ -139,27 +139,15 @@ impl Lab {
 
 /// Root and the programs the test runs (SKIPPED without them, a failure under CI).
 /// A /metrics text.
-struct Metrics(String);
+struct Metrics(MetricsText);
 
 impl Metrics {
-    /// The sample of `name` whose label set is exactly `labels` (in any order).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        want.sort();
-        self.0.lines().find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (sample_name, mut found) = match series.split_once('{') {
-                Some((sample_name, rest)) => (sample_name, parse_labels(rest.strip_suffix('}')?)?),
-                None => (series, Vec::new()),
-            };
-            found.sort();
-            (sample_name == name && found == want).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
-        })
+        self.0.get(name, labels)
     }
 
-    /// Like [`Metrics::get`], panicking (with the whole text) when the sample is missing.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics:\n{}", self.0))
+        self.0.value(name, labels)
     }
 
     /// `regedge_registrations_total{protocol="sip",outcome=...}`.
@@ -191,19 +179,6 @@ impl Metrics {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// `k="v",k2="v2"` (values without escaped quotes or commas, as regedge's are).
-fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
-    if text.is_empty() {
-        return Some(Vec::new());
-    }
-    text.split(',')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_owned(), v.trim().strip_prefix('"')?.strip_suffix('"')?.to_owned()))
-        })
-        .collect()
 }
 
 fn tail(text: &str, chars: usize) -> String {

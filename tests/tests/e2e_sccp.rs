@@ -15,7 +15,7 @@ use std::{
 use regedge_tests::{
     netns::NetNs,
     privilege::require_root,
-    process::{Regedge, TempDir, scrape},
+    process::{MetricsText, Regedge, TempDir, scrape},
     sccp_sim::{
         CallServer, CallServerOpts, FleetOpts, PhoneFleet, PhoneMode, PhoneStats, connect_in, message_ids, msg,
         wait_closed,
@@ -94,12 +94,12 @@ impl Lab {
             m.get("regedge_backend_up", &[("backend", "cm1")]) == Some(1)
                 && m.get("regedge_backend_up", &[("backend", "cm2")]) == Some(1)
         });
-        assert!(up.is_some(), "{test}: the servers never came up:\n{}\n{}", lab.metrics().0, lab.regedge_log());
+        assert!(up.is_some(), "{test}: the servers never came up:\n{}\n{}", lab.metrics().0.0, lab.regedge_log());
         lab
     }
 
     fn metrics(&self) -> Metrics {
-        Metrics(scrape(METRICS.parse().unwrap(), Some(&self.proxy)).expect("scrape /metrics"))
+        Metrics(MetricsText(scrape(METRICS.parse().unwrap(), Some(&self.proxy)).expect("scrape /metrics")))
     }
 
     fn regedge_log(&self) -> String {
@@ -112,26 +112,15 @@ impl Lab {
 }
 
 /// A /metrics text.
-struct Metrics(String);
+struct Metrics(MetricsText);
 
 impl Metrics {
-    /// The sample of `name` whose label set is exactly `labels` (in any order).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        want.sort();
-        self.0.lines().find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (sample_name, mut found) = match series.split_once('{') {
-                Some((sample_name, rest)) => (sample_name, parse_labels(rest.strip_suffix('}')?)?),
-                None => (series, Vec::new()),
-            };
-            found.sort();
-            (sample_name == name && found == want).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
-        })
+        self.0.get(name, labels)
     }
 
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in /metrics:\n{}", self.0))
+        self.0.value(name, labels)
     }
 
     fn sessions(&self, state: &str) -> u64 {
@@ -176,19 +165,6 @@ impl Metrics {
         .collect::<Vec<_>>()
         .join(" ")
     }
-}
-
-/// `k="v",k2="v2"` (values without escaped quotes or commas, as regedge's are).
-fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
-    if text.is_empty() {
-        return Some(Vec::new());
-    }
-    text.split(',')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_owned(), v.trim().strip_prefix('"')?.strip_suffix('"')?.to_owned()))
-        })
-        .collect()
 }
 
 fn tail(text: &str, chars: usize) -> String {
