@@ -23,6 +23,8 @@
 
 use regedge_common::sccp::{DATA_LENGTH_MAX, DATA_LENGTH_MIN, HEADER_LEN, is_header_version};
 
+use crate::io::stream_buffer::StreamBuffer;
+
 /// Bytes of the header that `data_length` does not count (itself and `header_version`).
 const UNCOUNTED: usize = 8;
 
@@ -112,17 +114,9 @@ fn le32(bytes: &[u8], at: usize) -> u32 {
 /// Turns a byte stream into Skinny PDUs. See the module documentation.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
-    /// Live bytes are `buf[start..end]`; `buf[end..]` is initialised room to read into.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Bytes of the PDU last returned, released at the next call.
-    consumed: usize,
+    buf: StreamBuffer,
     /// Set once the stream broke; every later call reports it.
     failed: Option<FramingError>,
-    /// Bytes moved by compaction, to test that decoding stays linear.
-    #[cfg(test)]
-    moved: usize,
 }
 
 impl StreamDecoder {
@@ -133,15 +127,13 @@ impl StreamDecoder {
 
     /// Append received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.read_buf(bytes.len())[..bytes.len()].copy_from_slice(bytes);
-        self.commit(bytes.len());
+        self.buf.extend(bytes);
     }
 
     /// Room of at least `min` bytes to read into directly; follow with [`Self::commit`].
     /// The slice may be longer than `min` and holds stale bytes.
     pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
-        self.make_room(min);
-        &mut self.buf[self.end..]
+        self.buf.read_buf(min)
     }
 
     /// Marks the first `n` bytes of the slice [`Self::read_buf`] returned as received.
@@ -149,8 +141,7 @@ impl StreamDecoder {
     /// # Panics
     /// If `n` exceeds that slice.
     pub fn commit(&mut self, n: usize) {
-        assert!(n <= self.buf.len() - self.end, "commit of {n} bytes beyond the read buffer");
-        self.end += n;
+        self.buf.commit(n);
     }
 
     /// The next complete PDU, or `Ok(None)` when more bytes are needed. The returned
@@ -160,11 +151,11 @@ impl StreamDecoder {
     /// # Errors
     /// A [`FramingError`] when the stream is not Skinny.
     pub fn next_pdu(&mut self) -> Result<Option<Pdu<'_>>, FramingError> {
-        self.release();
+        self.buf.release();
         if let Some(err) = self.failed {
             return Err(err);
         }
-        let live = &self.buf[self.start..self.end];
+        let live = self.buf.live();
         if live.len() < 4 {
             return Ok(None);
         }
@@ -184,58 +175,19 @@ impl StreamDecoder {
         if live.len() < len {
             return Ok(None);
         }
-        self.consumed = len;
-        let bytes = &self.buf[self.start..self.start + len];
+        let bytes = self.buf.take(len);
         Ok(Some(Pdu { header_version, message_id: le32(bytes, 8), bytes }))
     }
 
     /// Bytes received and not yet returned in a PDU.
     pub fn buffered(&self) -> usize {
-        self.end - self.start - self.consumed
-    }
-
-    /// Drops the bytes of the PDU last returned and compacts when that pays.
-    fn release(&mut self) {
-        self.start += std::mem::take(&mut self.consumed);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start >= self.end - self.start {
-            self.compact();
-        }
-    }
-
-    /// Moves the live bytes to the front of the buffer.
-    fn compact(&mut self) {
-        self.buf.copy_within(self.start..self.end, 0);
-        #[cfg(test)]
-        {
-            self.moved += self.end - self.start;
-        }
-        self.end -= self.start;
-        self.start = 0;
-    }
-
-    /// Makes `buf[end..]` at least `min` bytes long.
-    fn make_room(&mut self, min: usize) {
-        self.release();
-        if self.start > 0 && self.buf.len() - self.end < min {
-            self.compact();
-        }
-        let needed = self.end + min;
-        if self.buf.len() < needed {
-            self.buf.reserve(needed - self.buf.len());
-            self.buf.resize(self.buf.capacity(), 0);
-        }
+        self.buf.buffered()
     }
 
     /// Breaks the stream for good and frees its buffer.
     fn fail(&mut self, err: FramingError) -> FramingError {
         self.failed = Some(err);
-        self.buf = Vec::new();
-        self.start = 0;
-        self.end = 0;
-        self.consumed = 0;
+        self.buf.clear();
         err
     }
 }
@@ -453,7 +405,7 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, count);
-        assert!(dec.moved <= stream.len(), "moved {} bytes for {}", dec.moved, stream.len());
+        assert!(dec.buf.moved <= stream.len(), "moved {} bytes for {}", dec.buf.moved, stream.len());
     }
 
     #[test]
@@ -465,7 +417,7 @@ mod tests {
             for chunk in stream.chunks(1000) {
                 dec.extend(chunk);
                 drain(&mut dec, &mut got).unwrap();
-                assert!(dec.buf.len() <= 4096, "buffer grew to {}", dec.buf.len());
+                assert!(dec.buf.capacity() <= 4096, "buffer grew to {}", dec.buf.capacity());
             }
         }
     }

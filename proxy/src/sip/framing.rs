@@ -39,6 +39,8 @@
 
 use memchr::memchr;
 
+use crate::io::stream_buffer::StreamBuffer;
+
 /// Size limits of one stream's frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
@@ -141,44 +143,25 @@ enum Boundary {
 #[derive(Debug)]
 pub struct StreamDecoder {
     limits: StreamLimits,
-    /// Live bytes are `buf[start..end]`; `buf[end..]` is initialised room to read into.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Bytes of the frame last returned, released at the next call.
-    consumed: usize,
+    buf: StreamBuffer,
     state: State,
-    /// Bytes moved by compaction, to test that decoding stays linear.
-    #[cfg(test)]
-    moved: usize,
 }
 
 impl StreamDecoder {
     /// An empty decoder; it allocates nothing until bytes arrive.
     pub fn new(limits: StreamLimits) -> Self {
-        Self {
-            limits,
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            consumed: 0,
-            state: State::Boundary,
-            #[cfg(test)]
-            moved: 0,
-        }
+        Self { limits, buf: StreamBuffer::default(), state: State::Boundary }
     }
 
     /// Append received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.read_buf(bytes.len())[..bytes.len()].copy_from_slice(bytes);
-        self.commit(bytes.len());
+        self.buf.extend(bytes);
     }
 
     /// Room of at least `min` bytes to read into directly; follow with [`Self::commit`].
     /// The slice may be longer than `min` and holds stale bytes.
     pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
-        self.make_room(min);
-        &mut self.buf[self.end..]
+        self.buf.read_buf(min)
     }
 
     /// Marks the first `n` bytes of the slice [`Self::read_buf`] returned as received.
@@ -186,8 +169,7 @@ impl StreamDecoder {
     /// # Panics
     /// If `n` exceeds that slice.
     pub fn commit(&mut self, n: usize) {
-        assert!(n <= self.buf.len() - self.end, "commit of {n} bytes beyond the read buffer");
-        self.end += n;
+        self.buf.commit(n);
     }
 
     /// The next complete frame, or `Ok(None)` when more bytes are needed. The bytes of the
@@ -197,7 +179,7 @@ impl StreamDecoder {
     /// # Errors
     /// A [`FramingError`] when the stream breaks the framing rules or the limits.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FramingError> {
-        self.release();
+        self.buf.release();
         loop {
             let step = match self.state {
                 State::Failed(err) => return Err(err),
@@ -216,47 +198,12 @@ impl StreamDecoder {
 
     /// Bytes received and not yet returned in a frame.
     pub fn buffered(&self) -> usize {
-        self.end - self.start - self.consumed
+        self.buf.buffered()
     }
 
     /// The received bytes not yet returned in a frame.
     fn live(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Drops the bytes of the frame last returned and compacts when that pays.
-    fn release(&mut self) {
-        self.start += std::mem::take(&mut self.consumed);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start >= self.end - self.start {
-            self.compact();
-        }
-    }
-
-    /// Moves the live bytes to the front of the buffer.
-    fn compact(&mut self) {
-        self.buf.copy_within(self.start..self.end, 0);
-        #[cfg(test)]
-        {
-            self.moved += self.end - self.start;
-        }
-        self.end -= self.start;
-        self.start = 0;
-    }
-
-    /// Makes `buf[end..]` at least `min` bytes long.
-    fn make_room(&mut self, min: usize) {
-        self.release();
-        if self.start > 0 && self.buf.len() - self.end < min {
-            self.compact();
-        }
-        let needed = self.end + min;
-        if self.buf.len() < needed {
-            self.buf.reserve(needed - self.buf.len());
-            self.buf.resize(self.buf.capacity(), 0);
-        }
+        self.buf.live()
     }
 
     /// Classifies the bytes at a frame boundary.
@@ -301,21 +248,23 @@ impl StreamDecoder {
 
     /// Marks a found frame consumed and borrows it.
     fn emit(&mut self, found: Found) -> Frame<'_> {
-        let (len, frame) = match found {
-            Found::Ping => (CRLFCRLF.len(), Frame::Ping),
-            Found::Pong => (CRLF.len(), Frame::Pong),
-            Found::Message(len) => (len, Frame::Message(&self.buf[self.start..self.start + len])),
-        };
-        self.consumed = len;
-        frame
+        match found {
+            Found::Ping => {
+                self.buf.take(CRLFCRLF.len());
+                Frame::Ping
+            }
+            Found::Pong => {
+                self.buf.take(CRLF.len());
+                Frame::Pong
+            }
+            Found::Message(len) => Frame::Message(self.buf.take(len)),
+        }
     }
 
     /// Breaks the stream for good and frees its buffer.
     fn fail(&mut self, err: FramingError) -> FramingError {
         self.state = State::Failed(err);
-        self.buf = Vec::new();
-        self.start = 0;
-        self.end = 0;
+        self.buf.clear();
         err
     }
 }
@@ -824,7 +773,7 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, count);
-        assert!(dec.moved <= stream.len(), "moved {} bytes for {}", dec.moved, stream.len());
+        assert!(dec.buf.moved <= stream.len(), "moved {} bytes for {}", dec.buf.moved, stream.len());
     }
 
     #[test]
@@ -836,10 +785,10 @@ mod tests {
             for chunk in stream.chunks(1000) {
                 dec.extend(chunk);
                 drain(&mut dec, &mut got).unwrap();
-                assert!(dec.buf.len() <= 4096, "buffer grew to {}", dec.buf.len());
+                assert!(dec.buf.capacity() <= 4096, "buffer grew to {}", dec.buf.capacity());
             }
         }
-        assert!(dec.moved <= 50 * stream.len());
+        assert!(dec.buf.moved <= 50 * stream.len());
     }
 
     #[test]
