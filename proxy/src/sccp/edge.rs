@@ -190,6 +190,8 @@ struct Entry {
     backend_paused: bool,
     /// A write failed (or overflowed) on that side; `apply` acts on it.
     phone_failed: bool,
+    /// The phone's socket left the kernel keepalive offload (see `send_to_phone`).
+    offload_left: bool,
     backend_failed: bool,
 }
 
@@ -289,6 +291,7 @@ impl Loop {
                 backend_paused: false,
                 phone_failed: false,
                 backend_failed: false,
+                offload_left: false,
             };
             self.recount(&mut entry);
             self.sessions.insert(key, entry);
@@ -407,11 +410,26 @@ impl Loop {
         }
     }
 
+    /// Writes to the phone. The kernel's KeepAliveAcks enter the socket between
+    /// userspace's writes, so once a PDU was written only in part (the phone is not
+    /// reading) the socket leaves the kernel offload for good: an ack must never land in
+    /// the middle of a PDU. From then on userspace answers that phone's keepalives.
+    fn send_to_phone(&self, entry: &mut Entry, bytes: &[u8]) -> Result<(), tcp::CloseReason> {
+        let sent = entry.phone.send(bytes);
+        if entry.phone.queued_len() > 0 && !entry.offload_left {
+            entry.offload_left = true;
+            if let Some(offload) = &self.shared.offload {
+                offload.remove(entry.phone.local, entry.phone.peer);
+            }
+        }
+        sent
+    }
+
     /// Writes the bytes the session produced so far; other actions stay for `apply`.
     fn deliver(&self, entry: &mut Entry, actions: &mut Vec<Action>) {
         actions.retain(|action| match action {
             Action::ToPhone(bytes) => {
-                if entry.phone.send(bytes).is_err() {
+                if self.send_to_phone(entry, bytes).is_err() {
                     entry.phone_failed = true;
                 }
                 false
@@ -505,7 +523,7 @@ impl Loop {
         for action in actions {
             match action {
                 Action::ToPhone(bytes) => {
-                    if entry.phone.send(&bytes).is_err() {
+                    if self.send_to_phone(&mut entry, &bytes).is_err() {
                         closing.get_or_insert(CloseReason::PhoneClosed);
                     }
                 }
