@@ -6,6 +6,9 @@
 //! `refresh` (module [`refresh`]) measures REGISTER refreshes per second answered by regedge
 //! with XDP native, XDP generic, in userspace, and by Kamailio as the registrar; see that module.
 //!
+//! `sccp` (module [`sccp`]) measures SCCP KeepAlives per second answered by regedge's kernel
+//! keepalive offload and in userspace, and regedge's memory per SCCP session; see that module.
+//!
 //! `keepalive-cost` measures what one keepalive costs on each path:
 //! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the cheapest pass
 //! it makes (a non-IP frame, its floor), and the userspace engine per datagram (the
@@ -18,6 +21,7 @@
 
 mod refresh;
 mod registration;
+mod sccp;
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
@@ -98,8 +102,9 @@ fn main() -> anyhow::Result<()> {
         Some("keepalive-cost") if args.len() == 1 => keepalive_cost(),
         Some("registration") => registration::run(&args[1..]),
         Some("refresh") => refresh::run(&args[1..]),
+        Some("sccp") => sccp::run(&args[1..]),
         _ => bail!(
-            "usage: regedge-bench keepalive-cost | regedge-bench registration [--quick] | regedge-bench refresh [--quick]"
+            "usage: regedge-bench keepalive-cost | regedge-bench registration [--quick] | regedge-bench refresh [--quick] | regedge-bench sccp [--quick]"
         ),
     }
 }
