@@ -114,6 +114,8 @@ struct CaseResult {
     own_cpu_s: f64,
     /// kworker threads (the psock backlog work that sends redirected skbs runs there).
     kworker_s: f64,
+    /// Context switches of regedge's threads in the window.
+    regedge_switches: u64,
     /// ksoftirqd threads (softirq work deferred out of the interrupted context).
     ksoftirqd_s: f64,
     /// Every other process and kernel thread, kworkers and ksoftirqd included.
@@ -340,6 +342,7 @@ fn run_case(
         regedge_cpu_s: d(after.regedge_ticks, before.regedge_ticks),
         own_cpu_s: d(after.own_ticks, before.own_ticks),
         kworker_s: d(after.kworker_ticks, before.kworker_ticks),
+        regedge_switches: after.regedge_switches.saturating_sub(before.regedge_switches),
         ksoftirqd_s: d(after.ksoftirqd_ticks, before.ksoftirqd_ticks),
         others_s: d(after.other_ticks, before.other_ticks),
         softirq_s: d(after.softirq, before.softirq),
@@ -394,6 +397,8 @@ fn vm_rss(pid: u32) -> u64 {
 struct CpuSample {
     at: Instant,
     regedge_ticks: u64,
+    /// Context switches of regedge's threads, voluntary (sleeps: waits in epoll) and not.
+    regedge_switches: u64,
     own_ticks: u64,
     kworker_ticks: u64,
     ksoftirqd_ticks: u64,
@@ -415,6 +420,7 @@ fn cpu_sample(pid: u32) -> CpuSample {
     CpuSample {
         at: Instant::now(),
         regedge_ticks: process_ticks(pid),
+        regedge_switches: context_switches(pid),
         own_ticks: process_ticks(std::process::id()),
         kworker_ticks,
         ksoftirqd_ticks,
@@ -449,6 +455,22 @@ fn other_ticks(server: u32) -> (u64, u64, u64) {
         others += ticks;
     }
     (kworkers, ksoftirqd, others)
+}
+
+/// Context switches of every thread of `pid` (/proc/PID/task/*/status).
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// utime + stime of `pid` (all its threads), clock ticks.
@@ -713,7 +735,10 @@ fn render(plan: &Plan, results: &[CaseResult], build: &str, runtime: Duration) -
          KeepAlive into a KeepAliveAck and redirects it to the same socket's egress. The kernel sends a redirected skb \
          from the socket's psock backlog, a work item: the ack leaves from a *kworker* thread, not from the softirq that \
          received the KeepAlive (and softirq work that overflows goes to *ksoftirqd*). Those threads are counted \
-         apart below; in the userspace case they stay near zero.\n"
+         apart below; in the userspace case they stay near zero. regedge's \
+         threads still wake while the kernel answers everything (*regedge context switches per KeepAlive* below); \
+         the likely cause is the kernel's stream-verdict receive path, which signals the socket's readers after every \
+         batch it hands to the program, redirected or not: regedge then finds nothing to read.\n"
     );
     let _ = writeln!(out, "## Result\n");
     let _ = writeln!(
@@ -773,17 +798,17 @@ fn render(plan: &Plan, results: &[CaseResult], build: &str, runtime: Duration) -
     let _ = writeln!(
         out,
         "| case | phones connected / registered | register time s | sessions before / after the load | acks in window | \
-         window s | regedge CPU s | softirq s | generator CPU s | kworkers CPU s | ksoftirqd CPU s | all other \
+         window s | regedge CPU s | regedge context switches per KeepAlive | softirq s | generator CPU s | kworkers CPU s | ksoftirqd CPU s | all other \
          processes CPU s | busy s (all CPUs) | unloaded: acks, window s, regedge CPU s | kernel answers | userspace answers |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in results {
         let _ = writeln!(
             out,
-            "| {} | {} / {} | {:.2} | {} / {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {}, {:.2}, {:.2} | {} | {} |",
+            "| {} | {} / {} | {:.2} | {} / {} | {} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {}, {:.2}, {:.2} | {} | {} |",
             r.case.label(),
             r.connected,
             r.registered,
@@ -793,6 +818,7 @@ fn render(plan: &Plan, results: &[CaseResult], build: &str, runtime: Duration) -
             r.full().acks,
             r.wall_s,
             r.regedge_cpu_s,
+            r.regedge_switches as f64 / r.full().acks.max(1) as f64,
             r.softirq_s,
             r.own_cpu_s,
             r.kworker_s,
