@@ -45,8 +45,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// and is read again once that queue is below [`RESUME_BELOW`].
 const PAUSE_ABOVE: usize = 256 * 1024;
 const RESUME_BELOW: usize = 64 * 1024;
-/// How much is read from one side before the queue toward the other is checked again.
-const READ_SLICE: usize = 64 * 1024;
+/// How much is read from one side before the queue toward the other is checked again;
+/// also what each connection's receive buffer holds room for (two PDUs of the largest size).
+const READ_SLICE: usize = 8 * 1024;
 
 /// Sessions by the state they count as in `regedge_sccp_sessions{state}`.
 pub const STATE_LABELS: [&str; 4] = ["awaiting_register", "standby", "registering", "registered"];
