@@ -19,6 +19,7 @@
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
 //! the first run; every frame is therefore run once per call, many times.
 
+mod measured;
 mod refresh;
 mod registration;
 mod sccp;
@@ -26,6 +27,7 @@ mod sccp;
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
 use anyhow::{Context as _, bail};
+use measured::command_output;
 use regedge::{datapath::Fastpath, engine::Engine, local_names::LocalNames, sip::stateless::ToTag};
 use regedge_tests::{
     fixtures::{crlf, options_request, stun_request},
@@ -158,14 +160,6 @@ fn keepalive_cost() -> anyhow::Result<()> {
     std::fs::write(&path, &report)?;
     eprintln!("wrote {}", path.display());
     Ok(())
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn render(rows: &[Row], verified: Option<u32>) -> String {

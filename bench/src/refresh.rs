@@ -30,11 +30,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::ffi::OsStrExt as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
+use crate::measured::{clock_ticks_per_second, command_output, regedge_binary};
 use anyhow::{Context as _, bail, ensure};
 use generator::{Fleet, FleetSpec, StepResult};
 use regedge_tests::{
@@ -805,78 +806,6 @@ impl Drop for Regedge {
     }
 }
 
-/// The regedge binary and a note on what was measured. `REGEDGE_BIN` if set; otherwise
-/// the release build of one commit (the last to change proxy/ or ebpf/ at or before
-/// `REGEDGE_COMMIT`, default HEAD), exported with
-/// `git archive` into `target/refresh-bench/` and built there, so that other work in
-/// progress in the checkout is not what gets measured. Built once per commit.
-fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
-    let root = workspace_root();
-    if let Some(bin) = std::env::var_os("REGEDGE_BIN") {
-        let bin = PathBuf::from(bin);
-        ensure!(bin.is_file(), "REGEDGE_BIN {} is not a file", bin.display());
-        // A binary this function built earlier is named after its commit.
-        let commit = bin
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("regedge-"))
-            .filter(|c| c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit()));
-        if let Some(commit) = commit {
-            let subject = command_output_in(&root, "git", &["log", "-1", "--format=%s", commit]);
-            return Ok((bin.clone(), format!("regedge release build of commit {commit} (\"{subject}\")")));
-        }
-        let head = command_output_in(&root, "git", &["log", "-1", "--format=%h %s"]);
-        return Ok((bin.clone(), format!("regedge from REGEDGE_BIN {} (checkout at {head})", bin.display())));
-    }
-    let rev = std::env::var("REGEDGE_COMMIT").unwrap_or_else(|_| "HEAD".to_owned());
-    // The last commit at or before `rev` that changed regedge (proxy/ or ebpf/): later
-    // commits that touch only tests, benchmarks or docs measure the same binary.
-    let commit =
-        command_output_in(&root, "git", &["log", "-1", "--format=%h", "--abbrev=12", &rev, "--", "proxy", "ebpf"]);
-    ensure!(!commit.is_empty(), "git log {rev} -- proxy ebpf found no commit");
-    let subject = command_output_in(&root, "git", &["log", "-1", "--format=%s", &commit]);
-    let base = root.join("target").join("refresh-bench");
-    let binary = base.join(format!("regedge-{commit}"));
-    let note = format!("regedge release build of commit {commit} (\"{subject}\")");
-    if binary.is_file() {
-        return Ok((binary, note));
-    }
-    let src = base.join(format!("src-{commit}"));
-    if !src.join("Cargo.toml").is_file() {
-        std::fs::create_dir_all(&src)?;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("git archive {commit} | tar -x -C '{}'", src.display()))
-            .current_dir(&root)
-            .status()
-            .context("git archive")?;
-        ensure!(status.success(), "git archive {commit} failed");
-    }
-    eprintln!("building regedge at {commit} in {} (once per commit)", src.display());
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "regedge", "--bin", "regedge"])
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", base.join("target"))
-        .status()
-        .context("run cargo build --release -p regedge")?;
-    ensure!(status.success(), "cargo build --release -p regedge at {commit} failed");
-    std::fs::copy(base.join("target").join("release").join("regedge"), &binary)?;
-    Ok((binary, note))
-}
-
-fn command_output_in(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    command_output_in(&workspace_root(), program, args)
-}
-
 struct ProcStat {
     state: char,
     pgrp: u32,
@@ -933,10 +862,6 @@ fn group_ticks(pgid: u32) -> u64 {
         .filter(|p| p.pgrp == pgid)
         .map(|p| p.ticks)
         .sum()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    command_output("getconf", &["CLK_TCK"]).parse().unwrap_or(100.0)
 }
 
 fn fmt_rate(r: f64) -> String {

@@ -41,6 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::measured::clock_ticks_per_second;
 use anyhow::{Context as _, bail, ensure};
 use regedge_tests::{
     kamailio::{Kamailio, KamailioOpts, parse_stats},
@@ -849,11 +850,8 @@ fn group_members(pgid: u32) -> usize {
     all_procs().iter().filter(|p| p.pgrp == pgid && p.state != 'Z' && p.state != 'X').count()
 }
 
-fn clock_ticks_per_second() -> f64 {
-    command_output("getconf", &["CLK_TCK"]).parse().unwrap_or(100.0)
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
+/// stdout of a command, or its stderr when stdout is empty (`kamailio -v` and `sipp -v`).
+fn version_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -885,14 +883,14 @@ fn render(plan: &Plan, results: &[RunResult], blocks: &[Block], notes: &[String]
             c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let kamailio = command_output("kamailio", &["-v"])
+    let kamailio = version_output("kamailio", &["-v"])
         .lines()
         .next()
         .unwrap_or("")
         .trim()
         .trim_start_matches("version: ")
         .to_owned();
-    let sipp = command_output("sipp", &["-v"])
+    let sipp = version_output("sipp", &["-v"])
         .lines()
         .find(|l| l.contains("SIPp"))
         .unwrap_or("")
@@ -907,7 +905,7 @@ fn render(plan: &Plan, results: &[RunResult], blocks: &[Block], notes: &[String]
         out,
         "Machine: {} CPUs, {cpu}, kernel {}; {kamailio}; {sipp}. sipp, the edge and the backend share these CPUs.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        command_output("uname", &["-r"]),
+        version_output("uname", &["-r"]),
     );
     let _ = writeln!(
         out,
@@ -1020,7 +1018,7 @@ fn render(plan: &Plan, results: &[RunResult], blocks: &[Block], notes: &[String]
          non-initial namespace here); the last table counts datagrams each namespace dropped for a full receive \
          buffer.",
         sockets.join("; "),
-        command_output("sysctl", &["-n", "net.core.rmem_default"]),
+        version_output("sysctl", &["-n", "net.core.rmem_default"]),
     );
     let _ = writeln!(
         out,

@@ -35,10 +35,11 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::measured::{clock_ticks_per_second, command_output, regedge_binary};
 use anyhow::{Context as _, bail, ensure};
 use regedge_tests::{
     netns::NetNs,
@@ -482,12 +483,6 @@ fn process_ticks(pid: u32) -> u64 {
     f(11) + f(12)
 }
 
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
-}
-
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -503,62 +498,6 @@ fn raise_nofile() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-/// The regedge binary and a note on what was measured: `REGEDGE_BIN` if set; otherwise,
-/// as `refresh` does, the release build of the last commit at or before HEAD that changed
-/// proxy/ or ebpf/, exported with `git archive` into `target/sccp-bench/` and built there
-/// (once per commit), so that uncommitted work in the checkout is not what gets measured.
-fn regedge_binary() -> anyhow::Result<(PathBuf, String)> {
-    let root = workspace_root();
-    let head = command_output("git", &["rev-parse", "HEAD"]);
-    if let Some(bin) = std::env::var_os("REGEDGE_BIN") {
-        let bin = PathBuf::from(bin);
-        ensure!(bin.is_file(), "REGEDGE_BIN {} is not a file", bin.display());
-        return Ok((bin.clone(), format!("regedge from `REGEDGE_BIN={}` (checkout at {head})", bin.display())));
-    }
-    let commit = command_output("git", &["log", "-1", "--format=%h", "--abbrev=12", "HEAD", "--", "proxy", "ebpf"]);
-    ensure!(!commit.is_empty(), "git log HEAD -- proxy ebpf found no commit");
-    let subject = command_output("git", &["log", "-1", "--format=%s", &commit]);
-    let base = root.join("target").join("sccp-bench");
-    let binary = base.join(format!("regedge-{commit}"));
-    let note = format!(
-        "regedge release build of commit {commit} (\"{subject}\"), the last to change proxy/ or ebpf/ at HEAD {head}; \
-         exported with `git archive` and built with `cargo build --release -p regedge` apart from the checkout"
-    );
-    if binary.is_file() {
-        return Ok((binary, note));
-    }
-    let src = base.join(format!("src-{commit}"));
-    if !src.join("Cargo.toml").is_file() {
-        std::fs::create_dir_all(&src)?;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("git archive {commit} | tar -x -C '{}'", src.display()))
-            .current_dir(&root)
-            .status()
-            .context("git archive")?;
-        ensure!(status.success(), "git archive {commit} failed");
-    }
-    eprintln!("building regedge at {commit} in {} (once per commit)", src.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        .args(["build", "--release", "--quiet", "-p", "regedge", "--bin", "regedge"])
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", base.join("target"))
-        .status()
-        .context("run cargo build --release -p regedge")?;
-    ensure!(status.success(), "cargo build --release -p regedge at {commit} failed");
-    std::fs::copy(base.join("target").join("release").join("regedge"), &binary)?;
-    Ok((binary, note))
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// regedge in the edge namespace; SIGTERM by PID on drop.
