@@ -29,8 +29,6 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::ffi::OsStrExt as _,
-    path::PathBuf,
-    process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -42,7 +40,7 @@ use regedge_tests::{
     kamailio::{Kamailio, KamailioOpts},
     netns::NetNs,
     privilege::{require_program, require_root},
-    process::{TempDir, scrape, workspace_root},
+    process::{Regedge as RegedgeProcess, TempDir, scrape, workspace_root},
 };
 use xdp_pass::XdpPass;
 
@@ -704,7 +702,7 @@ impl Server {
 
     fn log_problems(&self) -> Vec<String> {
         let log = match self {
-            Self::Regedge(r) => std::fs::read_to_string(&r.log).unwrap_or_default(),
+            Self::Regedge(r) => r.process.log(),
             Self::Kamailio(k) => k.log(),
         };
         log.lines()
@@ -727,11 +725,10 @@ fn counter_samples(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// regedge in the proxy namespace; SIGTERM by PID on drop.
+/// regedge in the proxy namespace (stopped with SIGTERM on drop), and its config dir.
 struct Regedge {
-    child: Child,
+    process: RegedgeProcess,
     pid: u32,
-    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -755,54 +752,13 @@ impl Regedge {
                  [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n"
             ),
         );
-        let log = dir.0.join("regedge.log");
-        let mut cmd = ns.command(binary.to_str().context("binary path is not UTF-8")?);
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let child = cmd.spawn().context("spawn regedge")?;
-        let mut regedge = Self { pid: child.id(), child, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if !regedge.alive() {
-                let log = std::fs::read_to_string(&regedge.log).unwrap_or_default();
-                let _ = regedge.child.wait();
-                bail!("regedge exited at start:\n{log}");
-            }
-            if scrape(METRICS, Some(ns)).is_ok() {
-                return Ok(regedge);
-            }
-            if Instant::now() > deadline {
-                bail!("regedge not ready after 20 s:\n{}", std::fs::read_to_string(&regedge.log).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut process = RegedgeProcess::start_binary(binary, Some(ns), &config, dir.0.join("regedge.log"), "warn");
+        process.wait_ready(METRICS, Some(ns), Duration::from_secs(20)).map_err(anyhow::Error::msg)?;
+        Ok(Self { pid: process.pid(), process, _dir: dir })
     }
 
     fn alive(&self) -> bool {
         proc_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
-    }
-}
-
-impl Drop for Regedge {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: signalling our own unreaped child by its PID.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

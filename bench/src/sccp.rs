@@ -34,8 +34,6 @@ mod generator;
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -44,7 +42,7 @@ use anyhow::{Context as _, bail, ensure};
 use regedge_tests::{
     netns::NetNs,
     privilege::require_root,
-    process::{TempDir, scrape, workspace_root},
+    process::{Regedge as RegedgeProcess, TempDir, scrape, workspace_root},
     sccp_sim::{CallServer, CallServerOpts},
 };
 
@@ -308,6 +306,7 @@ fn run_case(
     let hz = clock_ticks_per_second();
     let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz;
     let problems: Vec<String> = regedge
+        .process
         .log()
         .lines()
         .filter(|l| ["WARN", "ERROR", "panicked"].iter().any(|w| l.contains(w)))
@@ -500,11 +499,10 @@ fn raise_nofile() {
     }
 }
 
-/// regedge in the edge namespace; SIGTERM by PID on drop.
+/// regedge in the edge namespace (stopped with SIGTERM on drop), and its config dir.
 struct Regedge {
-    child: Child,
+    process: RegedgeProcess,
     pid: u32,
-    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -530,58 +528,15 @@ impl Regedge {
                 mode = case.mode(),
             ),
         );
-        let log = dir.0.join("regedge.log");
-        let mut cmd = ns.command(binary.to_str().context("binary path is not UTF-8")?);
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        let child = cmd.spawn().context("spawn regedge")?;
-        let mut regedge = Self { pid: child.id(), child, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(_)) = regedge.child.try_wait() {
-                bail!("regedge exited at start:\n{}", regedge.log());
-            }
-            if scrape(METRICS, Some(ns)).is_ok() {
-                return Ok(regedge);
-            }
-            if Instant::now() > deadline {
-                bail!("regedge not ready after 20 s:\n{}", regedge.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut process = RegedgeProcess::start_binary(binary, Some(ns), &config, dir.0.join("regedge.log"), "warn");
+        process.wait_ready(METRICS, Some(ns), Duration::from_secs(20)).map_err(anyhow::Error::msg)?;
+        Ok(Self { pid: process.pid(), process, _dir: dir })
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log();
+        let log = self.process.log();
         let skip = log.chars().count().saturating_sub(3000);
         log.chars().skip(skip).collect()
-    }
-}
-
-impl Drop for Regedge {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: signalling our own unreaped child by its PID.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -77,15 +77,31 @@ impl Regedge {
     /// Starts `regedge run --config <config>` inside `ns` (or here when `None`), logging
     /// to `log`.
     pub fn start(ns: Option<&NetNs>, config: &Path, log: PathBuf) -> Self {
-        let binary = regedge_binary().to_str().expect("utf-8 path").to_owned();
+        Self::start_binary(&regedge_binary(), ns, config, log, "info")
+    }
+
+    /// Starts `binary run --config <config>` (a benchmark's build of regedge) inside `ns`
+    /// (or here), logging at `rust_log` to `log`.
+    pub fn start_binary(binary: &Path, ns: Option<&NetNs>, config: &Path, log: PathBuf, rust_log: &str) -> Self {
+        let binary = binary.to_str().expect("utf-8 path").to_owned();
         let mut cmd = match ns {
             Some(ns) => ns.command(&binary),
             None => Command::new(&binary),
         };
         let log_file = std::fs::File::create(&log).expect("create log");
-        cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log_file);
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
         let child = cmd.spawn().expect("spawn regedge");
         Self { child, log }
+    }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {
