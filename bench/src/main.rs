@@ -163,12 +163,7 @@ fn keepalive_cost() -> anyhow::Result<()> {
 }
 
 fn render(rows: &[Row], verified: Option<u32>) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = crate::measured::cpu_model();
     let mut out = String::new();
     let _ = writeln!(out, "# Keepalive cost per packet\n");
     let _ = writeln!(out, "Command: `cargo run --release -p regedge-bench -- keepalive-cost` (as root)\n");

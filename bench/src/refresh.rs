@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::measured::{clock_ticks_per_second, command_output, regedge_binary};
+use crate::measured::{clock_ticks_per_second, command_output, parse_proc_stat, proc_stat, regedge_binary};
 use anyhow::{Context as _, bail, ensure};
 use generator::{Fleet, FleetSpec, StepResult};
 use regedge_tests::{
@@ -762,26 +762,6 @@ impl Regedge {
     }
 }
 
-struct ProcStat {
-    state: char,
-    pgrp: u32,
-    ticks: u64,
-}
-
-fn proc_stat(pid: u32) -> Option<ProcStat> {
-    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn parse_proc_stat(text: &str) -> Option<ProcStat> {
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
 /// CPU ticks (own and reaped children's) of every process but this one and the server's.
 fn other_ticks(server: &Server) -> u64 {
     let me = std::process::id();
@@ -832,12 +812,7 @@ fn render(
     cost: &Result<(Vec<kernel_cost::CostRow>, Option<u32>), String>,
     runtime: Duration,
 ) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = crate::measured::cpu_model();
     let kamailio = command_output("kamailio", &["-v"])
         .lines()
         .next()

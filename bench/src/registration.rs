@@ -41,7 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::measured::clock_ticks_per_second;
+use crate::measured::{ProcStat, clock_ticks_per_second, parse_proc_stat, proc_stat};
 use anyhow::{Context as _, bail, ensure};
 use regedge_tests::{
     kamailio::{Kamailio, KamailioOpts, parse_stats},
@@ -806,30 +806,6 @@ fn registration_outcomes(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// What /proc/PID/stat says about one process.
-struct ProcStat {
-    state: char,
-    pgrp: u32,
-    /// utime + stime, clock ticks, all threads.
-    ticks: u64,
-}
-
-fn proc_stat(pid: u32) -> Option<ProcStat> {
-    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn parse_proc_stat(text: &str) -> Option<ProcStat> {
-    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    // utime stime ...; comm may hold spaces, so fields are counted after the last ')'.
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
 /// Every process's stat.
 fn all_procs() -> Vec<ProcStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -877,12 +853,7 @@ fn find(results: &[RunResult], edge: EdgeKind, scenario: Scenario, offered: u32)
 }
 
 fn render(plan: &Plan, results: &[RunResult], blocks: &[Block], notes: &[String], runtime: Duration) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = crate::measured::cpu_model();
     let kamailio = version_output("kamailio", &["-v"])
         .lines()
         .next()

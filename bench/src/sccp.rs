@@ -419,9 +419,9 @@ fn cpu_sample(pid: u32) -> CpuSample {
     let (kworker_ticks, ksoftirqd_ticks, other_ticks) = other_ticks(pid);
     CpuSample {
         at: Instant::now(),
-        regedge_ticks: process_ticks(pid),
+        regedge_ticks: crate::measured::proc_stat(pid).map_or(0, |s| s.ticks),
         regedge_switches: context_switches(pid),
-        own_ticks: process_ticks(std::process::id()),
+        own_ticks: crate::measured::proc_stat(std::process::id()).map_or(0, |s| s.ticks),
         kworker_ticks,
         ksoftirqd_ticks,
         other_ticks,
@@ -471,15 +471,6 @@ fn context_switches(pid: u32) -> u64 {
                 .sum::<u64>()
         })
         .sum()
-}
-
-/// utime + stime of `pid` (all its threads), clock ticks.
-fn process_ticks(pid: u32) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some((_, rest)) = text.rsplit_once(')') else { return 0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    f(11) + f(12)
 }
 
 fn cpus() -> usize {
@@ -568,12 +559,7 @@ fn limit(r: &CaseResult) -> String {
 }
 
 fn render(plan: &Plan, results: &[CaseResult], build: &str, runtime: Duration) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = crate::measured::cpu_model();
     let mut out = String::new();
     let _ = writeln!(out, "# SCCP KeepAlives per second: kernel offload versus userspace; memory per session\n");
     let _ = writeln!(

@@ -387,7 +387,9 @@ impl Registrar {
         let ceiling = self.grant_ceiling(device);
         match mirror::entry(binding, ceiling, self.absorbable(binding)) {
             Some((key, entry)) => {
-                self.kernel.owners.insert(key, device.to_owned());
+                if self.kernel.owners.get(&key).is_none_or(|owner| *owner != device) {
+                    self.kernel.owners.insert(key, device.to_owned());
+                }
                 self.kernel.send(MirrorUpdate::Upsert { device: device.to_owned(), key, entry });
             }
             None => self.unmirror(device, binding),
@@ -579,19 +581,18 @@ impl Registrar {
     fn refresh_here(&self, msg: &Message<'_>, request: &RegisterRequest<'_>, grant: u32, now: Now) {
         let expires_at_ms = now.mono_ms + grant as u64 * 1000;
         let seed = KernelSeed::of(msg);
-        let mut updated = None;
-        self.registry.update(&request.device.key, |b| {
+        let device = &request.device.key;
+        // The kernel entry is written under the binding's lock (sync_kernel touches only
+        // the routing table, the owners map and a channel).
+        self.registry.update(device, |b| {
             b.cseq = request.cseq;
             b.phone_expires_at_ms = expires_at_ms;
             b.last_seen_ms = now.mono_ms;
             if let Some(seed) = seed.filter(|s| b.kernel.is_none_or(|k| k.call_id_key == s.call_id_key)) {
                 b.kernel = Some(seed);
             }
-            updated = Some(b.clone());
+            self.sync_kernel(device, b);
         });
-        if let Some(binding) = updated {
-            self.sync_kernel(&request.device.key, &binding);
-        }
         self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &request.device.key);
     }
 
