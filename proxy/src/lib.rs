@@ -25,8 +25,8 @@ pub mod registrar;
 pub mod registry;
 pub mod run;
 pub mod sccp;
-pub mod snapshot;
 pub mod sip;
+pub mod snapshot;
 pub mod stun;
 #[cfg(test)]
 pub(crate) mod testing;

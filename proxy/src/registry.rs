@@ -10,8 +10,7 @@ use dashmap::DashMap;
 use crate::failover::{BackendId, GroupId};
 
 /// Transport of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     Udp,
     Tcp,
@@ -35,14 +34,12 @@ impl Transport {
 }
 
 /// A TCP connection, numbered by the shell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionId(pub u64);
 
 /// Where a phone's messages come from and its answers go: the same UDP address and
 /// port, or the same TCP connection (NAT-friendly).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Flow {
     pub transport: Transport,
     pub peer: SocketAddr,

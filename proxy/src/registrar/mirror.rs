@@ -33,8 +33,7 @@ use crate::{
 };
 
 /// What the kernel entry takes from the REGISTER a binding was last accepted with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelSeed {
     pub call_id_key: u64,
     pub identity: u64,
