@@ -115,6 +115,10 @@ default_group = "default"
 #   protocol           "sip" (default) or "sccp"
 #   transport          "udp" (default) or "tcp"; protocol "sccp" needs "tcp"
 #   max_register_rate  most REGISTERs forwarded to it per second, at least 1; default 200
+#   path               true (default): the node honours Path (RFC 3327), and requests
+#                      for a phone come back with regedge's Path as their Route; false:
+#                      regedge rewrites each REGISTER's contact to a flow-token URI at
+#                      itself, and requests for the phone come back to that URI
 #
 # [[groups]]: backends that serve the same phones, in priority order. Keys:
 #   name               required; same characters as a backend name; unique
@@ -426,6 +430,15 @@ pub struct BackendConfig {
     /// Most REGISTERs forwarded to this node per second; at least 1. Default: 200.
     #[serde(default = "default_max_register_rate")]
     pub max_register_rate: u32,
+    /// Whether the node honours Path (RFC 3327): requests to a phone then carry regedge's
+    /// Path as their Route. `false`: the contact of each REGISTER is rewritten to a
+    /// flow-token URI at regedge instead. Default: `true`.
+    #[serde(default = "default_true")]
+    pub path: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_register_rate() -> u32 {

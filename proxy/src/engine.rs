@@ -5,17 +5,19 @@
 //!
 //! Keepalives — STUN, CRLF, OPTIONS to the proxy — get the bytes the XDP program sends
 //! for the same request; REGISTERs go to the registrar when failover groups are
-//! configured; malformed requests get a 400 that names the problem; other requests get
-//! 501 (call routing comes with a later issue).
+//! configured; every other request is routed as `calls` says (phone to backend, backend
+//! to phone); malformed requests get a 400 that names the problem.
 
 use std::net::SocketAddr;
 
+use dashmap::DashMap;
 use regedge_common::{ReplyKind, sip::CRLF_KEEPALIVES};
 
 use crate::{
+    calls::{MethodLabel, Refusal, Routed, Router, Toward},
     local_names::LocalNames,
     registrar::{Now, Registrar, RegistrationOutcome, Send},
-    registry::{Flow, Transport},
+    registry::{ConnectionId, Flow, Transport},
     sip::{
         Message, ParseError, StartLine,
         stateless::{self, RequestError, ToTag},
@@ -37,8 +39,12 @@ pub enum Outcome {
     Dropped(DropReason),
     /// A REGISTER handled by the registrar.
     Registration(RegistrationOutcome),
-    /// A backend's response relayed toward a phone.
+    /// A backend's response to a REGISTER relayed toward a phone (counted by the registrar).
     Relayed,
+    /// A request routed toward a backend or a phone.
+    Routed(MethodLabel, Toward),
+    /// A response to a routed request relayed to where the request came from.
+    RelayedResponse,
 }
 
 /// Error responses the edge sends itself.
@@ -48,26 +54,34 @@ pub enum Rejection {
     Malformed(ParseError),
     /// 400: a dialog header is duplicated, empty or malformed.
     BadRequest(RequestError),
-    /// 501: a request this edge does not route yet.
-    NotImplemented,
-    /// 503: a REGISTER, but no failover group is configured to send it to.
+    /// 503: a request, but no failover group is configured to send it to.
     NoRegistrar,
     /// STUN 420: comprehension-required attributes regedge does not implement.
     StunUnknownAttributes,
+    /// A request the call router answers itself (430, 480, 483, 403, 404, 503).
+    Call(Refusal),
 }
 
 impl Rejection {
     /// Values of the `reason` metric label, indexed by [`Rejection::index`].
-    pub const LABELS: [&'static str; 5] =
-        ["malformed", "bad_request", "not_implemented", "stun_unknown_attribute", "no_registrar"];
+    pub const LABELS: [&'static str; 4 + Refusal::ALL.len()] = {
+        let mut labels =
+            ["malformed", "bad_request", "stun_unknown_attribute", "no_registrar", "", "", "", "", "", "", ""];
+        let mut i = 0;
+        while i < Refusal::ALL.len() {
+            labels[4 + i] = Refusal::ALL[i].label();
+            i += 1;
+        }
+        labels
+    };
 
     pub const fn index(self) -> usize {
         match self {
             Self::Malformed(_) => 0,
             Self::BadRequest(_) => 1,
-            Self::NotImplemented => 2,
-            Self::StunUnknownAttributes => 3,
-            Self::NoRegistrar => 4,
+            Self::StunUnknownAttributes => 2,
+            Self::NoRegistrar => 3,
+            Self::Call(refusal) => 4 + refusal as usize,
         }
     }
 
@@ -81,9 +95,9 @@ impl Rejection {
         match self {
             Self::Malformed(_) => (400, "Malformed Header Line"),
             Self::BadRequest(err) => err.status(),
-            Self::NotImplemented => (501, "Not Implemented"),
             Self::StunUnknownAttributes => (420, "Unknown Attribute"),
             Self::NoRegistrar => (503, "No Failover Group Configured"),
+            Self::Call(refusal) => refusal.status(),
         }
     }
 }
@@ -97,7 +111,7 @@ pub enum DropReason {
     Unanswerable,
     /// A SIP response with no transaction to relay it to.
     StrayResponse,
-    /// ACK: never answered (RFC 3261 §17).
+    /// An ACK that could not be routed: never answered (RFC 3261 §17).
     Ack,
     /// STUN that is not a Binding Request, or whose lengths do not add up.
     StunIgnored,
@@ -122,8 +136,11 @@ impl DropReason {
 pub struct Engine {
     local_names: LocalNames,
     to_tag: ToTag,
-    /// `None` when no failover group is configured: REGISTERs are then answered 501.
+    /// `None` when no failover group is configured: requests are then answered 503.
     pub registrar: Option<Registrar>,
+    /// Open TCP connections (phones' and backends') and the event loop that owns each; the
+    /// shell keeps it current. A flow token naming a closed one fails (430).
+    pub connections: DashMap<ConnectionId, usize>,
 }
 
 /// What one message makes the node send: the answer to its sender, and the rest.
@@ -142,7 +159,7 @@ impl Output {
 
 impl Engine {
     pub fn new(local_names: LocalNames, to_tag: ToTag, registrar: Option<Registrar>) -> Self {
-        Self { local_names, to_tag, registrar }
+        Self { local_names, to_tag, registrar, connections: DashMap::new() }
     }
 
     /// Handles one datagram from `peer` with no registrar state involved (keepalives,
@@ -183,22 +200,27 @@ impl Engine {
         let StartLine::Request { method, uri } = msg.start else {
             if framing_error.is_none()
                 && let Some(registrar) = &self.registrar
-                && registrar.on_response(&msg, payload, now, &mut out.sends)
             {
-                return Outcome::Relayed;
+                if registrar.on_response(&msg, payload, now, &mut out.sends) {
+                    return Outcome::Relayed;
+                }
+                if self.router(registrar).relay_response(&msg, payload, &mut out.sends) {
+                    return Outcome::RelayedResponse;
+                }
             }
             return Outcome::Dropped(DropReason::StrayResponse);
         };
-        if method == b"ACK" {
-            return Outcome::Dropped(DropReason::Ack);
-        }
+        let is_ack = method == b"ACK";
         if let Err(err) = stateless::check_request(&msg) {
-            if !err.is_answerable() {
+            if !err.is_answerable() || is_ack {
                 return Outcome::Dropped(DropReason::Unanswerable);
             }
             return self.reject(&msg, Rejection::BadRequest(err), &mut out.reply);
         }
         if let Some(err) = framing_error {
+            if is_ack {
+                return Outcome::Dropped(DropReason::Ack);
+            }
             return self.reject(&msg, Rejection::Malformed(err), &mut out.reply);
         }
         if method == b"OPTIONS" && uri::proxy_host(uri).is_some_and(|h| self.local_names.contains(h)) {
@@ -218,7 +240,21 @@ impl Engine {
                 None => self.reject(&msg, Rejection::NoRegistrar, &mut out.reply),
             };
         }
-        self.reject(&msg, Rejection::NotImplemented, &mut out.reply)
+        let Some(registrar) = &self.registrar else {
+            if is_ack {
+                return Outcome::Dropped(DropReason::Ack);
+            }
+            return self.reject(&msg, Rejection::NoRegistrar, &mut out.reply);
+        };
+        match self.router(registrar).route(&msg, payload, flow, &mut out.sends) {
+            Routed::Forwarded(method, toward) => Outcome::Routed(method, toward),
+            Routed::Refused(refusal) => self.reject(&msg, Rejection::Call(refusal), &mut out.reply),
+            Routed::AckDropped => Outcome::Dropped(DropReason::Ack),
+        }
+    }
+
+    fn router<'a>(&'a self, registrar: &'a Registrar) -> Router<'a> {
+        Router { registrar, local_names: &self.local_names, connections: &self.connections }
     }
 
     fn reject(&self, msg: &Message<'_>, rejection: Rejection, out: &mut Vec<u8>) -> Outcome {
@@ -356,7 +392,7 @@ mod tests {
         let cases = [
             (
                 format!("OPTIONS sip:ping@edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\n\n"),
-                "SIP/2.0 501 Not Implemented\r\n",
+                "SIP/2.0 503 No Failover Group Configured\r\n",
             ),
             (
                 format!("REGISTER sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\n\n"),

@@ -1,14 +1,28 @@
 //! Failover groups: backends with their health and registration rate limit, ordered
 //! groups of them (a CUCM Call Manager Group), and the rules that put a device in a group.
 //! The table is read-mostly and shared by every event loop; health changes are atomic.
+//!
+//! Reloads keep every id valid. A [`BackendId`] or [`GroupId`] names one definition for
+//! the life of the process: backends and groups live in append-only tables, and
+//! [`Routing::reload`] keeps the slot of each backend whose definition is unchanged (its
+//! health, its rate limiter and its bindings stay), adds a slot for each new or changed
+//! definition, and retires the slots the config no longer has. Rules, the default group
+//! and the list of live slots are swapped whole. Nothing that holds an id (bindings,
+//! REGISTERs waiting for an answer, SCCP sessions, kernel entries) is rewritten under the
+//! event loops' feet: a retired backend is in no group, so its phones move at their next
+//! refresh, and a retired group answers for the slot that now has its name.
 
 use std::{
+    fmt,
     net::SocketAddr,
+    ops::Index,
     sync::{
         Mutex,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
 };
+
+use arc_swap::ArcSwap;
 
 use crate::{
     config::{BackendConfig, BackendProtocol, BackendTransport, Config, RuleMatcher},
@@ -64,6 +78,17 @@ impl TokenBucket {
         Self { rate: rate as f64, tokens: rate as f64, updated_ms: 0 }
     }
 
+    /// Tokens per second.
+    pub fn rate(&self) -> u32 {
+        self.rate as u32
+    }
+
+    /// A new rate from now on; what is stored is capped at one second of the new rate.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.rate = rate as f64;
+        self.tokens = self.tokens.min(self.rate);
+    }
+
     fn refill(&mut self, now_ms: u64) {
         let elapsed = now_ms.saturating_sub(self.updated_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
@@ -88,29 +113,110 @@ pub struct Backend {
     pub address: SocketAddr,
     pub protocol: BackendProtocol,
     pub transport: BackendTransport,
+    /// Honours Path; else contacts are rewritten to flow-token URIs (`[[backends]] path`).
+    pub path: bool,
+    /// Where this node talks to it from.
+    pub link: Link,
+    /// What the health checks say: `Up` or `Down`.
     state: AtomicU8,
+    /// Drained by an operator: it takes no phones, whatever its health.
+    drained: AtomicBool,
+    /// No longer in the config (since a reload): in no group, not probed.
+    retired: AtomicBool,
     limiter: Mutex<TokenBucket>,
 }
 
+/// Where this node talks to a backend from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Index in `[sip] listen` of the socket that faces the backend.
+    pub listener: usize,
+    /// That socket's address as the backend reaches it.
+    pub facing: SocketAddr,
+}
+
+impl Link {
+    /// The first `[sip] listen` address of the backend's family, as written (a wildcard
+    /// stays one: resolving it is the caller's job); `None` when there is none.
+    pub fn first_of_family(config: &Config, backend: &BackendConfig) -> Option<Link> {
+        let (listener, facing) =
+            config.sip.listen.iter().enumerate().find(|(_, l)| l.is_ipv4() == backend.address.is_ipv4())?;
+        Some(Link { listener, facing: *facing })
+    }
+}
+
 impl Backend {
-    fn new(config: &BackendConfig) -> Self {
+    fn new(config: &BackendConfig, link: Link) -> Self {
         Self {
             name: config.name.clone(),
             address: config.address,
             protocol: config.protocol,
             transport: config.transport,
+            path: config.path,
+            link,
             state: AtomicU8::new(BackendState::Up as u8),
+            drained: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             limiter: Mutex::new(TokenBucket::new(config.max_register_rate)),
         }
     }
 
+    /// What phones see: `Down` when the health checks say so, else `Draining` when an
+    /// operator drained it, else `Up`.
     pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::Relaxed))
+        match BackendState::from_u8(self.state.load(Ordering::Relaxed)) {
+            BackendState::Down => BackendState::Down,
+            _ if self.drained.load(Ordering::Relaxed) => BackendState::Draining,
+            _ => BackendState::Up,
+        }
     }
 
-    /// Sets the state; returns the previous one.
+    /// What the health checks say, drained or not: `Up` or `Down`.
+    pub fn health(&self) -> BackendState {
+        match BackendState::from_u8(self.state.load(Ordering::Relaxed)) {
+            BackendState::Down => BackendState::Down,
+            _ => BackendState::Up,
+        }
+    }
+
+    /// Sets the health (`Up`, `Down`) or drains (`Draining`); returns the previous
+    /// [`Backend::state`]. Health changes leave a drain in place.
     pub fn set_state(&self, state: BackendState) -> BackendState {
-        BackendState::from_u8(self.state.swap(state as u8, Ordering::Relaxed))
+        let previous = self.state();
+        match state {
+            BackendState::Draining => self.drained.store(true, Ordering::Relaxed),
+            health => self.state.store(health as u8, Ordering::Relaxed),
+        }
+        previous
+    }
+
+    /// Drains (`true`) or enables (`false`) the backend; returns whether it was drained.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Whether a reload took it out of the config.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Forwarded REGISTERs per second at most.
+    pub fn max_register_rate(&self) -> u32 {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).rate()
+    }
+
+    /// Whether `config` defines this backend: everything but the rate limit, which a
+    /// reload changes in place.
+    fn is_defined_by(&self, config: &BackendConfig) -> bool {
+        self.name == config.name
+            && self.address == config.address
+            && self.protocol == config.protocol
+            && self.transport == config.transport
+            && self.path == config.path
     }
 
     /// One forwarded REGISTER's worth of the rate limit.
@@ -126,40 +232,315 @@ pub struct Group {
     pub backends: Vec<BackendId>,
     /// What every backend of the group speaks (validated: one protocol per group).
     pub protocol: BackendProtocol,
+    /// The slot that answers for this group: itself while the config has it as it is,
+    /// the slot of the same name after a reload changed it, [`NO_GROUP`] once the name
+    /// is gone.
+    current: AtomicUsize,
+}
+
+const NO_GROUP: usize = usize::MAX;
+
+impl Group {
+    /// Whether a reload took it out of the config (or replaced it with a new definition).
+    pub fn is_retired(&self, id: GroupId) -> bool {
+        self.current.load(Ordering::Relaxed) != id.0
+    }
+}
+
+/// An append-only table: an entry's index and its address never change, so ids and
+/// references stay valid while a reload adds entries.
+pub struct Table<T> {
+    slots: boxcar::Vec<T>,
+}
+
+impl<T> Table<T> {
+    fn new() -> Self {
+        Self { slots: boxcar::Vec::new() }
+    }
+
+    /// Entries ever added (live and retired).
+    pub fn len(&self) -> usize {
+        self.slots.count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.slots.get(index)
+    }
+
+    /// Every entry, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|(_, entry)| entry)
+    }
+
+    fn push(&self, entry: T) -> usize {
+        self.slots.push(entry)
+    }
+}
+
+impl<T> Index<usize> for Table<T> {
+    type Output = T;
+
+    fn index(&self, index: usize) -> &T {
+        &self.slots[index]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Table<T> {
+    type Item = &'a T;
+    type IntoIter = std::iter::Map<boxcar::Iter<'a, T>, fn((usize, &'a T)) -> &'a T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.iter().map(|(_, entry)| entry)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Table<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// What the config says now: the live slots in config order, and the rules.
+#[derive(Debug, Default)]
+struct Live {
+    backends: Vec<BackendId>,
+    groups: Vec<GroupId>,
+    rules: Vec<(RuleMatcher, GroupId)>,
+    default_group: Option<GroupId>,
+}
+
+/// What a reload changed, by name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoutingChanges {
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+    /// Same name, another address, protocol, transport or `path`: a new backend whose
+    /// phones move to it (or elsewhere in their group) at their next refresh.
+    pub backends_redefined: Vec<String>,
+    /// `(backend, old rate, new rate)`.
+    pub rates_changed: Vec<(String, u32, u32)>,
+    pub groups_added: Vec<String>,
+    pub groups_removed: Vec<String>,
+    /// Same name, other backends or order.
+    pub groups_changed: Vec<String>,
+    pub rules_changed: bool,
+}
+
+impl RoutingChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for RoutingChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("backends added", &self.backends_added),
+            ("backends removed", &self.backends_removed),
+            ("backends redefined", &self.backends_redefined),
+            ("groups added", &self.groups_added),
+            ("groups removed", &self.groups_removed),
+            ("groups changed", &self.groups_changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what}: {}", names.join(", ")));
+            }
+        }
+        if !self.rates_changed.is_empty() {
+            let rates: Vec<String> =
+                self.rates_changed.iter().map(|(name, old, new)| format!("{name} {old} -> {new}/s")).collect();
+            parts.push(format!("max_register_rate: {}", rates.join(", ")));
+        }
+        if self.rules_changed {
+            parts.push("rules or default group changed".to_owned());
+        }
+        if parts.is_empty() {
+            return f.write_str("no routing change");
+        }
+        f.write_str(&parts.join("; "))
+    }
 }
 
 /// Backends, groups and the rules that map devices to groups.
 #[derive(Debug)]
 pub struct Routing {
-    pub backends: Vec<Backend>,
-    pub groups: Vec<Group>,
-    rules: Vec<(RuleMatcher, GroupId)>,
-    default_group: Option<GroupId>,
+    /// Every backend definition since the start, live and retired; the config's are
+    /// [`Routing::live_backends`].
+    pub backends: Table<Backend>,
+    /// Every group definition since the start, live and retired; the config's are
+    /// [`Routing::live_groups`].
+    pub groups: Table<Group>,
+    live: ArcSwap<Live>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
 }
 
 impl Routing {
-    /// Built from a validated config (every name it references exists).
+    /// Built from a validated config (every name it references exists). Each backend is
+    /// talked to from the first `[sip] listen` address of its family, as written.
     pub fn from_config(config: &Config) -> Self {
-        let backends: Vec<Backend> = config.backends.iter().map(Backend::new).collect();
-        let backend_id =
-            |name: &str| BackendId(config.backends.iter().position(|b| b.name == name).expect("validated"));
-        let groups: Vec<Group> = config
-            .groups
+        let fallback = Link { listener: 0, facing: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        Self::from_config_linked(config, |backend| Ok(Link::first_of_family(config, backend).unwrap_or(fallback)))
+            .expect("linking cannot fail")
+    }
+
+    /// Built from a validated config, `link` saying where each backend is talked to from.
+    pub fn from_config_linked(
+        config: &Config,
+        link: impl FnMut(&BackendConfig) -> std::io::Result<Link>,
+    ) -> std::io::Result<Self> {
+        let routing = Self {
+            backends: Table::new(),
+            groups: Table::new(),
+            live: ArcSwap::from_pointee(Live::default()),
+            reloading: Mutex::new(()),
+        };
+        routing.reload(config, link)?;
+        Ok(routing)
+    }
+
+    /// Makes a new validated config the routing: backends whose definition is unchanged
+    /// keep their slot (health, rate limiter, bindings) and take the new rate limit; new
+    /// and changed definitions get new slots, linked by `link`, which is called for them
+    /// only and before anything changes (an error leaves the routing as it was); what the
+    /// config no longer has is retired (see the module documentation).
+    pub fn reload(
+        &self,
+        config: &Config,
+        mut link: impl FnMut(&BackendConfig) -> std::io::Result<Link>,
+    ) -> std::io::Result<RoutingChanges> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.load_full();
+        let mut changes = RoutingChanges::default();
+        let existing: Vec<Option<usize>> = config
+            .backends
             .iter()
-            .map(|g| {
-                let members: Vec<BackendId> = g.backends.iter().map(|b| backend_id(b)).collect();
-                let protocol = members.first().map_or(BackendProtocol::Sip, |b| backends[b.0].protocol);
-                Group { name: g.name.clone(), backends: members, protocol }
+            .map(|wanted| (0..self.backends.len()).find(|&i| self.backends[i].is_defined_by(wanted)))
+            .collect();
+        let mut links = Vec::new();
+        for (wanted, slot) in config.backends.iter().zip(&existing) {
+            if slot.is_none() {
+                links.push(link(wanted)?);
+            }
+        }
+        let mut links = links.into_iter();
+        let backend_ids: Vec<BackendId> = config
+            .backends
+            .iter()
+            .zip(&existing)
+            .map(|(wanted, slot)| match *slot {
+                Some(index) => {
+                    let backend = &self.backends[index];
+                    let mut limiter = backend.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                    if limiter.rate() != wanted.max_register_rate {
+                        changes.rates_changed.push((wanted.name.clone(), limiter.rate(), wanted.max_register_rate));
+                        limiter.set_rate(wanted.max_register_rate);
+                    }
+                    BackendId(index)
+                }
+                None => BackendId(self.backends.push(Backend::new(wanted, links.next().expect("linked above")))),
             })
             .collect();
-        let group_id = |name: &str| config.groups.iter().position(|g| g.name == name).map(GroupId);
-        let rules = config.rules.iter().filter_map(|r| Some((r.matcher(), group_id(&r.group)?))).collect();
-        Self { backends, groups, rules, default_group: group_id(&config.routing.default_group) }
+        let backend_id = |name: &str| {
+            backend_ids[config.backends.iter().position(|b| b.name == name).expect("validated: groups name backends")]
+        };
+        let group_ids: Vec<GroupId> = config
+            .groups
+            .iter()
+            .map(|wanted| {
+                let members: Vec<BackendId> = wanted.backends.iter().map(|name| backend_id(name)).collect();
+                let protocol = members.first().map_or(BackendProtocol::Sip, |b| self.backends[b.0].protocol);
+                let slot = (0..self.groups.len()).find(|&i| {
+                    let group = &self.groups[i];
+                    group.name == wanted.name && group.backends == members && group.protocol == protocol
+                });
+                GroupId(slot.unwrap_or_else(|| {
+                    let current = AtomicUsize::new(NO_GROUP);
+                    self.groups.push(Group { name: wanted.name.clone(), backends: members, protocol, current })
+                }))
+            })
+            .collect();
+        let group_id = |name: &str| config.groups.iter().position(|g| g.name == name).map(|i| group_ids[i]);
+        let rules: Vec<(RuleMatcher, GroupId)> =
+            config.rules.iter().filter_map(|r| Some((r.matcher(), group_id(&r.group)?))).collect();
+        let live = Live {
+            default_group: group_id(&config.routing.default_group),
+            backends: backend_ids,
+            groups: group_ids,
+            rules,
+        };
+        changes.rules_changed = live.rules != old.rules || live.default_group != old.default_group;
+        self.describe_changes(&old, &live, &mut changes);
+        let live = std::sync::Arc::new(live);
+        self.live.store(std::sync::Arc::clone(&live));
+        for (index, backend) in self.backends.iter().enumerate() {
+            backend.retired.store(!live.backends.contains(&BackendId(index)), Ordering::Relaxed);
+        }
+        for group in &self.groups {
+            let current = live.groups.iter().find(|id| self.groups[id.0].name == group.name).map_or(NO_GROUP, |id| id.0);
+            group.current.store(current, Ordering::Relaxed);
+        }
+        Ok(changes)
+    }
+
+    /// Fills `changes` with the backends and groups that came, went or changed.
+    fn describe_changes(&self, old: &Live, new: &Live, changes: &mut RoutingChanges) {
+        let backend_names = |live: &Live| -> Vec<(String, BackendId)> {
+            live.backends.iter().map(|id| (self.backends[id.0].name.clone(), *id)).collect()
+        };
+        let (before, after) = (backend_names(old), backend_names(new));
+        for (name, id) in &after {
+            match before.iter().find(|(n, _)| n == name) {
+                None => changes.backends_added.push(name.clone()),
+                Some((_, old_id)) if old_id != id => changes.backends_redefined.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.backends_removed =
+            before.iter().filter(|(n, _)| !after.iter().any(|(a, _)| a == n)).map(|(n, _)| n.clone()).collect();
+        let group_names = |live: &Live| -> Vec<(String, GroupId)> {
+            live.groups.iter().map(|id| (self.groups[id.0].name.clone(), *id)).collect()
+        };
+        let (before, after) = (group_names(old), group_names(new));
+        for (name, id) in &after {
+            match before.iter().find(|(n, _)| n == name) {
+                None => changes.groups_added.push(name.clone()),
+                Some((_, old_id)) if old_id != id => changes.groups_changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.groups_removed =
+            before.iter().filter(|(n, _)| !after.iter().any(|(a, _)| a == n)).map(|(n, _)| n.clone()).collect();
     }
 
     /// Whether any group is configured (else there is no registration edge).
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.live.load().groups.is_empty()
+    }
+
+    /// The backends of the config, in its order.
+    pub fn live_backends(&self) -> Vec<BackendId> {
+        self.live.load().backends.clone()
+    }
+
+    /// The groups of the config, in its order.
+    pub fn live_groups(&self) -> Vec<GroupId> {
+        self.live.load().groups.clone()
+    }
+
+    /// The backend of the config named `name`.
+    pub fn backend_named(&self, name: &str) -> Option<BackendId> {
+        self.live.load().backends.iter().copied().find(|id| self.backends[id.0].name == name)
+    }
+
+    /// The group of the config named `name`.
+    pub fn group_named(&self, name: &str) -> Option<GroupId> {
+        self.live.load().groups.iter().copied().find(|id| self.groups[id.0].name == name)
     }
 
     pub fn backend(&self, id: BackendId) -> &Backend {
@@ -171,17 +552,21 @@ impl Routing {
     /// device name can so be matched by one rule set.
     pub fn group_for_protocol(&self, device: &Device, protocol: BackendProtocol) -> Option<GroupId> {
         let speaks = |g: &GroupId| self.groups[g.0].protocol == protocol;
-        self.rules
+        let live = self.live.load();
+        live.rules
             .iter()
             .filter(|(_, g)| speaks(g))
             .find(|(m, _)| matches(m, device))
             .map(|(_, g)| *g)
-            .or(self.default_group.filter(speaks))
+            .or(live.default_group.filter(speaks))
     }
 
-    /// The backend a group's phones register with now: the first one that is up.
+    /// The backend a group's phones register with now: the first one that is up. A
+    /// group a reload changed answers with the group that has its name now; one whose
+    /// name is gone has none.
     pub fn active_backend(&self, group: GroupId) -> Option<BackendId> {
-        self.groups[group.0].backends.iter().copied().find(|b| self.backend(*b).state() == BackendState::Up)
+        let current = self.groups.get(self.groups[group.0].current.load(Ordering::Relaxed))?;
+        current.backends.iter().copied().find(|b| self.backend(*b).state() == BackendState::Up)
     }
 }
 

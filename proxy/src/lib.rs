@@ -5,6 +5,8 @@
 //! - [`engine`]: protocol decisions without I/O.
 //! - [`registrar`], [`registry`], [`failover`]: the registration edge: bindings, the
 //!   absorb-or-forward decision, failover groups, health state and rate limits.
+//! - [`calls`]: every other SIP request, routed statelessly between phones and backends
+//!   (Path, Record-Route and flow tokens).
 //! - [`sip`], [`stun`]: message parsing and the responses the edge sends itself.
 //! - [`local_names`]: what "this proxy" means in a Request-URI.
 //! - [`datapath`]: the XDP fast path seen from userspace.
@@ -13,8 +15,10 @@
 //! - [`run`]: `regedge run`.
 //! - [`snapshot`]: the state kept across restarts (registry snapshot, flow-token key).
 
+pub mod calls;
 pub mod config;
 pub mod datapath;
+pub mod demo;
 pub mod engine;
 pub mod failover;
 pub mod health;

@@ -13,6 +13,9 @@ use regedge_common::maps::{LOCAL_NAME_MAX, LocalNameKey};
 pub struct LocalNames {
     /// Lower-cased; IPv6 addresses in brackets, as in a SIP URI.
     names: BTreeSet<Vec<u8>>,
+    /// The listen ports: a URI names this proxy when its host is one of `names` and its
+    /// port (or the scheme's default) one of these.
+    ports: BTreeSet<u16>,
 }
 
 impl LocalNames {
@@ -24,6 +27,7 @@ impl LocalNames {
             set.insert(name.as_bytes());
         }
         for addr in listen {
+            set.ports.insert(addr.port());
             match addr.ip() {
                 ip if ip.is_unspecified() => {
                     for local in interface_addrs.iter().filter(|a| a.is_ipv4() == ip.is_ipv4()) {
@@ -52,6 +56,11 @@ impl LocalNames {
         lower.copy_from_slice(host);
         lower.make_ascii_lowercase();
         self.names.contains(&lower[..])
+    }
+
+    /// Whether `port` is one of the listen ports.
+    pub fn has_port(&self, port: u16) -> bool {
+        self.ports.contains(&port)
     }
 
     /// The kernel map keys.

@@ -23,6 +23,7 @@ use prometheus_client::{
 use regedge_common::{PassReason, ReplyKind};
 
 use crate::{
+    calls::{MethodLabel, Toward},
     datapath::{KernelCounters, mirror::MirrorStats},
     engine::{DropReason, Outcome, Rejection},
     failover::BackendState,
@@ -65,6 +66,10 @@ pub mod names {
     pub const BACKEND_RESPONSE: &str = "regedge_backend_response_seconds";
     /// `regedge_backend_timeouts_total`: forwarded REGISTERs that got no final answer in time.
     pub const BACKEND_TIMEOUTS: &str = "regedge_backend_timeouts";
+    /// `regedge_sip_routed_requests_total{method,toward}`: requests proxied to a backend or a phone.
+    pub const SIP_ROUTED_REQUESTS: &str = "regedge_sip_routed_requests";
+    /// `regedge_sip_relayed_responses_total`: responses to proxied requests relayed back.
+    pub const SIP_RELAYED_RESPONSES: &str = "regedge_sip_relayed_responses";
     /// `regedge_sip_tcp_connections`: open SIP TCP connections.
     pub const SIP_TCP_CONNECTIONS: &str = "regedge_sip_tcp_connections";
     /// `regedge_sip_tcp_closed_total{reason}`: SIP TCP connections closed, by reason.
@@ -94,6 +99,8 @@ pub struct UserspaceCounters {
     rejected: [AtomicU64; Rejection::LABELS.len()],
     dropped: [AtomicU64; DropReason::ALL.len()],
     tcp_closed: [AtomicU64; CloseReason::LABELS.len()],
+    routed: [[AtomicU64; Toward::ALL.len()]; MethodLabel::LABELS.len()],
+    relayed_responses: AtomicU64,
 }
 
 impl UserspaceCounters {
@@ -102,6 +109,8 @@ impl UserspaceCounters {
             Outcome::Replied(kind) | Outcome::Absorbed(kind) => &self.replies[kind as usize],
             Outcome::Rejected(rejection) => &self.rejected[rejection.index()],
             Outcome::Dropped(reason) => &self.dropped[reason as usize],
+            Outcome::Routed(method, toward) => &self.routed[method.index()][toward as usize],
+            Outcome::RelayedResponse => &self.relayed_responses,
             // Counted by the registrar.
             Outcome::Registration(_) | Outcome::Relayed => return,
         };
@@ -231,6 +240,25 @@ impl Collector for MetricsCollector {
             "reason",
             DropReason::ALL.iter().zip(&user.dropped).map(|(r, c)| (r.label(), c.load(Ordering::Relaxed))),
         )?;
+        let mut routed = encoder.encode_descriptor(
+            names::SIP_ROUTED_REQUESTS,
+            "SIP requests proxied to a backend or a phone, by method.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (method, per_toward) in MethodLabel::LABELS.iter().zip(&user.routed) {
+            for (toward, count) in Toward::ALL.iter().zip(per_toward) {
+                let labels = [("method", *method), ("toward", toward.label())];
+                ConstCounter::new(count.load(Ordering::Relaxed)).encode(routed.encode_family(&labels)?)?;
+            }
+        }
+        let relayed = encoder.encode_descriptor(
+            names::SIP_RELAYED_RESPONSES,
+            "Responses to proxied SIP requests relayed back to where the request came from.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(user.relayed_responses.load(Ordering::Relaxed)).encode(relayed)?;
         let connections = encoder.encode_descriptor(
             names::SIP_TCP_CONNECTIONS,
             "Open SIP TCP connections.",

@@ -73,10 +73,12 @@ pub struct Binding {
     pub kernel: Option<crate::registrar::mirror::KernelSeed>,
 }
 
-/// Every binding, keyed by `Device::key`.
+/// Every binding, keyed by `Device::key`, and which device each flow carries (requests
+/// from a phone are routed by the flow they arrive on).
 #[derive(Debug, Default)]
 pub struct Registry {
     bindings: DashMap<String, Binding>,
+    by_flow: DashMap<Flow, String>,
 }
 
 impl Registry {
@@ -85,21 +87,43 @@ impl Registry {
     }
 
     pub fn insert(&self, device: String, binding: Binding) {
-        self.bindings.insert(device, binding);
+        let flow = binding.flow;
+        self.by_flow.insert(flow, device.clone());
+        if let Some(previous) = self.bindings.insert(device.clone(), binding).filter(|p| p.flow != flow) {
+            self.by_flow.remove_if(&previous.flow, |_, owner| *owner == device);
+        }
     }
 
     pub fn remove(&self, device: &str) -> Option<Binding> {
-        self.bindings.remove(device).map(|(_, b)| b)
+        let (_, binding) = self.bindings.remove(device)?;
+        self.by_flow.remove_if(&binding.flow, |_, owner| owner == device);
+        Some(binding)
     }
 
     /// Removes the binding of `device` if `condition` holds for it.
     pub fn remove_if(&self, device: &str, condition: impl FnOnce(&Binding) -> bool) -> Option<Binding> {
-        self.bindings.remove_if(device, |_, b| condition(b)).map(|(_, b)| b)
+        let (_, binding) = self.bindings.remove_if(device, |_, b| condition(b))?;
+        self.by_flow.remove_if(&binding.flow, |_, owner| owner == device);
+        Some(binding)
     }
 
-    /// Applies `update` to the binding of `device`, if there is one.
+    /// Applies `update` to the binding of `device`, if there is one. The flow is not
+    /// the update's to change (a new flow is a new registration, stored with `insert`).
     pub fn update(&self, device: &str, update: impl FnOnce(&mut Binding)) -> bool {
-        self.bindings.get_mut(device).map(|mut b| update(&mut b)).is_some()
+        self.bindings
+            .get_mut(device)
+            .map(|mut b| {
+                let flow = b.flow;
+                update(&mut b);
+                b.flow = flow;
+            })
+            .is_some()
+    }
+
+    /// The device registered over `flow` and its binding.
+    pub fn by_flow(&self, flow: &Flow) -> Option<(String, Binding)> {
+        let device = self.by_flow.get(flow)?.clone();
+        self.get(&device).filter(|b| b.flow == *flow).map(|b| (device, b))
     }
 
     pub fn len(&self) -> usize {

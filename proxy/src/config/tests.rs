@@ -299,6 +299,7 @@ fn backend(name: &str, address: &str) -> BackendConfig {
         protocol: BackendProtocol::Sip,
         transport: BackendTransport::Udp,
         max_register_rate: 200,
+        path: true,
     }
 }
 
@@ -374,6 +375,7 @@ domain = "Branch.Example.NET"
             BackendConfig {
                 transport: BackendTransport::Tcp,
                 max_register_rate: 50,
+                path: true,
                 ..backend("cucm_b.2", "[2001:db8::12]:5080")
             },
         ],

@@ -20,7 +20,6 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use dashmap::DashMap;
 use mio::{Events, Interest, Poll, Token, Waker, net::TcpListener};
 
 use super::{
@@ -76,8 +75,6 @@ pub struct Shared {
     pub engine: Engine,
     pub counters: UserspaceCounters,
     pub clock: Clock,
-    /// Which loop owns each open TCP connection.
-    connections: DashMap<ConnectionId, usize>,
     next_connection: AtomicU64,
 }
 
@@ -87,14 +84,13 @@ impl Shared {
             engine,
             counters: UserspaceCounters::default(),
             clock: Clock::default(),
-            connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
         }
     }
 
     /// Open TCP connections.
     pub fn connections(&self) -> usize {
-        self.connections.len()
+        self.engine.connections.len()
     }
 }
 
@@ -262,7 +258,7 @@ impl Loop {
             }
         }
         for (_, connection) in self.connections.drain() {
-            self.shared.connections.remove(&connection.id);
+            self.shared.engine.connections.remove(&connection.id);
         }
     }
 
@@ -325,7 +321,7 @@ impl Loop {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            self.shared.connections.insert(id, self.id);
+            self.shared.engine.connections.insert(id, self.id);
             self.connections.insert(token, Connection::new(stream, id, peer, local));
         }
     }
@@ -398,7 +394,7 @@ impl Loop {
         self.backend_connections.retain(|_, t| *t != token);
         if let Some(mut connection) = self.connections.remove(&token) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
-            self.shared.connections.remove(&connection.id);
+            self.shared.engine.connections.remove(&connection.id);
             self.shared.counters.record_tcp_close(reason);
         }
     }
@@ -423,7 +419,8 @@ impl Loop {
     fn send_to_backend(&mut self, id: BackendId, bytes: &[u8]) {
         let Some(registrar) = &self.shared.engine.registrar else { return };
         let backend = registrar.routing.backend(id);
-        let listener = &self.udp[self.backend_listener[id.0]];
+        // Backends a reload added are not in the start's list: their link says.
+        let listener = &self.udp[self.backend_listener.get(id.0).copied().unwrap_or(backend.link.listener)];
         if backend.transport == BackendTransport::Udp {
             if let Err(err) = listener.socket.send_to(bytes, backend.address) {
                 tracing::debug!(backend = %backend.name, error = %err, "UDP send to backend failed");
@@ -446,7 +443,7 @@ impl Loop {
                 });
                 match opened {
                     Ok(connection) => {
-                        self.shared.connections.insert(connection_id, self.id);
+                        self.shared.engine.connections.insert(connection_id, self.id);
                         self.connections.insert(token, connection);
                         self.backend_connections.insert(id.0, token);
                         token
@@ -463,7 +460,7 @@ impl Loop {
 
     fn send_to_flow(&mut self, flow: &Flow, bytes: &[u8]) {
         match (flow.transport, flow.connection) {
-            (Transport::Tcp, Some(id)) => match self.shared.connections.get(&id).map(|owner| *owner) {
+            (Transport::Tcp, Some(id)) => match self.shared.engine.connections.get(&id).map(|owner| *owner) {
                 Some(owner) if owner == self.id => self.send_to_connection(connection_token(id), bytes),
                 Some(owner) => {
                     let (mailbox, waker) = &self.post[owner];

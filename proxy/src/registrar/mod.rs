@@ -5,6 +5,7 @@
 
 pub mod decision;
 pub mod mirror;
+mod operator;
 pub mod request;
 #[cfg(test)]
 mod simulation;
@@ -142,6 +143,8 @@ struct Pending {
     backend: BackendId,
     grant: u32,
     sent_ms: u64,
+    /// The contact the backend was given when it is not the phone's (no Path support).
+    upstream_contact: Option<String>,
 }
 
 /// Counters the registrar keeps (read by metrics).
@@ -204,8 +207,10 @@ pub struct Registrar {
     pub routing: Arc<Routing>,
     pub stats: RegistrarStats,
     pending: DashMap<String, Pending>,
-    policy: Policy,
+    /// Swapped whole by a reload (see `operator`).
+    policy: arc_swap::ArcSwap<Policy>,
     node: Node,
+    operations: operator::Operations,
     lapses: LapseQueue,
     kernel: KernelLink,
 }
@@ -281,19 +286,25 @@ impl Registrar {
             routing,
             stats: RegistrarStats::default(),
             pending: DashMap::new(),
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
             node,
+            operations: Default::default(),
             lapses: LapseQueue::new(),
             kernel: KernelLink::new(),
         }
+    }
+
+    /// How the node presents itself (Via, Path, flow-token key).
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// The most a device is granted: `phone_expires` shortened by up to `expires_jitter`,
     /// deterministically per device, so that phones restarted together drift apart (like
     /// Kamailio's expires_range) and the kernel can hold the figure per binding.
     pub fn grant_ceiling(&self, device: &str) -> u32 {
-        let ceiling = self.policy.phone_expires;
-        let spread = (ceiling as f64 * self.policy.expires_jitter) as u64;
+        let ceiling = self.policy.load().phone_expires;
+        let spread = (ceiling as f64 * self.policy.load().expires_jitter) as u64;
         if spread == 0 {
             return ceiling.max(1);
         }
@@ -332,7 +343,7 @@ impl Registrar {
             if let Some(seed) = binding.kernel {
                 self.kernel.owners.insert(seed.call_id_key, device.clone());
             }
-            self.lapses.post(binding.phone_expires_at_ms + self.policy.lapse_grace_ms, &device);
+            self.lapses.post(binding.phone_expires_at_ms + self.policy.load().lapse_grace_ms, &device);
             self.registry.insert(device, binding);
             restored += 1;
         }
@@ -366,7 +377,7 @@ impl Registrar {
                 }
             });
             if let Some(expires_at_ms) = seen {
-                self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &device);
+                self.lapses.post(expires_at_ms + self.policy.load().lapse_grace_ms, &device);
             }
         }
         orphans
@@ -435,7 +446,7 @@ impl Registrar {
                 }
             });
             if moved {
-                self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &device);
+                self.lapses.post(expires_at_ms + self.policy.load().lapse_grace_ms, &device);
             }
         }
     }
@@ -445,12 +456,19 @@ impl Registrar {
         5 + (hash_of(&[device.as_bytes(), &now.mono_ms.to_be_bytes()]) % 16) as u32
     }
 
-    /// A flow token for Path: the flow, keyed so that it cannot be forged.
-    fn flow_token(&self, flow: &Flow) -> String {
-        let text = format!("{}-{}-{}", flow.transport.label(), flow.peer, flow.connection.map_or(0, |c| c.0));
-        let mac = hash_of(&[&self.node.token_key.to_be_bytes(), text.as_bytes()]);
-        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}.{mac:016x}")
+    /// A URI at this node naming `flow` (`sip:<token>@<us>[;transport=tcp]`), as `backend`
+    /// reaches the node: the Path of a registration, or its contact for a backend that
+    /// does not honour Path.
+    fn flow_uri(&self, flow: &Flow, backend: BackendId) -> String {
+        let (transport, us) = self.backend_facing(backend);
+        let param = if transport == crate::registry::Transport::Tcp { ";transport=tcp" } else { "" };
+        format!("sip:{}@{us}{param}", crate::calls::token::encode(flow, self.node.token_key))
+    }
+
+    /// The contact `backend` is given for a phone on `flow`: `None` (the phone's own) when
+    /// the backend honours Path, else a flow-token URI at this node.
+    fn upstream_contact(&self, flow: &Flow, backend: BackendId) -> Option<String> {
+        (!self.routing.backend(backend).path).then(|| format!("{};ob", self.flow_uri(flow, backend)))
     }
 
     /// Handles a REGISTER from `flow`. The answer to the phone, if any, goes to `reply`;
@@ -522,7 +540,7 @@ impl Registrar {
                     credentials: request.credentials.or(binding.as_ref().and_then(|b| b.credentials)),
                     group,
                     backend: active.unwrap_or(BackendId(0)),
-                    backend_granted: self.policy.backend_expires,
+                    backend_granted: self.policy.load().backend_expires,
                     backend_valid_until_ms: 0,
                     phone_expires_at_ms: now.mono_ms + grant as u64 * 1000,
                     last_seen_ms: now.mono_ms,
@@ -573,7 +591,7 @@ impl Registrar {
 
     /// The `Date: ...` line of answers to REGISTER, or nothing (`[registration] date_header`).
     fn date_line(&self, now: Now) -> String {
-        if self.policy.date_header { format!("Date: {}\r\n", forward::http_date(now.unix_secs)) } else { String::new() }
+        if self.policy.load().date_header { format!("Date: {}\r\n", forward::http_date(now.unix_secs)) } else { String::new() }
     }
 
     /// Refreshes a binding here: the phone's CSeq and times move on, and the kernel entry
@@ -593,7 +611,7 @@ impl Registrar {
             }
             self.sync_kernel(device, b);
         });
-        self.lapses.post(expires_at_ms + self.policy.lapse_grace_ms, &request.device.key);
+        self.lapses.post(expires_at_ms + self.policy.load().lapse_grace_ms, &request.device.key);
     }
 
     fn forward(
@@ -606,6 +624,10 @@ impl Registrar {
         let Incoming { msg, raw, flow, now, request } = *incoming;
         let Forwarding { active, candidate, fallback } = plan;
         let device = &request.device.key;
+        if self.is_stopping() && request.expires != Some(0) {
+            let grant = candidate.as_ref().map_or(self.policy.load().phone_expires, |(_, g)| *g);
+            return self.answer_while_stopping(msg, request, fallback, grant, now, reply);
+        }
         let Some(backend) = active else {
             let retry = format!("Retry-After: {}\r\n", self.retry_after(device, now));
             return self.answer(
@@ -638,7 +660,7 @@ impl Registrar {
         };
         if !retransmission && !self.routing.backend(backend).try_admit(now.mono_ms) {
             if let Some(binding) = fallback {
-                let grant = candidate.as_ref().map_or(self.policy.phone_expires, |(_, g)| *g);
+                let grant = candidate.as_ref().map_or(self.policy.load().phone_expires, |(_, g)| *g);
                 self.refresh_here(msg, request, grant, now);
                 self.absorbed_ok(msg, binding.contact.as_bytes(), grant, now, reply);
                 return RegistrationOutcome::Absorbed;
@@ -653,14 +675,18 @@ impl Registrar {
                 RegistrationOutcome::RateLimited,
             );
         }
-        let (transport, us) = self.node.backend_facing[backend.0];
+        let (transport, us) = self.backend_facing(backend);
         let via = format!("SIP/2.0/{} {us};branch={branch};rport", transport.via());
-        let path = format!("<sip:{}@{us};lr;ob>", self.flow_token(&flow));
+        let honours_path = self.routing.backend(backend).path;
+        let path = honours_path.then(|| format!("<{};lr;ob>", self.flow_uri(&flow, backend)));
+        let upstream_contact =
+            if request.contact().is_some() { self.upstream_contact(&flow, backend) } else { None };
         let deregister = request.expires == Some(0);
         let how = ForwardRequest {
             via: &via,
-            path: Some(&path),
-            expires: if deregister || candidate.is_none() { None } else { Some(self.policy.backend_expires) },
+            path: path.as_deref(),
+            expires: if deregister || candidate.is_none() { None } else { Some(self.policy.load().backend_expires) },
+            contact_uri: upstream_contact.as_deref(),
         };
         let mut bytes = Vec::with_capacity(raw.len() + 200);
         if forward::forward_request(msg, raw, &how, &mut bytes) == Err(TooManyHops) {
@@ -688,6 +714,7 @@ impl Registrar {
                 backend,
                 grant,
                 sent_ms: now.mono_ms,
+                upstream_contact,
             },
         );
         sends.push(Send { to: Destination::Backend(backend), bytes });
@@ -726,8 +753,9 @@ impl Registrar {
             }
             200..=299 => match pending.candidate {
                 Some(mut binding) => {
-                    let granted = forward::granted_expires(msg, binding.contact.as_bytes())
-                        .unwrap_or(self.policy.backend_expires);
+                    let upstream = pending.upstream_contact.as_deref().unwrap_or(&binding.contact);
+                    let granted =
+                        forward::granted_expires(msg, upstream.as_bytes()).unwrap_or(self.policy.load().backend_expires);
                     if granted == 0 {
                         if let Some(ended) = self.registry.remove(&pending.device) {
                             self.unmirror(&pending.device, &ended);
@@ -739,7 +767,7 @@ impl Registrar {
                         let contact = binding.contact.clone();
                         let new_backend = binding.backend;
                         let previous = self.registry.get(&pending.device);
-                        self.lapses.post(binding.phone_expires_at_ms + self.policy.lapse_grace_ms, &pending.device);
+                        self.lapses.post(binding.phone_expires_at_ms + self.policy.load().lapse_grace_ms, &pending.device);
                         // An entry under the previous Call-ID ends; this one replaces it.
                         if let Some(old) = previous
                             .as_ref()
@@ -753,7 +781,7 @@ impl Registrar {
                         // so that it is registered on one backend of its group only.
                         if let Some(old) = previous.filter(|old| {
                             old.backend != new_backend
-                                && self.routing.backend(old.backend).state() == BackendState::Up
+                                && self.routing.backend(old.backend).state() != BackendState::Down
                                 && now.mono_ms < old.backend_valid_until_ms
                         }) {
                             self.deregister_at_backend(&pending.device, &old, now, sends);
@@ -795,7 +823,7 @@ impl Registrar {
     /// refreshing (de-registered at the backend, best effort).
     pub fn on_tick(&self, now: Now, sends: &mut Vec<Send>) {
         self.fold_absorbed();
-        let timeout = self.policy.transaction_timeout_ms;
+        let timeout = self.policy.load().transaction_timeout_ms;
         let expired: Vec<String> =
             self.pending.iter().filter(|p| now.mono_ms >= p.sent_ms + timeout).map(|p| p.key().clone()).collect();
         for branch in expired {
@@ -803,7 +831,7 @@ impl Registrar {
                 self.stats.backend_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let grace = self.policy.lapse_grace_ms;
+        let grace = self.policy.load().lapse_grace_ms;
         let lapsed = self.lapses.take_due(now.mono_ms).into_iter().filter_map(|device| {
             let binding = self.registry.remove_if(&device, |b| now.mono_ms > b.phone_expires_at_ms + grace)?;
             Some((device, binding))
@@ -818,6 +846,7 @@ impl Registrar {
                 self.deregister_at_backend(&device, &binding, now, sends);
             }
         }
+        self.deregister_removed(now, sends);
     }
 
     /// A REGISTER with Expires 0 for a lapsed binding, sent as the phone would have.
@@ -827,7 +856,7 @@ impl Registrar {
             "{BRANCH_PREFIX}{:016x}",
             hash_of(&[device.as_bytes(), binding.call_id.as_bytes(), &cseq.to_be_bytes()])
         );
-        let (transport, us) = self.node.backend_facing[binding.backend.0];
+        let (transport, us) = self.backend_facing(binding.backend);
         let domain = String::from_utf8_lossy(crate::sip::contact::uri_hostport(binding.aor.as_bytes())).into_owned();
         let tag = String::from_utf8_lossy(&self.node.to_tag.bytes()).into_owned();
         let bytes = format!(
@@ -837,7 +866,7 @@ impl Registrar {
             transport.via(),
             aor = binding.aor,
             call_id = binding.call_id,
-            contact = binding.contact,
+            contact = self.upstream_contact(&binding.flow, binding.backend).unwrap_or_else(|| binding.contact.clone()),
         )
         .into_bytes();
         self.pending.insert(
@@ -850,6 +879,7 @@ impl Registrar {
                 backend: binding.backend,
                 grant: 0,
                 sent_ms: now.mono_ms,
+                upstream_contact: None,
             },
         );
         sends.push(Send { to: Destination::Backend(binding.backend), bytes });

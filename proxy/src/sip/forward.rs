@@ -1,10 +1,11 @@
-//! Rewriting messages that pass through the edge: a request forwarded to a backend (our
-//! Via on top, a Path, Max-Forwards decremented, the expiry asked of the backend) and
-//! its response on the way back (our Via removed; for a registration, the phone's own
-//! grant and a Date).
+//! Rewriting messages that pass through the edge: a REGISTER forwarded to a backend (our
+//! Via on top, a Path, Max-Forwards decremented, the expiry asked of the backend), any
+//! other request proxied statelessly (RFC 3261 §16.6: our Via, Record-Route, Route
+//! entries naming us removed, received/rport stamped on the sender's Via), and responses
+//! on the way back (our Via removed; for a registration, the phone's own grant and a Date).
 
 use super::{
-    HeaderName, Message,
+    HeaderName, Message, StartLine,
     contact::{self, Contact},
     message::trim,
 };
@@ -21,6 +22,23 @@ pub struct ForwardRequest<'a> {
     pub path: Option<&'a str>,
     /// The expiry to ask for: replaces the Expires header and a contact `expires` parameter.
     pub expires: Option<u32>,
+    /// A URI that replaces the contact's (for backends that do not honour Path).
+    pub contact_uri: Option<&'a str>,
+}
+
+/// How a request proxied statelessly changes (RFC 3261 §16.6).
+pub struct ProxiedRequest<'a> {
+    /// A new Request-URI (a phone's contact in place of a flow-token URI), else kept.
+    pub request_uri: Option<&'a [u8]>,
+    /// Our Via value.
+    pub via: &'a str,
+    /// Where the request came from: stamped on the sender's Via as `received` and, when it
+    /// asked with `rport`, the port (RFC 3581).
+    pub source: std::net::SocketAddr,
+    /// Record-Route values put on top, in this order.
+    pub record_route: &'a [String],
+    /// How many of the first Route values to remove (the ones naming this node).
+    pub strip_routes: usize,
 }
 
 fn is_named(name: &[u8], wanted: &[u8]) -> bool {
@@ -56,8 +74,15 @@ pub fn forward_request(
             push_header(out, "Max-Forwards", (hops - 1).to_string().as_bytes());
         } else if let (Some(expires), true) = (how.expires, is_named(header.name, b"expires")) {
             push_header(out, "Expires", expires.to_string().as_bytes());
-        } else if let (Some(expires), true) = (how.expires, is_contact(header.name)) {
-            push_header(out, "Contact", &with_expires(header.value, expires));
+        } else if is_contact(header.name) && (how.expires.is_some() || how.contact_uri.is_some()) {
+            let mut value = header.value.to_vec();
+            if let Some(uri) = how.contact_uri {
+                value = with_uri(&value, uri.as_bytes());
+            }
+            if let Some(expires) = how.expires {
+                value = with_expires(&value, expires);
+            }
+            push_header(out, "Contact", &value);
         } else {
             out.extend_from_slice(header.raw);
         }
@@ -70,11 +95,132 @@ pub fn forward_request(
     Ok(())
 }
 
+/// Writes `request` as a stateless proxy forwards it (see [`ProxiedRequest`]) into `out`
+/// (cleared first). Max-Forwards 0 is refused: the caller answers 483 (or drops an ACK).
+pub fn proxy_request(
+    request: &Message<'_>,
+    raw: &[u8],
+    how: &ProxiedRequest<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), TooManyHops> {
+    out.clear();
+    let request_line_end = memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2);
+    match (how.request_uri, request.start) {
+        (Some(uri), StartLine::Request { method, .. }) => {
+            out.extend_from_slice(method);
+            out.push(b' ');
+            out.extend_from_slice(uri);
+            out.extend_from_slice(b" SIP/2.0\r\n");
+        }
+        _ => out.extend_from_slice(&raw[..request_line_end]),
+    }
+    push_header(out, "Via", how.via.as_bytes());
+    for value in how.record_route {
+        push_header(out, "Record-Route", value.as_bytes());
+    }
+    let (mut saw_max_forwards, mut stamped, mut routes_left) = (false, false, how.strip_routes);
+    for header in request.headers() {
+        if is_named(header.name, b"max-forwards") {
+            saw_max_forwards = true;
+            let hops = std::str::from_utf8(trim(header.value)).ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(70);
+            if hops == 0 {
+                return Err(TooManyHops);
+            }
+            push_header(out, "Max-Forwards", (hops - 1).to_string().as_bytes());
+        } else if !stamped && HeaderName::of(header.name) == HeaderName::Via {
+            stamped = true;
+            let mut values = contact::split_values(header.value);
+            let mut value = values.next().map(|top| stamp_received(top, how.source)).unwrap_or_default();
+            for rest in values {
+                value.extend_from_slice(b", ");
+                value.extend_from_slice(rest);
+            }
+            push_header(out, "Via", &value);
+        } else if routes_left > 0 && is_named(header.name, b"route") {
+            let kept: Vec<&[u8]> = contact::split_values(header.value)
+                .filter(|_| {
+                    let strip = routes_left > 0;
+                    routes_left = routes_left.saturating_sub(1);
+                    !strip
+                })
+                .collect();
+            if !kept.is_empty() {
+                push_header(out, "Route", &kept.join(&b", "[..]));
+            }
+        } else {
+            out.extend_from_slice(header.raw);
+        }
+    }
+    if !saw_max_forwards {
+        push_header(out, "Max-Forwards", b"69");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(request.body);
+    Ok(())
+}
+
+/// A Via value with `received` (when the sent-by host is not the source address, or the
+/// sender asked with `rport`) and `rport` filled in (RFC 3261 §18.2.1, RFC 3581 §4).
+pub fn stamp_received(via: &[u8], source: std::net::SocketAddr) -> Vec<u8> {
+    let via = trim(via);
+    let (head, params) = match via.iter().position(|&c| c == b';') {
+        Some(semi) => (&via[..semi], &via[semi + 1..]),
+        None => (via, &b""[..]),
+    };
+    let sent_by = trim(head.rsplit(|&c| c == b' ' || c == b'\t').next().unwrap_or_default());
+    let host = super::uri::SipUri::parse(&[b"sip:", sent_by].concat()).map(|u| u.host.to_vec()).unwrap_or_default();
+    let source_ip = match source.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let asked_rport = contact::param(params, b"rport").is_some();
+    let mut out = head.to_vec();
+    for param in params.split(|&c| c == b';').filter(|p| !trim(p).is_empty()) {
+        let key = trim(param.split(|&c| c == b'=').next().unwrap_or_default());
+        if key.eq_ignore_ascii_case(b"received") || key.eq_ignore_ascii_case(b"rport") {
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(param);
+    }
+    if asked_rport || !host.eq_ignore_ascii_case(source_ip.as_bytes()) {
+        out.extend_from_slice(b";received=");
+        out.extend_from_slice(source.ip().to_string().as_bytes());
+    }
+    if asked_rport {
+        out.extend_from_slice(format!(";rport={}", source.port()).as_bytes());
+    }
+    out
+}
+
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Contact values with the URI replaced by `uri` (each one of them; a REGISTER that
+/// gets a rewritten contact has exactly one).
+fn with_uri(value: &[u8], uri: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + uri.len());
+    for (i, one) in contact::split_values(value).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        let Some(parsed) = Contact::parse(one) else {
+            out.extend_from_slice(one);
+            continue;
+        };
+        out.push(b'<');
+        out.extend_from_slice(uri);
+        out.push(b'>');
+        if !parsed.params.is_empty() {
+            out.push(b';');
+            out.extend_from_slice(parsed.params);
+        }
+    }
+    out
 }
 
 /// Contact values with every `expires` parameter set to `expires`.
@@ -112,9 +258,13 @@ fn with_expires(value: &[u8], expires: u32) -> Vec<u8> {
 /// The branch of the topmost Via.
 pub fn top_via_branch<'a>(msg: &Message<'a>) -> Option<&'a [u8]> {
     let via = msg.headers_named(HeaderName::Via).next()?;
-    let first = contact::split_values(via.value).next()?;
-    let params = &first[first.iter().position(|&c| c == b';')? + 1..];
-    contact::param(params, b"branch")
+    via_param(contact::split_values(via.value).next()?, b"branch")
+}
+
+/// Parameter `name` of one Via value (`SIP/2.0/UDP host:port;name=value;...`).
+pub fn via_param<'a>(via: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let params = &via[via.iter().position(|&c| c == b';')? + 1..];
+    contact::param(params, name)
 }
 
 /// Writes `response` without its topmost Via line (ours) into `out`.
@@ -225,6 +375,7 @@ mod tests {
             via: "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-rg1;rport",
             path: Some("<sip:tok@10.0.0.1:5060;lr>"),
             expires: Some(3600),
+            contact_uri: None,
         };
         forward_request(&msg, REGISTER.as_bytes(), &how, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -264,6 +415,54 @@ mod tests {
         assert!(text.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062"), "{text}");
         assert!(text.contains("\r\nContact: <sip:1001@192.0.2.7:5062>;expires=117\r\nExpires: 117\r\nDate: Wed, 25 Nov 2026 12:00:00 GMT\r\nContent-Length: 0\r\n\r\n"), "{text}");
         assert!(!text.contains("other@"));
+    }
+
+    #[test]
+    fn proxied_request() {
+        let invite = "INVITE sip:1002@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.2:5062;branch=z9hG4bKa;rport\r\n\
+            Route: <sip:192.0.2.1;lr>, <sip:tok@192.0.2.1;lr>, <sip:cm@10.0.0.11;lr>\r\nRoute: <sip:last@10.0.0.12;lr>\r\n\
+            Max-Forwards: 70\r\nFrom: <sip:1001@example.net>;tag=a\r\nTo: <sip:1002@example.net>\r\nCall-ID: c1\r\n\
+            CSeq: 1 INVITE\r\nContent-Length: 4\r\n\r\nv=0\n";
+        let msg = Message::parse(invite.as_bytes()).unwrap();
+        let rr = ["<sip:t@192.0.2.1;lr>".to_owned()];
+        let how = ProxiedRequest {
+            request_uri: Some(b"sip:1002@10.9.0.3:5064"),
+            via: "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-rp1",
+            source: "198.51.100.7:40000".parse().unwrap(),
+            record_route: &rr,
+            strip_routes: 2,
+        };
+        let mut out = Vec::new();
+        proxy_request(&msg, invite.as_bytes(), &how, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INVITE sip:1002@10.9.0.3:5064 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-rp1\r\n\
+             Record-Route: <sip:t@192.0.2.1;lr>\r\n\
+             Via: SIP/2.0/UDP 10.9.0.2:5062;branch=z9hG4bKa;received=198.51.100.7;rport=40000\r\n\
+             Route: <sip:cm@10.0.0.11;lr>\r\nRoute: <sip:last@10.0.0.12;lr>\r\nMax-Forwards: 69\r\n\
+             From: <sip:1001@example.net>;tag=a\r\nTo: <sip:1002@example.net>\r\nCall-ID: c1\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 4\r\n\r\nv=0\n"
+        );
+        let zero = invite.replace("Max-Forwards: 70", "Max-Forwards: 0");
+        let msg = Message::parse(zero.as_bytes()).unwrap();
+        assert_eq!(proxy_request(&msg, zero.as_bytes(), &how, &mut Vec::new()), Err(TooManyHops));
+    }
+
+    #[test]
+    fn received_and_rport() {
+        let source = "192.0.2.9:6000".parse().unwrap();
+        let stamp = |via: &str| String::from_utf8(stamp_received(via.as_bytes(), source)).unwrap();
+        assert_eq!(stamp("SIP/2.0/UDP 192.0.2.9:6000;branch=z9hG4bK1"), "SIP/2.0/UDP 192.0.2.9:6000;branch=z9hG4bK1");
+        assert_eq!(
+            stamp("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1"),
+            "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1;received=192.0.2.9"
+        );
+        assert_eq!(
+            stamp("SIP/2.0/TCP phone.example;rport;branch=z9hG4bK1;received=1.1.1.1"),
+            "SIP/2.0/TCP phone.example;branch=z9hG4bK1;received=192.0.2.9;rport=6000"
+        );
+        let v6 = stamp_received(b"SIP/2.0/UDP [2001:db8::9]:5060;branch=b", "[2001:db8::9]:5060".parse().unwrap());
+        assert_eq!(v6, b"SIP/2.0/UDP [2001:db8::9]:5060;branch=b");
     }
 
     #[test]

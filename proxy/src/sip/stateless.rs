@@ -139,7 +139,8 @@ pub fn check_request(msg: &Message<'_>) -> Result<(), RequestError> {
     Ok(())
 }
 
-fn has_tag(to_value: &[u8]) -> bool {
+/// Whether a To (or From) value carries a tag (case-insensitive `;tag=`).
+pub fn has_tag(to_value: &[u8]) -> bool {
     to_value.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="))
 }
 
