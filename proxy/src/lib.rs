@@ -19,6 +19,7 @@ pub mod calls;
 pub mod config;
 pub mod datapath;
 pub mod demo;
+pub mod demo;
 pub mod engine;
 pub mod failover;
 pub mod health;

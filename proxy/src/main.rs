@@ -26,6 +26,16 @@ enum Command {
     },
     /// Print the embedded default config, every key documented.
     DefaultConfig,
+    /// Run the whole system for a while: regedge, simulated call servers (SIP and SCCP,
+    /// primaries killed and brought back midway) and phones, with a live view and a summary.
+    Demo {
+        /// How long the demo runs, e.g. 20s or 2m (at least 15s).
+        #[arg(long, default_value = "60s", value_parser = regedge::demo::parse_duration)]
+        duration: std::time::Duration,
+        /// Everything on loopback, in userspace, even as root (no namespaces, no XDP).
+        #[arg(long)]
+        no_xdp: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +48,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
+        Command::Demo { duration, no_xdp } => {
+            regedge::demo::main(&regedge::demo::DemoOptions { duration, xdp: !no_xdp, ..Default::default() })
+        }
         Command::Run { config } => {
             let config = match config {
                 Some(path) => match Config::load_file(&path) {
