@@ -289,7 +289,7 @@ fn describe_fastpath(metrics: &str, layout: &Layout, ns: Option<&Namespaces>, no
                 ns.edge
             )
         }
-        _ if is_root() => "userspace (no XDP interface)".to_owned(),
+        _ if is_root() => "no XDP: UDP keepalives and refreshes answered in userspace".to_owned(),
         _ => "userspace (not root: no XDP; run as root to see the kernel answer)".to_owned(),
     };
     for note in notes {

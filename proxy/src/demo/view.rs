@@ -47,23 +47,19 @@ pub fn screen(header: &Header<'_>, tracker: &Tracker) -> String {
     let _ = writeln!(out, "phones registered: {}\n", phones.join("   "));
     let _ = writeln!(
         out,
-        "\x1b[4m{:<10} {:<14} {:<9} {:>9} {:>9} {:>15}\x1b[0m",
-        "backend", "group", "server", "regedge", "at server", "peak at server"
+        "\x1b[4m{:<10} {:<14} {:<8} {:<8} {:>10} {:>6}\x1b[0m",
+        "backend", "group", "server", "regedge", "registered", "peak"
     );
     for (i, server) in SERVERS.iter().enumerate() {
         let group = if i < 2 { SIP_GROUP } else { SCCP_GROUP };
-        let running = if s.running[i] { "running" } else { "\x1b[31mkilled\x1b[0m " };
+        // Padded first, coloured after, so that the escape codes do not count as width.
+        let running = if s.running[i] { format!("{:<8}", "running") } else { red(&format!("{:<8}", "killed")) };
         let up = match s.metrics.as_ref().and_then(|m| m.backend_up(server)) {
-            Some(true) => "up",
-            Some(false) => "\x1b[31mDOWN\x1b[0m",
-            None => "?",
+            Some(true) => format!("{:<8}", "up"),
+            Some(false) => red(&format!("{:<8}", "DOWN")),
+            None => format!("{:<8}", "?"),
         };
-        let padded_up = format!("{up:>9}");
-        let _ = writeln!(
-            out,
-            "{server:<10} {group:<14} {running:<9} {padded_up} {:>9} {:>15}",
-            s.registered[i], tracker.peak[i]
-        );
+        let _ = writeln!(out, "{server:<10} {group:<14} {running} {up} {:>10} {:>6}", s.registered[i], tracker.peak[i]);
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -106,6 +102,10 @@ pub fn screen(header: &Header<'_>, tracker: &Tracker) -> String {
     }
     let _ = writeln!(out, "\nCtrl-C stops the demo (the proxy, the call servers and the phones with it).");
     out
+}
+
+fn red(text: &str) -> String {
+    format!("\x1b[31m{text}\x1b[0m")
 }
 
 /// One line for a log (stdout is not a terminal), with the events since `printed`.
