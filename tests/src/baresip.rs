@@ -35,6 +35,11 @@ pub struct BaresipOpts {
     pub password: Option<String>,
     /// Registration interval in seconds (Expires of its REGISTER).
     pub regint: u32,
+    /// Answer incoming calls at once (`answermode=auto`).
+    pub auto_answer: bool,
+    /// A loopback TCP port for the `ctrl_tcp` module (commands such as `dial`, see
+    /// [`Baresip::command`]); `None` loads no control module.
+    pub control_port: Option<u16>,
 }
 
 impl BaresipOpts {
@@ -46,6 +51,8 @@ impl BaresipOpts {
             transport: Transport::Udp,
             password: None,
             regint: 60,
+            auto_answer: false,
+            control_port: None,
         }
     }
 }
@@ -58,6 +65,8 @@ pub struct Baresip {
     user: String,
     /// Log lines already looked at by [`Baresip::wait_registered`].
     consumed: usize,
+    /// The namespace and port of its `ctrl_tcp` module.
+    control: Option<(String, u16)>,
     // Last: removed after the process is stopped.
     _dir: TempDir,
 }
@@ -71,6 +80,13 @@ impl Baresip {
 
     pub fn start_with(ns: &NetNs, opts: &BaresipOpts) -> Self {
         let dir = TempDir::new("baresip");
+        // Calls need a codec (G.711) and an audio source (a sine tone); nothing is played.
+        let mut modules = String::from("module\t\t\tg711.so\nmodule\t\t\tausine.so\n");
+        if let Some(port) = opts.control_port {
+            modules.push_str(&format!(
+                "module_app\t\tmenu.so\nmodule_app\t\tctrl_tcp.so\nctrl_tcp_listen\t\t127.0.0.1:{port}\n"
+            ));
+        }
         // No sip_listen: baresip binds ephemeral ports on the namespace's addresses, so
         // several instances can share a namespace. DNS stays on the namespace's loopback
         // (nothing is resolved: every address is an IP).
@@ -82,9 +98,10 @@ impl Baresip {
                  module_tmp\t\taccount.so\n\
                  dns_server\t\t127.0.0.1:53\n\
                  audio_player\t\tnone\n\
-                 audio_source\t\tnone\n\
+                 audio_source\t\tausine,440\n\
                  audio_alert\t\tnone\n\
-                 call_max_calls\t\t1\n"
+                 call_max_calls\t\t1\n\
+                 {modules}"
             ),
         );
         let proxy = match opts.proxy {
@@ -99,6 +116,9 @@ impl Baresip {
         if let Some(password) = &opts.password {
             account.push_str(&format!(";auth_pass={password}"));
         }
+        if opts.auto_answer {
+            account.push_str(";answermode=auto");
+        }
         dir.write("accounts", &format!("{account}\n"));
         let log = dir.0.join("baresip.log");
         let out = std::fs::File::create(&log).expect("create baresip log");
@@ -110,7 +130,52 @@ impl Baresip {
             .stderr(out)
             .current_dir(&dir.0);
         let child = cmd.spawn().expect("spawn baresip (is the baresip-core package installed?)");
-        Self { pid: child.id(), child: Some(child), log, user: opts.user.clone(), consumed: 0, _dir: dir }
+        Self {
+            pid: child.id(),
+            child: Some(child),
+            log,
+            user: opts.user.clone(),
+            consumed: 0,
+            control: opts.control_port.map(|port| (ns.name.clone(), port)),
+            _dir: dir,
+        }
+    }
+
+    /// Runs a command through `ctrl_tcp` (a JSON object in a netstring), e.g.
+    /// `command("dial", "sip:1002@example.net")`; returns baresip's reply.
+    pub fn command(&self, ns: &NetNs, command: &str, params: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let (_, port) = self.control.as_ref().ok_or("baresip runs without ctrl_tcp")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+        let body = format!("{{\"command\":\"{command}\",\"params\":\"{params}\",\"token\":\"t1\"}}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))) {
+                Ok(stream) => break stream,
+                Err(err) if Instant::now() > deadline => return Err(format!("ctrl_tcp at {addr}: {err}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        stream.write_all(format!("{}:{body},", body.len()).as_bytes()).map_err(|e| e.to_string())?;
+        let mut reply = vec![0u8; 4096];
+        let len = stream.read(&mut reply).map_err(|e| format!("ctrl_tcp reply: {e}"))?;
+        Ok(String::from_utf8_lossy(&reply[..len]).into_owned())
+    }
+
+    /// Waits until the log has a line containing `needle` (e.g. `Call established`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().map(strip_ansi).find(|l| l.contains(needle)) {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("baresip printed no `{needle}` in {timeout:?}\n--- baresip log:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn pid(&self) -> u32 {

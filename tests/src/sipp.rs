@@ -124,6 +124,8 @@ pub struct FleetSummary {
     pub elapsed: Duration,
     /// The end of sipp's error log and stderr, for assertion messages.
     pub errors: String,
+    /// Every message sent and received, when traced (calls).
+    pub messages: String,
 }
 
 impl FleetSummary {
@@ -146,6 +148,24 @@ pub fn user_names(first: u32, count: u32) -> std::collections::BTreeSet<String> 
 
 pub fn user_mac(n: u32) -> String {
     format!("002414{:06X}", n & 0x00FF_FFFF)
+}
+
+/// One phone of a call (`call_uac.xml` or `call_uas.xml`): it registers, then calls
+/// `callee` or answers.
+#[derive(Clone, Debug)]
+pub struct CallOpts {
+    pub user: String,
+    /// Whom to call; `None`: answer a call instead.
+    pub callee: Option<String>,
+    pub domain: String,
+    pub transport: Transport,
+    /// The local port (the Contact port).
+    pub local_port: u16,
+    /// The Call-ID of both phones' every request (see `call_uac.xml`).
+    pub call_id: String,
+    /// How long the caller holds the call between ACK and BYE.
+    pub hold: Duration,
+    pub timeout: Duration,
 }
 
 /// A running sipp; killed by PID on drop if it still runs.
@@ -175,6 +195,59 @@ impl Sipp {
     /// while the phones register, e.g. kill the registrar).
     pub fn spawn_fleet(ns: &NetNs, local_ip: IpAddr, target: SocketAddr, opts: &FleetOpts) -> Sipp {
         Self::spawn(ns, local_ip, target, opts, "register_refresh.xml")
+    }
+
+    /// Starts one phone of a call through `target`: `call_uac.xml` when `opts.callee` is
+    /// set, else `call_uas.xml`.
+    pub fn spawn_call(ns: &NetNs, local_ip: IpAddr, target: SocketAddr, opts: &CallOpts) -> Sipp {
+        let dir = TempDir::new("sipp-call");
+        let scenario = scenario_path(if opts.callee.is_some() { "call_uac.xml" } else { "call_uas.xml" });
+        let timeout_s = opts.timeout.as_secs().max(1);
+        let mut cmd = ns.command("sipp");
+        cmd.arg(target.to_string())
+            .arg("-sf")
+            .arg(&scenario)
+            .args(["-key", "user", &opts.user])
+            .args(["-key", "callee", opts.callee.as_deref().unwrap_or("")])
+            .args(["-key", "domain", &opts.domain])
+            .args(["-cid_str", &opts.call_id])
+            .args(["-d", &opts.hold.as_millis().to_string()])
+            .args(["-m", "1", "-l", "1"])
+            .args(["-t", opts.transport.sipp_mode()])
+            .args([
+                "-i",
+                &local_ip.to_string(),
+                "-p",
+                &opts.local_port.to_string(),
+                "-mp",
+                &(opts.local_port + 1000).to_string(),
+            ])
+            .args(["-recv_timeout", &(timeout_s * 1000).to_string()])
+            .args(["-timeout", &format!("{timeout_s}s"), "-timeout_error"])
+            .args(["-trace_stat", "-stf"])
+            .arg(dir.0.join("stat.csv"))
+            .args(["-fd", "1", "-trace_counts", "-trace_err", "-error_file"])
+            .arg(dir.0.join("errors.log"))
+            .args(["-trace_msg", "-message_file"])
+            .arg(dir.0.join("messages.log"))
+            .arg("-nostdin")
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.0.join("screen.log")).expect("create sipp screen log"))
+            .stderr(std::fs::File::create(dir.0.join("stderr.log")).expect("create sipp stderr log"));
+        let child = cmd.spawn().expect("spawn sipp (is the sip-tester package installed?)");
+        Sipp {
+            pid: child.id(),
+            child: Some(child),
+            started: Instant::now(),
+            limit: opts.timeout + Duration::from_secs(10),
+            dir,
+        }
+    }
+
+    /// The messages sipp sent and received so far (`-trace_msg`), for assertion messages.
+    pub fn messages(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("messages.log")).unwrap_or_default()
     }
 
     fn spawn(ns: &NetNs, local_ip: IpAddr, target: SocketAddr, opts: &FleetOpts, scenario: &str) -> Sipp {
@@ -252,6 +325,7 @@ impl Sipp {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut summary = read_summary(&self.dir.0);
+        summary.messages = self.messages();
         summary.exit_code = status.and_then(|s| s.code());
         summary.killed = status.is_none();
         summary.elapsed = self.started.elapsed();

@@ -27,10 +27,23 @@ impl Capture {
     /// captured a probe datagram sent from `probe_from` to `target` (tshark announces
     /// "Capturing on" before packets are really seen).
     pub fn start(ns: &NetNs, interface: &str, port: u16, file: PathBuf, probe_from: IpAddr, target: IpAddr) -> Self {
+        Self::start_filtered(ns, interface, &format!("udp port {port}"), file, probe_from, target)
+    }
+
+    /// Like [`Capture::start`] with a capture `filter` of its own (e.g. `port 5060` for
+    /// SIP over UDP and TCP).
+    pub fn start_filtered(
+        ns: &NetNs,
+        interface: &str,
+        filter: &str,
+        file: PathBuf,
+        probe_from: IpAddr,
+        target: IpAddr,
+    ) -> Self {
         let live = file.with_extension("txt");
         let child = ns
             .command("tshark")
-            .args(["-i", interface, "-f", &format!("udp port {port} or udp port {PROBE_PORT}"), "-l", "-P", "-w"])
+            .args(["-i", interface, "-f", &format!("({filter}) or udp port {PROBE_PORT}"), "-l", "-P", "-w"])
             .arg(&file)
             .stdout(std::fs::File::create(&live).unwrap())
             .stderr(Stdio::null())

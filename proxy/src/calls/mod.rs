@@ -252,6 +252,10 @@ impl Router<'_> {
         let refuse = |refusal| if is_ack { Routed::AckDropped } else { Routed::Refused(refusal) };
         let in_dialog = has_to_tag(msg);
         let key = self.key();
+        // RFC 3261 §16.3 step 3: a request that may go no further is answered first.
+        if forward::max_forwards(msg) == Some(0) {
+            return refuse(Refusal::TooManyHops);
+        }
 
         // 1. Route values naming this node, and the flow tokens in them.
         let routes: Vec<&[u8]> = msg

@@ -95,6 +95,12 @@ pub fn forward_request(
     Ok(())
 }
 
+/// The request's Max-Forwards, when it has a readable one.
+pub fn max_forwards(request: &Message<'_>) -> Option<u32> {
+    let header = request.headers().find(|h| is_named(h.name, b"max-forwards"))?;
+    std::str::from_utf8(trim(header.value)).ok()?.parse().ok()
+}
+
 /// Writes `request` as a stateless proxy forwards it (see [`ProxiedRequest`]) into `out`
 /// (cleared first). Max-Forwards 0 is refused: the caller answers 483 (or drops an ACK).
 pub fn proxy_request(
@@ -276,12 +282,22 @@ pub fn relay_response(response: &Message<'_>, raw: &[u8], out: &mut Vec<u8>) {
     for header in response.headers() {
         if !skipped_ours && HeaderName::of(header.name) == HeaderName::Via {
             skipped_ours = true;
+            push_without_top_via(out, header.value);
             continue;
         }
         out.extend_from_slice(header.raw);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(response.body);
+}
+
+/// The Via header whose first value (ours) is removed: nothing when it was the only
+/// one, else the rest of a combined `Via: a, b, c` line.
+fn push_without_top_via(out: &mut Vec<u8>, value: &[u8]) {
+    let rest: Vec<&[u8]> = contact::split_values(value).skip(1).collect();
+    if !rest.is_empty() {
+        push_header(out, "Via", &rest.join(&b", "[..]));
+    }
 }
 
 /// The 2xx to a phone's REGISTER, from the backend's: our Via removed, the phone's
@@ -302,6 +318,7 @@ pub fn registration_ok(
         let name = header.name;
         if !skipped_ours && HeaderName::of(name) == HeaderName::Via {
             skipped_ours = true;
+            push_without_top_via(out, header.value);
         } else if !(is_contact(name)
             || is_named(name, b"expires")
             || is_named(name, b"date")
@@ -403,6 +420,11 @@ mod tests {
         let mut out = Vec::new();
         relay_response(&msg, response.as_bytes(), &mut out);
         assert!(!String::from_utf8_lossy(&out).contains("10.0.0.1"));
+        // Vias combined on one line (as sipp's [last_Via:] writes them): only ours goes.
+        let combined = response.replace(";rport=5060\r\nVia: ", ";rport=5060, ");
+        relay_response(&Message::parse(combined.as_bytes()).unwrap(), combined.as_bytes(), &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1;rport=5062\r\n"), "{text}");
         registration_ok(
             &msg,
             response.as_bytes(),
