@@ -35,6 +35,12 @@ workers = 0
 # binding and phones register again). UDP bindings only: a phone on TCP lost its
 # connection with the process and registers again when it reconnects.
 state_dir = "/var/lib/regedge"
+# Longest a shutdown (SIGTERM or SIGINT) may take, e.g. "5s": REGISTERs that would go
+# to a backend are refused (503 with Retry-After) from the signal on, the event loops
+# stop, the last registry snapshot is written and the fast path is left pinned or
+# detached; whatever still hangs after this long is abandoned, said in the log, and
+# regedge exits anyway. More than zero.
+shutdown_timeout = "5s"
 
 [sip]
 # Addresses the SIP listener binds (UDP; TCP comes with the registration edge).
@@ -72,6 +78,17 @@ pin_path = "/sys/fs/bpf/regedge"
 [metrics]
 # Address of the Prometheus /metrics HTTP endpoint. Must differ from every sip.listen.
 listen = "127.0.0.1:9100"
+
+[admin]
+# Address of the admin HTTP API (JSON): GET /live, /ready, /bindings, /backends,
+# /groups; POST /backends/<name>/drain, /backends/<name>/enable,
+# /bindings/<device>/remove. `regedge ctl` is its client. "" means no admin API.
+# Port not 0; not metrics.listen, a sip.listen or an sccp.listen address. Anyone who
+# reaches it can drain backends: keep it on loopback, or set a token.
+listen = "127.0.0.1:9101"
+# Bearer token every request but /live must carry ("Authorization: Bearer <token>");
+# "" means none. 16 to 256 printable ASCII characters, no spaces.
+token = ""
 
 # Durations below are an integer and a unit, ms, s, m or h: "500ms", "10s", "5m", "1h".
 
@@ -178,6 +195,8 @@ pub struct Config {
     pub fastpath: FastpathConfig,
     /// `[metrics]`: the Prometheus endpoint. Default: see [`MetricsConfig`].
     pub metrics: MetricsConfig,
+    /// `[admin]`: the admin HTTP API. Default: see [`AdminConfig`].
+    pub admin: AdminConfig,
     /// `[registration]`: registration lifetimes and timeouts. Default: see
     /// [`RegistrationConfig`].
     pub registration: RegistrationConfig,
@@ -209,11 +228,20 @@ pub struct NodeConfig {
     /// an absolute path, created if missing; empty keeps no state. Default:
     /// `"/var/lib/regedge"`.
     pub state_dir: PathBuf,
+    /// Longest a shutdown may take before regedge exits anyway; more than zero. Default:
+    /// `"5s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { name: "regedge".to_owned(), workers: 0, state_dir: PathBuf::from("/var/lib/regedge") }
+        Self {
+            name: "regedge".to_owned(),
+            workers: 0,
+            state_dir: PathBuf::from("/var/lib/regedge"),
+            shutdown_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -335,6 +363,38 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9100)) }
     }
+}
+
+/// `[admin]`: the admin HTTP API (bindings, backends, groups; drain, enable, remove;
+/// `/live` and `/ready`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin API; `""` (`None`) means none. Port not 0, not
+    /// `metrics.listen`, not a `sip.listen` or `sccp.listen` address. Default:
+    /// `"127.0.0.1:9101"`.
+    #[serde(deserialize_with = "optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token every request but `/live` must carry; empty means none. 16 to 256
+    /// printable ASCII characters without spaces. Default: `""`.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))), token: String::new() }
+    }
+}
+
+/// `""` as `None`, else an `ip:port`.
+fn optional_socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("{text:?} is not an address such as \"127.0.0.1:9101\" (\"\" for none)"))
+    })
 }
 
 /// `[registration]`: registration lifetimes and timeouts.
@@ -593,6 +653,22 @@ impl Config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigErrors::new(origin, errors)),
         }
+    }
+
+    /// What is allowed but unwise, one sentence each (logged at start and reload, printed
+    /// by `check-config`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(listen) = self.admin.listen
+            && !listen.ip().is_loopback()
+            && self.admin.token.is_empty()
+        {
+            warnings.push(format!(
+                "admin.listen {listen} is not a loopback address and admin.token is empty: whoever reaches it \
+                 can drain backends and remove bindings"
+            ));
+        }
+        warnings
     }
 
     /// The config of [`DEFAULT_CONFIG_TOML`].

@@ -43,7 +43,13 @@ pub struct Verdicts {
 
 impl Verdicts {
     pub fn new(config: &HealthConfig) -> Self {
-        Self { down_after: config.down_after, up_after: config.up_after, up: true, streak: 0 }
+        Self::starting(config, true)
+    }
+
+    /// Thresholds of `config`, starting from a backend known up or down (a restarted
+    /// checker, after a reload, goes on from what the previous one found).
+    pub fn starting(config: &HealthConfig, up: bool) -> Self {
+        Self { down_after: config.down_after, up_after: config.up_after, up, streak: 0 }
     }
 
     /// Records one probe; returns the new state when it changes.
@@ -63,7 +69,8 @@ impl Verdicts {
     }
 }
 
-/// The probe threads. Dropping stops them (within one interval).
+/// The probe threads, one per backend of the config (retired backends are not probed).
+/// Dropping stops them (within one interval).
 pub struct HealthChecker {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -78,7 +85,8 @@ impl HealthChecker {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (index, backend) in routing.backends.iter().enumerate() {
+        for id in routing.live_backends() {
+            let backend = routing.backend(id);
             let probe = Probe {
                 address: backend.address,
                 protocol: backend.protocol,
@@ -87,7 +95,7 @@ impl HealthChecker {
                 sequence: 0,
             };
             let (stop, events, wake, interval) = (Arc::clone(&stop), events.clone(), wake.clone(), config.interval);
-            let mut verdicts = Verdicts::new(config);
+            let mut verdicts = Verdicts::starting(config, backend.health() == BackendState::Up);
             let name = backend.name.clone();
             threads.push(std::thread::Builder::new().name(format!("health-{name}")).spawn(move || {
                 let mut probe = probe;
@@ -96,7 +104,7 @@ impl HealthChecker {
                     let alive = probe.run();
                     if let Some(state) = verdicts.record(alive) {
                         tracing::warn!(backend = %name, state = state.label(), "backend health changed");
-                        if events.send(HealthEvent { backend: BackendId(index), state }).is_err() {
+                        if events.send(HealthEvent { backend: id, state }).is_err() {
                             return;
                         }
                         wake();

@@ -12,13 +12,14 @@
 //! - [`datapath`]: the XDP fast path seen from userspace.
 //! - [`io`]: the mio shell.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`run`]: `regedge run`.
+//! - [`run`]: `regedge run`: start, SIGHUP reload, SIGTERM shutdown.
+//! - [`admin`]: the admin HTTP API and `regedge ctl`, its client.
 //! - [`snapshot`]: the state kept across restarts (registry snapshot, flow-token key).
 
+pub mod admin;
 pub mod calls;
 pub mod config;
 pub mod datapath;
-pub mod demo;
 pub mod demo;
 pub mod engine;
 pub mod failover;

@@ -90,6 +90,44 @@ pub mod names {
     pub const SCCP_STANDBY_KEEPALIVES: &str = "regedge_sccp_standby_keepalives";
     /// `regedge_sccp_framing_errors_total{reason}`: connections closed for bytes that are not Skinny.
     pub const SCCP_FRAMING_ERRORS: &str = "regedge_sccp_framing_errors";
+    /// `regedge_config_reloads_total{outcome}`: SIGHUP reloads, `ok` or `rejected`.
+    pub const CONFIG_RELOADS: &str = "regedge_config_reloads";
+}
+
+/// What became of a config reload (`regedge_config_reloads_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is in force (settings that need a restart aside).
+    Ok,
+    /// The new config was invalid or could not be applied; the old one is kept.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub const ALL: [Self; 2] = [Self::Ok, Self::Rejected];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Config reloads by outcome.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    counts: [AtomicU64; ReloadOutcome::ALL.len()],
+}
+
+impl ReloadCounters {
+    pub fn count(&self, outcome: ReloadOutcome) {
+        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, outcome: ReloadOutcome) -> u64 {
+        self.counts[outcome as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// Counters the event loops bump; lock-free, summed at scrape time.
@@ -137,6 +175,8 @@ pub struct MetricsCollector {
     pub sccp: Option<Arc<SccpShared>>,
     /// Attached interfaces per mode label.
     pub attached: Vec<(&'static str, i64)>,
+    /// Config reloads (SIGHUP).
+    pub reloads: Arc<ReloadCounters>,
 }
 
 fn encode_counter(
@@ -273,6 +313,13 @@ impl Collector for MetricsCollector {
             "reason",
             CloseReason::LABELS.into_iter().zip(&user.tcp_closed).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
         )?;
+        encode_counter(
+            &mut encoder,
+            names::CONFIG_RELOADS,
+            "Config reloads (SIGHUP), by outcome.",
+            "outcome",
+            ReloadOutcome::ALL.map(|o| (o.label(), self.reloads.get(o))),
+        )?;
         if let Some(registrar) = &self.shared.engine.registrar {
             encode_registrar(&mut encoder, registrar)?;
         }
@@ -338,7 +385,10 @@ fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> s
     let routing = &registrar.routing;
     let per_backend = registrar.registry.per_backend(routing.backends.len());
     let mut up = encoder.encode_descriptor(names::BACKEND_UP, "1 when the backend is up.", None, MetricType::Gauge)?;
-    for backend in &routing.backends {
+    // The config's backends; after a reload, the bindings still on a retired definition
+    // count under its name (summed with a live one of the same name).
+    let live = routing.live_backends();
+    for backend in live.iter().map(|id| routing.backend(*id)) {
         let state = i64::from(backend.state() == BackendState::Up);
         ConstGauge::new(state).encode(up.encode_family(&[("backend", backend.name.as_str())])?)?;
     }
@@ -348,8 +398,16 @@ fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> s
         None,
         MetricType::Gauge,
     )?;
+    let mut held_by_name: Vec<(&str, usize)> = live.iter().map(|id| (routing.backend(*id).name.as_str(), 0)).collect();
     for (backend, count) in routing.backends.iter().zip(per_backend) {
-        ConstGauge::new(count as i64).encode(held.encode_family(&[("backend", backend.name.as_str())])?)?;
+        match held_by_name.iter_mut().find(|(name, _)| *name == backend.name) {
+            Some((_, held)) => *held += count,
+            None if count > 0 => held_by_name.push((backend.name.as_str(), count)),
+            None => {}
+        }
+    }
+    for (name, count) in held_by_name {
+        ConstGauge::new(count as i64).encode(held.encode_family(&[("backend", name)])?)?;
     }
     let mut failovers = encoder.encode_descriptor(
         names::FAILOVERS,
@@ -357,7 +415,7 @@ fn encode_registrar(encoder: &mut DescriptorEncoder, registrar: &Registrar) -> s
         None,
         MetricType::Counter,
     )?;
-    for group in &routing.groups {
+    for group in routing.live_groups().into_iter().map(|id| &routing.groups[id.0]) {
         let count = stats.failovers.get(&group.name).map_or(0, |c| *c);
         ConstCounter::new(count).encode(failovers.encode_family(&[("group", group.name.as_str())])?)?;
     }

@@ -1,35 +1,60 @@
-//! `regedge run`: wires config, fast path, event loops and metrics together, then waits
-//! for SIGINT/SIGTERM and shuts down in order (loops, a last registry snapshot, metrics,
-//! then the XDP program, which detaches when dropped unless it is pinned).
+//! `regedge run`: wires config, fast path, event loops, metrics and the admin API
+//! together, then serves signals: SIGHUP reloads the config file, SIGINT and SIGTERM shut
+//! down.
 //!
 //! Start-up order, so that a restart loses nothing: config → routing and registrar (with
 //! the saved flow-token key) → registry snapshot restored → fast path loaded, adopting the
 //! pinned maps and links of the previous run → the pinned `BINDINGS` reconciled with the
 //! restored registry (the kernel answered refreshes meanwhile; entries nobody owns are
-//! removed) → kernel mirror (rewrites the entry of every binding) → event loops.
-
-use std::sync::Arc;
-
-use anyhow::Context as _;
-use signal_hook::{
-    consts::{SIGINT, SIGTERM},
-    iterator::Signals,
-};
+//! removed) → kernel mirror (rewrites the entry of every binding) → event loops → health
+//! checks, metrics, admin API.
+//!
+//! Reload (SIGHUP): the `--config` file is read and checked again. An invalid one is
+//! rejected, each error logged with its file and line as `check-config` prints it, and
+//! the running config stays. A valid one takes effect without dropping a binding:
+//! backends, groups, rules and the default group (ids stay valid, see `failover`:
+//! bindings keep their backend by name, and move at their next refresh when it is gone
+//! or no longer their group's choice), `max_register_rate`, `[registration]` timing,
+//! `[health]`, `[node] shutdown_timeout` and `[admin] token`. What is bound to sockets,
+//! threads, the kernel or the disk (listen addresses, workers, `[fastpath]`, `[sccp]`,
+//! the node's name and state_dir, `date_header`) is logged as needing a restart and keeps
+//! its running value. `regedge_config_reloads_total{outcome}` counts both outcomes.
+//!
+//! Shutdown (SIGTERM, SIGINT): `/ready` answers 503 and REGISTERs that would go to a
+//! backend are refused (503 with Retry-After); REGISTERs already forwarded get their
+//! answers (for up to `transaction_timeout`, at most half the bound); then the loops
+//! stop, the last registry snapshot is written, the admin API and metrics stop, and the
+//! XDP program is detached, or left attached when pinned. All within `[node]
+//! shutdown_timeout`: past it regedge logs what it was still waiting for and exits with
+//! status 1.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM},
+    iterator::Signals,
 };
 
 use crate::{
-    config::{BackendTransport, Config, FastpathMode},
+    admin::{self, AdminServer, api::Readiness},
+    config::{BackendConfig, BackendTransport, Config, ConfigErrors, FastpathMode},
     datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread, pin, sccp::SccpOffload},
     engine::Engine,
-    failover::Routing,
-    health::HealthChecker,
+    failover::{Link, Routing},
+    health::{HealthChecker, HealthEvent},
     io::workers::{Shared, Workers},
     local_names::{self, LocalNames},
-    metrics::{MetricsCollector, MetricsServer},
+    metrics::{MetricsCollector, MetricsServer, ReloadCounters, ReloadOutcome},
     registrar::{Node, Policy, Registrar},
     registry::Transport,
     sccp::{
@@ -40,7 +65,23 @@ use crate::{
     snapshot::{SnapshotWriter, StateDir},
 };
 
+/// How `regedge run` was started.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The config file (`--config`), read again on SIGHUP. `None`: the embedded default
+    /// config, which a SIGHUP cannot change.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Runs with the embedded default or an already loaded config, without a file to reload.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, RunOptions::default())
+}
+
+pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let interface_addrs = if config.sip.listen.iter().any(|a| a.ip().is_unspecified()) {
         local_interface_addresses()?
     } else {
@@ -53,19 +94,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let routing = Arc::new(Routing::from_config(&config));
-    let backend_listener = backend_listeners(&config)?;
+    let routing = Arc::new(
+        Routing::from_config_linked(&config, |backend| link_backend(&config, backend)).context("[[backends]]")?,
+    );
+    // At the start, slot i is the config's backend i.
+    let links: Vec<Link> = routing.live_backends().iter().map(|id| routing.backend(*id).link).collect();
     let state = (!routing.is_empty()).then(|| open_state(&config.node.state_dir)).flatten();
     let registrar = (!routing.is_empty()).then(|| {
-        let backend_facing = backend_listener
+        let backend_facing = links
             .iter()
             .zip(&config.backends)
-            .map(|((_, facing), backend)| {
+            .map(|(link, backend)| {
                 let transport = match backend.transport {
                     BackendTransport::Udp => Transport::Udp,
                     BackendTransport::Tcp => Transport::Tcp,
                 };
-                (transport, *facing)
+                (transport, link.facing)
             })
             .collect();
         let token_key = state.as_ref().map_or_else(crate::snapshot::random_u64, StateDir::token_key);
@@ -76,7 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         restore_bindings(state, registrar);
     }
     let answer = AnswerSettings { register: registrar.is_some(), date_header: config.registration.date_header };
-    let mut fastpath = start_fastpath(&config, &names, tag, answer)?;
+    let (mut fastpath, fastpath_readiness) = start_fastpath(&config, &names, tag, answer)?;
     let mirror = match (&mut fastpath, &registrar) {
         (Some(fastpath), Some(registrar)) => Some(start_mirror(fastpath, registrar)?),
         _ => None,
@@ -87,59 +131,337 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &config.sip.listen,
         workers,
         Arc::clone(&shared),
-        backend_listener.iter().map(|(index, _)| *index).collect(),
+        links.iter().map(|link| link.listener).collect(),
         Some(health_rx),
     )?;
-    let sccp = start_sccp(&config, &routing, workers)?;
+    let waker = workers_running.timekeeper_waker();
+    let (sccp_edge, sccp_shared) = start_sccp(&config, &routing, workers)?.unzip();
     let snapshot = match (state, &shared.engine.registrar) {
         (Some(state), Some(_)) => Some(start_snapshots(state, &shared, mirror.as_ref(), &config.node.name)?),
         _ => None,
     };
-    let waker = workers_running.timekeeper_waker();
-    let health = HealthChecker::start(&routing, &config.health, health_tx, move || {
+    let health_wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = waker.wake();
-    })
-    .context("starting health checks")?;
+    });
+    let health = HealthChecker::start(&routing, &config.health, health_tx.clone(), waking(&health_wake))
+        .context("starting health checks")?;
 
     let attached = fastpath.as_ref().map_or_else(Vec::new, |f| {
         ["native", "generic"]
             .map(|mode| (mode, f.attached().iter().filter(|(_, m)| m.label() == mode).count() as i64))
             .to_vec()
     });
+    let reloads = Arc::new(ReloadCounters::default());
     let collector = MetricsCollector {
-        shared,
+        shared: Arc::clone(&shared),
         kernel: fastpath.as_ref().map(Fastpath::counters),
         mirror: mirror.as_ref().map(|m| Arc::clone(&m.stats)),
-        sccp: sccp.as_ref().map(|(_, shared)| Arc::clone(shared)),
+        sccp: sccp_shared.clone(),
         attached,
+        reloads: Arc::clone(&reloads),
     };
     let metrics = MetricsServer::start(config.metrics.listen, collector)
         .with_context(|| format!("starting the metrics endpoint on {}", config.metrics.listen))?;
+
+    let readiness = Arc::new(NodeReadiness {
+        stopping: AtomicBool::new(false),
+        sip: Mutex::new(Some(workers_running)),
+        sccp: Mutex::new(sccp_edge),
+        sccp_configured: !config.sccp.listen.is_empty(),
+        fastpath: fastpath_readiness,
+    });
+    let admin_node = Arc::new(admin::Node {
+        routing: Arc::clone(&routing),
+        shared: Arc::clone(&shared),
+        readiness: Arc::clone(&readiness) as Arc<dyn Readiness>,
+        token: ArcSwap::from_pointee(config.admin.token.clone()),
+    });
+    let admin = match config.admin.listen {
+        Some(listen) => Some(
+            AdminServer::start(listen, Arc::clone(&admin_node))
+                .with_context(|| format!("starting the admin API on {listen}"))?,
+        ),
+        None => None,
+    };
 
     tracing::info!(
         node = %config.node.name,
         sip = ?config.sip.listen,
         sccp = ?config.sccp.listen,
         workers,
-        backends = routing.backends.len(),
-        groups = routing.groups.len(),
+        backends = routing.live_backends().len(),
+        groups = routing.live_groups().len(),
         metrics = %format!("http://{}/metrics", metrics.local_addr),
+        admin = %admin.as_ref().map_or_else(|| "off".to_owned(), |a| format!("http://{}", a.local_addr)),
         fastpath = %describe(fastpath.as_ref()),
         "regedge running"
     );
-    let signal = wait_for_shutdown()?;
-    tracing::info!(signal, "shutting down");
-    drop(health);
-    drop(workers_running);
-    drop(sccp);
+    let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut running = Running {
+        config,
+        options,
+        routing,
+        shared: Arc::clone(&shared),
+        health: Some(health),
+        health_tx,
+        health_wake,
+        admin: admin_node,
+        reloads,
+    };
+    let signal = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => running.reload(),
+            Some(SIGINT) => break "SIGINT",
+            _ => break "SIGTERM",
+        }
+    };
+    let bound = running.config.node.shutdown_timeout;
+    let started = Instant::now();
+    tracing::info!(signal, bound = ?bound, "shutting down: REGISTERs that would go to a backend are refused from now on");
+    let stage = Arc::new(Mutex::new("refusing new registrations"));
+    let watchdog = Watchdog::arm(bound, Arc::clone(&stage));
+    readiness.stopping.store(true, Ordering::Relaxed);
+    let set_stage = |what: &'static str| *stage.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    if let Some(registrar) = &shared.engine.registrar {
+        registrar.begin_shutdown();
+        set_stage("waiting for the answers to REGISTERs already forwarded");
+        let wait = Duration::from_millis(registrar.policy().transaction_timeout_ms).min(bound / 2);
+        let deadline = Instant::now() + wait;
+        while registrar.pending_len() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if registrar.pending_len() > 0 {
+            tracing::info!(pending = registrar.pending_len(), "forwarded REGISTERs left unanswered at shutdown");
+        }
+    }
+    set_stage("stopping the health checks");
+    drop(running.health.take());
+    set_stage("stopping the SIP event loops");
+    let sip_loops = readiness.sip.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(sip_loops);
+    set_stage("stopping the SCCP edge");
+    let sccp_loops = readiness.sccp.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(sccp_loops);
     // After the loops: the last snapshot has every change they made.
+    set_stage("writing the last registry snapshot");
     drop(snapshot);
+    set_stage("stopping the admin API and metrics");
+    drop(admin);
     drop(metrics);
+    set_stage("stopping the kernel mirror");
     drop(mirror);
+    set_stage("detaching the fast path");
     if let Some(fastpath) = fastpath {
         stop_fastpath(fastpath);
     }
+    watchdog.disarm();
+    tracing::info!(took = ?started.elapsed(), "regedge stopped");
     Ok(())
+}
+
+/// What the running node keeps for reloads.
+struct Running {
+    config: Config,
+    options: RunOptions,
+    routing: Arc<Routing>,
+    shared: Arc<Shared>,
+    health: Option<HealthChecker>,
+    health_tx: crossbeam_channel::Sender<HealthEvent>,
+    health_wake: Arc<dyn Fn() + Send + Sync>,
+    admin: Arc<admin::Node>,
+    reloads: Arc<ReloadCounters>,
+}
+
+impl Running {
+    /// SIGHUP: reads the config file again and applies what can change live.
+    fn reload(&mut self) {
+        let Some(path) = self.options.config_path.clone() else {
+            tracing::warn!("SIGHUP ignored: regedge runs the embedded default config (no --config file to read again)");
+            self.reloads.count(ReloadOutcome::Rejected);
+            return;
+        };
+        let file = path.display().to_string();
+        tracing::info!(%file, "SIGHUP: reloading the config");
+        let new = match Config::load_file(&path) {
+            Ok(config) => config,
+            Err(errors) => return self.reject(&file, &errors),
+        };
+        for warning in new.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let (effective, restart) = live_part(&self.config, new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                keys = %restart.join(", "),
+                "config reload: these settings need a restart; their running values are kept"
+            );
+        }
+        let changes = match self.routing.reload(&effective, |backend| link_backend(&effective, backend)) {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::error!(%file, %error, "config reload rejected: the running config is kept");
+                self.reloads.count(ReloadOutcome::Rejected);
+                return;
+            }
+        };
+        let mut regrouped = 0;
+        match &self.shared.engine.registrar {
+            Some(registrar) => {
+                registrar.set_policy(Policy::from(&effective.registration));
+                regrouped = registrar.rejudge_bindings();
+            }
+            None if !self.routing.is_empty() => tracing::warn!(
+                "config reload: regedge started without [[groups]], so without a SIP registration edge; \
+                 starting one needs a restart"
+            ),
+            None => {}
+        }
+        let backends_changed = !(changes.backends_added.is_empty()
+            && changes.backends_removed.is_empty()
+            && changes.backends_redefined.is_empty());
+        if backends_changed || effective.health != self.config.health {
+            // The old checker stops (within a probe) before the new one starts from the
+            // health each backend has now.
+            drop(self.health.take());
+            let wake = waking(&self.health_wake);
+            match HealthChecker::start(&self.routing, &effective.health, self.health_tx.clone(), wake) {
+                Ok(checker) => self.health = Some(checker),
+                Err(error) => tracing::error!(%error, "restarting the health checks failed: backends keep their state"),
+            }
+        }
+        self.admin.token.store(Arc::new(effective.admin.token.clone()));
+        self.config = effective;
+        self.reloads.count(ReloadOutcome::Ok);
+        tracing::info!(%file, %changes, regrouped, "config reloaded");
+    }
+
+    fn reject(&self, file: &str, errors: &ConfigErrors) {
+        for error in &errors.errors {
+            match error.line {
+                Some(line) => tracing::error!(%file, line, "{}:{line}: {}", errors.origin, error.kind),
+                None => tracing::error!(%file, "{}: {}", errors.origin, error.kind),
+            }
+        }
+        tracing::error!(%file, errors = errors.errors.len(), "config reload rejected: the running config is kept");
+        self.reloads.count(ReloadOutcome::Rejected);
+    }
+}
+
+/// A cloneable closure that calls `wake`.
+fn waking(wake: &Arc<dyn Fn() + Send + Sync>) -> impl Fn() + Clone + Send + 'static {
+    let wake = Arc::clone(wake);
+    move || wake()
+}
+
+/// `new` with every setting that cannot change while running put back to its running
+/// value (from `old`), and the names of those that differed.
+fn live_part(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    let mut restart = Vec::new();
+    macro_rules! keep {
+        ($($section:ident . $key:ident),+ $(,)?) => {$(
+            if new.$section.$key != old.$section.$key {
+                restart.push(concat!(stringify!($section), ".", stringify!($key)));
+                new.$section.$key = old.$section.$key.clone();
+            }
+        )+};
+    }
+    keep!(
+        node.name,
+        node.workers,
+        node.state_dir,
+        sip.listen,
+        sip.local_names,
+        sccp.listen,
+        sccp.register_timeout,
+        sccp.keepalive_interval,
+        fastpath.interfaces,
+        fastpath.mode,
+        fastpath.pin_path,
+        metrics.listen,
+        admin.listen,
+        registration.date_header,
+    );
+    (new, restart)
+}
+
+/// What `/ready` says about the fast path, decided at the start.
+#[derive(Clone, Debug)]
+enum FastpathReadiness {
+    /// Attached (interfaces and modes).
+    Attached(String),
+    /// Deliberately off (why).
+    Off(&'static str),
+    /// `mode = "auto"` could not attach it and fell back to userspace (the error).
+    FellBack(String),
+}
+
+/// `/ready`: the config is loaded (this exists only then), every event loop runs, the
+/// fast path is attached or deliberately off, and the node is not shutting down.
+struct NodeReadiness {
+    stopping: AtomicBool,
+    sip: Mutex<Option<Workers>>,
+    sccp: Mutex<Option<SccpEdge>>,
+    sccp_configured: bool,
+    fastpath: FastpathReadiness,
+}
+
+impl Readiness for NodeReadiness {
+    fn check(&self) -> Result<serde_json::Value, String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
+        let sip_running = self.sip.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(Workers::running);
+        if !sip_running {
+            return Err("a SIP event loop has stopped".to_owned());
+        }
+        let sccp_running = self.sccp.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(SccpEdge::running);
+        if self.sccp_configured && !sccp_running {
+            return Err("an SCCP event loop has stopped".to_owned());
+        }
+        let fastpath = match &self.fastpath {
+            FastpathReadiness::Attached(on) => format!("attached ({on})"),
+            FastpathReadiness::Off(why) => format!("off ({why})"),
+            FastpathReadiness::FellBack(error) => {
+                return Err(format!("the XDP fast path is not attached (mode = \"auto\" fell back): {error}"));
+            }
+        };
+        Ok(serde_json::json!({
+            "config": "loaded",
+            "sip_loops": "running",
+            "sccp_loops": if self.sccp_configured { "running" } else { "none" },
+            "fastpath": fastpath,
+        }))
+    }
+}
+
+/// Ends the process if the shutdown outlives its bound, saying what it was doing.
+struct Watchdog {
+    disarm: crossbeam_channel::Sender<()>,
+}
+
+impl Watchdog {
+    fn arm(bound: Duration, stage: Arc<Mutex<&'static str>>) -> Self {
+        let (disarm, disarmed) = crossbeam_channel::bounded(1);
+        let spawned = std::thread::Builder::new().name("shutdown-watchdog".into()).spawn(move || {
+            if disarmed.recv_timeout(bound) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                let stage = *stage.lock().unwrap_or_else(|p| p.into_inner());
+                tracing::error!(
+                    bound = ?bound,
+                    waiting_for = stage,
+                    "shutdown took longer than node.shutdown_timeout: exiting anyway"
+                );
+                std::process::exit(1);
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no shutdown watchdog: the shutdown is not bounded");
+        }
+        Self { disarm }
+    }
+
+    fn disarm(self) {
+        let _ = self.disarm.send(());
+    }
 }
 
 /// Starts the SCCP edge's loops when `[sccp] listen` has addresses.
@@ -227,32 +549,27 @@ fn open_state(dir: &Path) -> Option<StateDir> {
     }
 }
 
-/// For each backend: the index of the listen address that talks to it (the first of its
-/// family), and that address as the backend reaches it (a wildcard resolved through the
-/// routing table).
-fn backend_listeners(config: &Config) -> anyhow::Result<Vec<(usize, SocketAddr)>> {
-    config
-        .backends
-        .iter()
-        .map(|backend| {
-            let (index, listen) = config
-                .sip
-                .listen
-                .iter()
-                .enumerate()
-                .find(|(_, l)| l.is_ipv4() == backend.address.is_ipv4())
-                .with_context(|| format!("backend {}: no [sip] listen address of its family", backend.name))?;
-            let ip = if listen.ip().is_unspecified() { source_address_toward(backend.address)? } else { listen.ip() };
-            Ok((index, SocketAddr::new(ip, listen.port())))
-        })
-        .collect()
+/// Where this node talks to `backend` from: the first `[sip] listen` address of its
+/// family, a wildcard resolved through the routing table to the address the backend sees.
+fn link_backend(config: &Config, backend: &BackendConfig) -> std::io::Result<Link> {
+    let Some(link) = Link::first_of_family(config, backend) else {
+        return Err(std::io::Error::other(format!("backend {}: no [sip] listen address of its family", backend.name)));
+    };
+    if !link.facing.ip().is_unspecified() {
+        return Ok(link);
+    }
+    let ip = source_address_toward(backend.address).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("backend {}: no route to {}: {e}", backend.name, backend.address))
+    })?;
+    Ok(Link { facing: SocketAddr::new(ip, link.facing.port()), ..link })
 }
 
 /// The local address the routing table picks to reach `target`.
-fn source_address_toward(target: SocketAddr) -> anyhow::Result<IpAddr> {
-    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+fn source_address_toward(target: SocketAddr) -> std::io::Result<IpAddr> {
+    let bind: SocketAddr =
+        if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = std::net::UdpSocket::bind(bind)?;
-    socket.connect(target).with_context(|| format!("no route to backend {target}"))?;
+    socket.connect(target)?;
     Ok(socket.local_addr()?.ip())
 }
 
@@ -274,18 +591,18 @@ fn start_fastpath(
     names: &LocalNames,
     tag: ToTag,
     answer: AnswerSettings,
-) -> anyhow::Result<Option<Fastpath>> {
+) -> anyhow::Result<(Option<Fastpath>, FastpathReadiness)> {
     let fp = &config.fastpath;
     let pin_dir = (!fp.pin_path.as_os_str().is_empty()).then_some(fp.pin_path.as_path());
     if fp.mode == FastpathMode::Off {
         tracing::info!("fast path off by config: keepalives answered in userspace");
         detach_pinned(pin_dir);
-        return Ok(None);
+        return Ok((None, FastpathReadiness::Off("[fastpath] mode = \"off\"")));
     }
     if fp.interfaces.is_empty() {
         tracing::info!("fast path off: [fastpath] interfaces is empty; keepalives answered in userspace");
         detach_pinned(pin_dir);
-        return Ok(None);
+        return Ok((None, FastpathReadiness::Off("[fastpath] interfaces is empty")));
     }
     let attempt = || -> Result<Fastpath, DatapathError> {
         let mut fastpath = match pin_dir {
@@ -300,14 +617,17 @@ fn start_fastpath(
         Ok(fastpath)
     };
     match attempt() {
-        Ok(fastpath) => Ok(Some(fastpath)),
+        Ok(fastpath) => {
+            let attached = describe(Some(&fastpath));
+            Ok((Some(fastpath), FastpathReadiness::Attached(attached)))
+        }
         // A pin_path on no bpffs is a config problem whatever the mode (failing to mount
         // or create it, e.g. without privileges, is not: `auto` falls back).
         Err(err @ DatapathError::PinPath { .. }) => Err(anyhow::Error::new(err)),
         Err(err) if fp.mode == FastpathMode::Auto => {
             tracing::warn!(error = %err, "fast path unavailable (mode = \"auto\"): keepalives answered in userspace");
             detach_pinned(pin_dir);
-            Ok(None)
+            Ok((None, FastpathReadiness::FellBack(err.to_string())))
         }
         Err(err) => Err(anyhow::Error::new(err).context(format!("[fastpath] mode = \"{}\"", fp.mode.label()))),
     }
@@ -345,10 +665,4 @@ fn start_mirror(fastpath: &mut Fastpath, registrar: &Registrar) -> anyhow::Resul
     }
     let (updates, folded) = registrar.connect_kernel();
     MirrorThread::start(bindings, absorbed, updates, folded).context("starting the kernel mirror thread")
-}
-
-fn wait_for_shutdown() -> anyhow::Result<&'static str> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
-    Ok(if signal == SIGINT { "SIGINT" } else { "SIGTERM" })
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::mirror::MirrorStats,
-    failover::{BackendId, GroupId, Routing},
+    failover::Routing,
     io::workers::Shared,
     registrar::{Registrar, mirror::KernelSeed},
     registry::{Binding, Flow, Transport},
@@ -139,12 +139,9 @@ pub fn decode(bytes: &[u8], routing: &Routing, boot_id: &str) -> Result<Loaded, 
     }
     let mut loaded = Loaded::default();
     for saved in file.bindings {
-        let group = routing.groups.iter().position(|g| g.name == saved.group).map(GroupId);
-        let backend = routing
-            .backends
-            .iter()
-            .position(|b| b.name == saved.backend && b.address == saved.backend_address)
-            .map(BackendId);
+        let group = routing.group_named(&saved.group);
+        let backend =
+            routing.backend_named(&saved.backend).filter(|id| routing.backend(*id).address == saved.backend_address);
         let (Some(group), Some(backend)) = (group, backend) else {
             loaded.dropped += 1;
             continue;
@@ -363,7 +360,10 @@ impl Drop for SnapshotWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::{
+        config::Config,
+        failover::{BackendId, GroupId},
+    };
 
     fn routing(cm1: &str) -> Routing {
         let text = format!(

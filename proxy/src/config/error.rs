@@ -134,6 +134,17 @@ pub enum ConfigErrorKind {
     #[error("metrics.listen address {addr} is also in sip.listen")]
     MetricsListenCollides { addr: SocketAddr },
 
+    /// `admin.listen` has port 0.
+    #[error("admin.listen address {addr} has port 0")]
+    AdminListenPortZero { addr: SocketAddr },
+    /// `admin.listen` is also the address of another listener (`other`, such as
+    /// `"metrics.listen"`).
+    #[error("admin.listen address {addr} is also {other}")]
+    AdminListenCollides { addr: SocketAddr, other: &'static str },
+    /// `admin.token` breaks the token rules (the token itself is never shown).
+    #[error("admin.token {problem}")]
+    AdminToken { problem: NameProblem },
+
     /// `registration.phone_expires` is outside `min..=max` seconds.
     #[error("registration.phone_expires = {seconds} is outside the allowed {min} to {max} seconds")]
     PhoneExpiresOutOfRange { seconds: u32, min: u32, max: u32 },
@@ -233,6 +244,9 @@ pub enum NameProblem {
     /// The name is the empty string.
     #[error("is empty")]
     Empty,
+    /// The name is `len` bytes long, fewer than the `min` required.
+    #[error("is {len} bytes long; at least {min} are required")]
+    TooShort { len: usize, min: usize },
     /// The name is `len` bytes long, more than the `max` allowed.
     #[error("is {len} bytes long; at most {max} are allowed")]
     TooLong { len: usize, max: usize },

@@ -84,7 +84,12 @@ pin_path = "/sys/fs/bpf/edge-1"
 listen = "0.0.0.0:9100"
 "#;
     let expected = Config {
-        node: NodeConfig { name: "edge-1".to_owned(), workers: 4, state_dir: PathBuf::from("/srv/regedge") },
+        node: NodeConfig {
+            name: "edge-1".to_owned(),
+            workers: 4,
+            state_dir: PathBuf::from("/srv/regedge"),
+            ..NodeConfig::default()
+        },
         sip: SipConfig {
             listen: vec![addr("0.0.0.0:5060"), addr("[::]:5060")],
             local_names: vec!["edge.example.net".to_owned(), "192.0.2.10".to_owned(), "[2001:db8::10]".to_owned()],

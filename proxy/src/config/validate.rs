@@ -10,7 +10,7 @@ use toml_edit::{Document, Item};
 use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, NameProblem};
 use super::spans::KeyPath;
 use super::{
-    BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig, HealthConfig,
+    AdminConfig, BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig, HealthConfig,
     MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
 };
 
@@ -32,6 +32,9 @@ const MAX_DEVICE_PATTERN_LEN: usize = 64;
 const MAX_MAC_PREFIX_DIGITS: usize = 12;
 /// A DNS name's limit.
 const MAX_DOMAIN_LEN: usize = 253;
+/// A bearer token shorter than this is guessable.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+const MAX_ADMIN_TOKEN_LEN: usize = 256;
 
 /// A failed check and the keys it is about.
 pub(super) struct Issue {
@@ -71,6 +74,7 @@ pub(super) fn check(config: &Config, document: &Document<&str>) -> Vec<Issue> {
     check_sccp(&config.sccp, &config.sip, &mut issues);
     check_fastpath(&config.fastpath, &mut issues);
     check_metrics(&config.metrics, &config.sip, &mut issues);
+    check_admin(config, &mut issues);
     check_registration(&config.registration, &mut issues);
     check_health(&config.health, &mut issues);
     let backend_protocols = check_backends(&config.backends, &mut issues);
@@ -120,6 +124,7 @@ fn check_node(node: &NodeConfig, issues: &mut Vec<Issue>) {
         let kind = ConfigErrorKind::StateDirRelative { path: node.state_dir.clone() };
         issues.push(Issue::new(KeyPath::field("node", "state_dir"), kind));
     }
+    check_positive(node.shutdown_timeout, "node.shutdown_timeout", issues);
 }
 
 fn check_sip(sip: &SipConfig, issues: &mut Vec<Issue>) {
@@ -199,6 +204,40 @@ fn check_metrics(metrics: &MetricsConfig, sip: &SipConfig, issues: &mut Vec<Issu
     if let Some(index) = sip.listen.iter().position(|&sip_addr| sip_addr == addr) {
         let kind = ConfigErrorKind::MetricsListenCollides { addr };
         issues.push(Issue::new(key, kind).or_at(KeyPath::element("sip", "listen", index)));
+    }
+}
+
+fn check_admin(config: &Config, issues: &mut Vec<Issue>) {
+    let AdminConfig { listen, token } = &config.admin;
+    if let Some(addr) = *listen {
+        let key = KeyPath::field("admin", "listen");
+        if addr.port() == 0 {
+            issues.push(Issue::new(key.clone(), ConfigErrorKind::AdminListenPortZero { addr }));
+        }
+        let collides = if addr == config.metrics.listen {
+            Some("metrics.listen")
+        } else if config.sip.listen.contains(&addr) {
+            Some("sip.listen")
+        } else if config.sccp.listen.contains(&addr) {
+            Some("sccp.listen")
+        } else {
+            None
+        };
+        if let Some(other) = collides {
+            issues.push(Issue::new(key, ConfigErrorKind::AdminListenCollides { addr, other }));
+        }
+    }
+    if !token.is_empty() {
+        let problem = if token.len() < MIN_ADMIN_TOKEN_LEN {
+            Some(NameProblem::TooShort { len: token.len(), min: MIN_ADMIN_TOKEN_LEN })
+        } else if token.len() > MAX_ADMIN_TOKEN_LEN {
+            Some(NameProblem::TooLong { len: token.len(), max: MAX_ADMIN_TOKEN_LEN })
+        } else {
+            char_problem(token, |ch| ch.is_ascii_graphic())
+        };
+        if let Some(problem) = problem {
+            issues.push(Issue::new(KeyPath::field("admin", "token"), ConfigErrorKind::AdminToken { problem }));
+        }
     }
 }
 

@@ -167,6 +167,11 @@ impl Workers {
     pub fn timekeeper_waker(&self) -> Arc<Waker> {
         Arc::clone(&self.wakers[0])
     }
+
+    /// Whether every loop still runs (none has stopped on an error or a panic).
+    pub fn running(&self) -> bool {
+        self.threads.iter().all(|thread| !thread.is_finished())
+    }
 }
 
 impl Drop for Workers {

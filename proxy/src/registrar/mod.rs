@@ -5,7 +5,7 @@
 
 pub mod decision;
 pub mod mirror;
-mod operator;
+pub mod operator;
 pub mod request;
 #[cfg(test)]
 mod simulation;

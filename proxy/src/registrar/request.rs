@@ -185,6 +185,22 @@ fn device_of(aor: &[u8], contacts: &Contacts<'_>) -> Device {
     Device { key, name, mac, domain }
 }
 
+impl Device {
+    /// The device a registry key and the binding's address of record stand for, as far
+    /// as they tell: the name of a `dev:` key and the MAC it ends with, the MAC of a
+    /// `mac:` key, the AOR's domain. (A named device whose MAC came from `+sip.instance`
+    /// is given none.) Used to find the group of a binding again after a reload.
+    pub fn from_key(key: &str, aor: &str) -> Device {
+        let domain = String::from_utf8_lossy(contact::uri_domain(aor.as_bytes())).to_ascii_lowercase();
+        let (name, mac) = match key.split_once(':') {
+            Some(("dev", name)) => (Some(name.to_owned()), mac_suffix(name.as_bytes())),
+            Some(("mac", mac)) => (None, Some(mac.to_owned())),
+            _ => (None, None),
+        };
+        Device { key: key.to_owned(), name, mac, domain }
+    }
+}
+
 /// The last 12 characters as a MAC when they are all hex digits (`SEP0024142DDF24`).
 fn mac_suffix(s: &[u8]) -> Option<String> {
     let tail = s.get(s.len().checked_sub(12)?..)?;

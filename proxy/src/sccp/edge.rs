@@ -135,6 +135,11 @@ pub struct SccpEdge {
 }
 
 impl SccpEdge {
+    /// Whether every loop still runs (none has stopped on an error or a panic).
+    pub fn running(&self) -> bool {
+        self.threads.iter().all(|thread| !thread.is_finished())
+    }
+
     /// Binds every listen address once per worker (a port in use fails here) and starts
     /// the loops.
     pub fn start(listen: &[SocketAddr], workers: usize, shared: Arc<SccpShared>) -> io::Result<Self> {
