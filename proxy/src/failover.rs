@@ -482,7 +482,8 @@ impl Routing {
             backend.retired.store(!live.backends.contains(&BackendId(index)), Ordering::Relaxed);
         }
         for group in &self.groups {
-            let current = live.groups.iter().find(|id| self.groups[id.0].name == group.name).map_or(NO_GROUP, |id| id.0);
+            let current =
+                live.groups.iter().find(|id| self.groups[id.0].name == group.name).map_or(NO_GROUP, |id| id.0);
             group.current.store(current, Ordering::Relaxed);
         }
         Ok(changes)

@@ -10,8 +10,8 @@ use toml_edit::{Document, Item};
 use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, NameProblem};
 use super::spans::KeyPath;
 use super::{
-    AdminConfig, BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig, HealthConfig,
-    MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
+    AdminConfig, BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig,
+    HealthConfig, MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
 };
 
 const MAX_NODE_NAME_LEN: usize = 64;
