@@ -80,7 +80,8 @@ impl Baresip {
 
     pub fn start_with(ns: &NetNs, opts: &BaresipOpts) -> Self {
         let dir = TempDir::new("baresip");
-        // Calls need a codec (G.711) and an audio source (a sine tone); nothing is played.
+        // Calls need a codec (G.711) and an audio source: a sine tone, which ausine makes in stereo at
+        // 48 kHz only (baresip resamples); nothing is played.
         let mut modules = String::from("module\t\t\tg711.so\nmodule\t\t\tausine.so\n");
         if let Some(port) = opts.control_port {
             modules.push_str(&format!(
@@ -99,6 +100,8 @@ impl Baresip {
                  dns_server\t\t127.0.0.1:53\n\
                  audio_player\t\tnone\n\
                  audio_source\t\tausine,440\n\
+                 ausrc_srate\t\t48000\n\
+                 ausrc_channels\t\t2\n\
                  audio_alert\t\tnone\n\
                  call_max_calls\t\t1\n\
                  {modules}"
@@ -165,14 +168,23 @@ impl Baresip {
 
     /// Waits until the log has a line containing `needle` (e.g. `Call established`).
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the last of them.
+    pub fn wait_log_count(&self, needle: &str, count: usize, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log();
-            if let Some(line) = log.lines().map(strip_ansi).find(|l| l.contains(needle)) {
-                return Ok(line);
+            let found: Vec<String> = log.lines().map(strip_ansi).filter(|l| l.contains(needle)).collect();
+            if found.len() >= count {
+                return Ok(found[count - 1].clone());
             }
             if Instant::now() > deadline {
-                return Err(format!("baresip printed no `{needle}` in {timeout:?}\n--- baresip log:\n{log}"));
+                return Err(format!(
+                    "baresip printed `{needle}` {} times, not {count}, in {timeout:?}\n--- baresip log:\n{log}",
+                    found.len()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
