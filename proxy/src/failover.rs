@@ -713,6 +713,111 @@ mod tests {
         assert_eq!(routing.group_for_protocol(&other, BackendProtocol::Sccp), None, "the default group speaks SIP");
     }
 
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, "test").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const TWO: &str = "[[backends]]\nname = \"cm1\"\naddress = \"10.0.0.11:5060\"\n\
+                       [[backends]]\nname = \"cm2\"\naddress = \"10.0.0.12:5060\"\n\
+                       [[groups]]\nname = \"default\"\nbackends = [\"cm1\", \"cm2\"]\n";
+
+    fn unlinked(_: &BackendConfig) -> std::io::Result<Link> {
+        Ok(Link { listener: 0, facing: "10.0.0.1:5060".parse().unwrap() })
+    }
+
+    #[test]
+    fn a_reload_keeps_the_slot_health_and_drain_of_unchanged_backends_and_retires_the_others() {
+        let routing = Routing::from_config(&config(TWO));
+        routing.backend(BackendId(1)).set_state(BackendState::Down);
+        routing.backend(BackendId(1)).set_drained(true);
+        // cm1 moves to another address, cm2 stays (with a new rate), cm3 comes.
+        let changes = routing
+            .reload(
+                &config(
+                    "[[backends]]\nname = \"cm1\"\naddress = \"10.0.0.21:5060\"\n\
+                     [[backends]]\nname = \"cm2\"\naddress = \"10.0.0.12:5060\"\nmax_register_rate = 7\n\
+                     [[backends]]\nname = \"cm3\"\naddress = \"10.0.0.13:5060\"\n\
+                     [[groups]]\nname = \"default\"\nbackends = [\"cm1\", \"cm2\", \"cm3\"]\n",
+                ),
+                unlinked,
+            )
+            .unwrap();
+        assert_eq!(changes.backends_added, ["cm3"]);
+        assert_eq!(changes.backends_redefined, ["cm1"]);
+        assert!(changes.backends_removed.is_empty());
+        assert_eq!(changes.rates_changed, [("cm2".to_owned(), 200, 7)]);
+        assert_eq!(changes.groups_changed, ["default"]);
+        let names: Vec<_> =
+            routing.live_backends().iter().map(|id| (id.0, routing.backend(*id).name.clone())).collect();
+        assert_eq!(names, [(2, "cm1".to_owned()), (1, "cm2".to_owned()), (3, "cm3".to_owned())]);
+        assert!(routing.backend(BackendId(0)).is_retired(), "the old cm1 keeps its id, in no group");
+        let cm2 = routing.backend(BackendId(1));
+        assert_eq!((cm2.health(), cm2.is_drained(), cm2.max_register_rate()), (BackendState::Down, true, 7));
+        assert_eq!(routing.backend(BackendId(3)).link.facing, "10.0.0.1:5060".parse().unwrap());
+        // The old group answers for the new one of its name.
+        let old_group = GroupId(0);
+        assert!(routing.groups[0].is_retired(old_group));
+        assert_eq!(routing.active_backend(old_group), Some(BackendId(2)));
+        assert_eq!(routing.group_named("default"), Some(GroupId(1)));
+        // A reload back to the first config finds the first slots again.
+        let changes = routing.reload(&config(TWO), unlinked).unwrap();
+        assert_eq!(changes.backends_removed, ["cm3"]);
+        assert_eq!(routing.live_backends(), [BackendId(0), BackendId(1)]);
+        assert_eq!(routing.group_named("default"), Some(GroupId(0)));
+        assert_eq!(routing.groups.len(), 2);
+        assert!(!routing.backend(BackendId(0)).is_retired() && routing.backend(BackendId(3)).is_retired());
+    }
+
+    #[test]
+    fn a_removed_group_has_no_backend_and_rules_are_swapped_whole() {
+        let with_lab = "[[backends]]\nname = \"cm1\"\naddress = \"10.0.0.11:5060\"\n\
+                        [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n\
+                        [[groups]]\nname = \"lab\"\nbackends = [\"cm1\"]\n\
+                        [[rules]]\ngroup = \"lab\"\ndevice = \"SEP0011*\"\n";
+        let routing = Routing::from_config(&config(with_lab));
+        let phone =
+            Device { key: String::new(), name: Some("SEP001122334455".into()), mac: None, domain: String::new() };
+        let lab = routing.group_for_protocol(&phone, BackendProtocol::Sip).unwrap();
+        assert_eq!(routing.groups[lab.0].name, "lab");
+        let changes = routing.reload(&config(TWO), unlinked).unwrap();
+        assert!(changes.rules_changed);
+        assert_eq!(changes.groups_removed, ["lab"]);
+        assert_eq!(routing.active_backend(lab), None, "no group has its name any more");
+        assert_eq!(routing.group_for_protocol(&phone, BackendProtocol::Sip), routing.group_named("default"));
+        assert_eq!(routing.live_groups().len(), 1);
+    }
+
+    #[test]
+    fn a_link_that_fails_leaves_the_routing_as_it_was() {
+        let routing = Routing::from_config(&config(TWO));
+        let error = routing
+            .reload(
+                &config(
+                    "[[backends]]\nname = \"cm9\"\naddress = \"10.0.0.19:5060\"\n\
+                         [[groups]]\nname = \"default\"\nbackends = [\"cm9\"]\n",
+                ),
+                |_| Err(std::io::Error::other("no route")),
+            )
+            .unwrap_err();
+        assert_eq!(error.to_string(), "no route");
+        assert_eq!(routing.live_backends(), [BackendId(0), BackendId(1)]);
+        assert_eq!(routing.backends.len(), 2);
+        assert_eq!(routing.active_backend(GroupId(0)), Some(BackendId(0)));
+    }
+
+    #[test]
+    fn draining_is_kept_apart_from_health() {
+        let routing = Routing::from_config(&config(TWO));
+        let cm1 = routing.backend(BackendId(0));
+        assert_eq!(cm1.set_state(BackendState::Draining), BackendState::Up);
+        assert_eq!(routing.active_backend(GroupId(0)), Some(BackendId(1)));
+        assert_eq!(cm1.set_state(BackendState::Down), BackendState::Draining);
+        assert_eq!(cm1.set_state(BackendState::Up), BackendState::Down);
+        assert_eq!(cm1.state(), BackendState::Draining, "health coming back does not enable it");
+        cm1.set_drained(false);
+        assert_eq!(routing.active_backend(GroupId(0)), Some(BackendId(0)));
+    }
+
     #[test]
     fn token_bucket_paces() {
         let mut bucket = TokenBucket::new(10);

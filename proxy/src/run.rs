@@ -666,3 +666,28 @@ fn start_mirror(fastpath: &mut Fastpath, registrar: &Registrar) -> anyhow::Resul
     let (updates, folded) = registrar.connect_kernel();
     MirrorThread::start(bindings, absorbed, updates, folded).context("starting the kernel mirror thread")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_what_needs_a_restart_and_takes_the_rest() {
+        let old = Config::from_toml("[sip]\nlisten = [\"127.0.0.1:5060\"]\n", "old").unwrap();
+        let new = Config::from_toml(
+            "[node]\nworkers = 3\nshutdown_timeout = \"2s\"\n[sip]\nlisten = [\"127.0.0.1:5070\"]\n\
+             [registration]\nphone_expires = 60\ndate_header = false\n[admin]\ntoken = \"0123456789abcdef\"\n\
+             [health]\ninterval = \"3s\"\n",
+            "new",
+        )
+        .unwrap();
+        let (effective, restart) = live_part(&old, new);
+        assert_eq!(restart, ["node.workers", "sip.listen", "registration.date_header"]);
+        assert_eq!((effective.node.workers, effective.sip.listen.clone()), (0, old.sip.listen.clone()));
+        assert!(effective.registration.date_header);
+        assert_eq!(effective.registration.phone_expires, 60);
+        assert_eq!(effective.node.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(effective.health.interval, Duration::from_secs(3));
+        assert_eq!(effective.admin.token, "0123456789abcdef");
+    }
+}

@@ -409,3 +409,162 @@ impl Readiness for Fixed {
 
 /// Shared between the shell and the handlers.
 pub type SharedReadiness = Arc<dyn Readiness>;
+
+#[cfg(test)]
+mod tests {
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::{
+        engine::Engine,
+        failover::GroupId,
+        io::workers::Shared,
+        local_names::LocalNames,
+        registrar::tests::registrar_from,
+        registry::{Flow, Transport},
+        sip::stateless::ToTag,
+    };
+
+    const CONFIG: &str = "[[backends]]\nname = \"cm1\"\naddress = \"10.0.0.11:5060\"\n\
+                          [[backends]]\nname = \"cm2\"\naddress = \"10.0.0.12:5060\"\n\
+                          [[groups]]\nname = \"default\"\nbackends = [\"cm1\", \"cm2\"]\n";
+    const TOKEN: &str = "0123456789abcdef";
+    const NOW_MS: u64 = 1_000_000;
+
+    fn node(ready: Result<(), String>) -> Node {
+        let registrar = registrar_from(CONFIG);
+        for n in 1..=5u16 {
+            let binding = Binding {
+                aor: format!("sip:10{n}@example.net"),
+                contact: format!("sip:10{n}@192.0.2.{n}:5060"),
+                flow: Flow {
+                    transport: Transport::Udp,
+                    peer: format!("192.0.2.{n}:5060").parse().unwrap(),
+                    local: "10.0.0.1:5060".parse().unwrap(),
+                    connection: None,
+                },
+                call_id: format!("call-{n}"),
+                cseq: 2,
+                credentials: None,
+                group: GroupId(0),
+                backend: BackendId(usize::from(n % 2)),
+                backend_granted: 3600,
+                backend_valid_until_ms: NOW_MS + 3_000_000,
+                phone_expires_at_ms: NOW_MS + 100_500,
+                last_seen_ms: NOW_MS - 20_000,
+                kernel: None,
+            };
+            registrar.registry.insert(format!("dev:SEP00241400000{n}"), binding);
+        }
+        let routing = Arc::clone(&registrar.routing);
+        let names = LocalNames::new(&[], &["10.0.0.1:5060".parse().unwrap()], &[]);
+        let shared = Arc::new(Shared::new(Engine::new(names, ToTag::for_node("test"), Some(registrar))));
+        Node { routing, shared, readiness: Arc::new(Fixed(ready)), token: ArcSwap::from_pointee(TOKEN.to_owned()) }
+    }
+
+    fn get(node: &Node, target: &str) -> Reply {
+        handle(node, Method::Get, target, Some(&format!("Bearer {TOKEN}")), Some(TOKEN), NOW_MS)
+    }
+
+    fn post(node: &Node, target: &str) -> Reply {
+        handle(node, Method::Post, target, Some(&format!("Bearer {TOKEN}")), Some(TOKEN), NOW_MS)
+    }
+
+    fn devices(reply: &Reply) -> Vec<String> {
+        reply.body["bindings"].as_array().unwrap().iter().map(|b| b["device"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn every_request_but_live_needs_the_token() {
+        let node = node(Ok(()));
+        assert_eq!(handle(&node, Method::Get, "/live", None, Some(TOKEN), NOW_MS).status, 200);
+        for target in ["/ready", "/bindings", "/backends", "/groups"] {
+            assert_eq!(handle(&node, Method::Get, target, None, Some(TOKEN), NOW_MS).status, 401, "{target}");
+            let wrong = handle(&node, Method::Get, target, Some("Bearer 0123456789abcdeX"), Some(TOKEN), NOW_MS);
+            assert_eq!(wrong.status, 401, "{target}");
+            assert_eq!(get(&node, target).status, 200, "{target}");
+        }
+        assert_eq!(handle(&node, Method::Post, "/backends/cm1/drain", None, Some(TOKEN), NOW_MS).status, 401);
+        assert!(!node.routing.backend(BackendId(0)).is_drained());
+        assert_eq!(handle(&node, Method::Get, "/groups", None, None, NOW_MS).status, 200, "no token configured");
+    }
+
+    #[test]
+    fn bindings_are_listed_in_device_order_a_page_at_a_time_and_looked_up() {
+        let node = node(Ok(()));
+        let page = get(&node, "/bindings?limit=2&offset=2");
+        assert_eq!((page.status, page.body["total"].as_u64(), page.body["limit"].as_u64()), (200, Some(5), Some(2)));
+        assert_eq!(devices(&page), ["dev:SEP002414000003", "dev:SEP002414000004"]);
+        let first = &get(&node, "/bindings?limit=1").body["bindings"][0];
+        assert_eq!(first["aor"], "sip:101@example.net");
+        assert_eq!(first["flow"]["peer"], "192.0.2.1:5060");
+        assert_eq!((first["group"].as_str(), first["backend"].as_str()), (Some("default"), Some("cm2")));
+        assert_eq!(
+            (first["phone_expires_in"].as_i64(), first["backend_expires_in"].as_i64(), first["last_seen_ago"].as_i64()),
+            (Some(100), Some(3000), Some(20))
+        );
+        assert_eq!(first["kernel"], "absent");
+        assert_eq!(devices(&get(&node, "/bindings?device=sep002414000002")), ["dev:SEP002414000002"]);
+        assert_eq!(devices(&get(&node, "/bindings?aor=sip%3A103%40example.net")), ["dev:SEP002414000003"]);
+        assert_eq!(devices(&get(&node, "/bindings?aor=104@example.net")), ["dev:SEP002414000004"]);
+        assert_eq!(devices(&get(&node, "/bindings?flow=udp:192.0.2.5:5060")), ["dev:SEP002414000005"]);
+        let none = get(&node, "/bindings?flow=192.0.2.9:5060");
+        assert_eq!((none.status, none.body["total"].as_u64()), (200, Some(0)));
+        for bad in [
+            "/bindings?limit=0",
+            "/bindings?limit=x",
+            "/bindings?offset=-1",
+            "/bindings?colour=red",
+            "/bindings?aor=%zz",
+        ] {
+            let reply = get(&node, bad);
+            assert_eq!(reply.status, 400, "{bad}");
+            assert!(reply.body["error"].is_string(), "{bad}: {:?}", reply.body);
+        }
+    }
+
+    #[test]
+    fn mutations_take_post_only() {
+        let node = node(Ok(()));
+        for target in ["/backends/cm1/drain", "/backends/cm1/enable", "/bindings/dev:SEP002414000001/remove"] {
+            let reply = get(&node, target);
+            assert_eq!((reply.status, reply.allow), (405, Some("POST")), "{target}");
+        }
+        assert!(!node.routing.backend(BackendId(0)).is_drained());
+        assert_eq!(node.registrar().unwrap().registry.len(), 5);
+        let reply = post(&node, "/bindings");
+        assert_eq!((reply.status, reply.allow), (405, Some("GET")));
+        assert_eq!(get(&node, "/nothing").status, 404);
+    }
+
+    #[test]
+    fn drain_enable_and_remove() {
+        let node = node(Ok(()));
+        let drained = post(&node, "/backends/cm1/drain");
+        assert_eq!(
+            (drained.status, drained.body["state"].as_str(), drained.body["changed"].as_bool()),
+            (200, Some("draining"), Some(true))
+        );
+        assert_eq!(post(&node, "/backends/cm1/drain").body["changed"], false);
+        let backends = get(&node, "/backends").body;
+        assert_eq!(backends[0]["name"], "cm1");
+        assert_eq!((backends[0]["state"].as_str(), backends[0]["health"].as_str()), (Some("draining"), Some("up")));
+        assert_eq!((backends[0]["bindings"].as_u64(), backends[1]["bindings"].as_u64()), (Some(2), Some(3)));
+        assert_eq!(get(&node, "/groups").body[0]["active"], "cm2");
+        assert_eq!(post(&node, "/backends/cm1/enable").body["state"], "up");
+        assert_eq!(get(&node, "/groups").body[0]["active"], "cm1");
+        assert_eq!(post(&node, "/backends/cm9/drain").status, 404);
+
+        let removed = post(&node, "/bindings/dev:SEP002414000001/remove");
+        assert_eq!((removed.status, removed.body["removed"]["aor"].as_str()), (200, Some("sip:101@example.net")));
+        assert_eq!(get(&node, "/bindings").body["total"], 4);
+        assert_eq!(post(&node, "/bindings/dev:SEP002414000001/remove").status, 404);
+    }
+
+    #[test]
+    fn ready_says_why_not() {
+        assert_eq!(get(&node(Ok(())), "/ready").body["ready"], true);
+        let not = get(&node(Err("shutting down".into())), "/ready");
+        assert_eq!((not.status, not.body["reason"].as_str()), (503, Some("shutting down")));
+    }
+}

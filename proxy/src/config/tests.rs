@@ -826,3 +826,50 @@ fn sccp_listen_is_checked_against_itself_and_sip() {
     assert_eq!(config.sccp.listen, vec!["10.0.0.1:2000".parse::<std::net::SocketAddr>().unwrap()]);
     assert_eq!(config.sccp.register_timeout, Duration::from_secs(10));
 }
+
+#[test]
+fn admin_api_and_shutdown_bound_have_documented_defaults() {
+    let config = Config::default();
+    assert_eq!(config.admin.listen, Some(addr("127.0.0.1:9101")));
+    assert!(config.admin.token.is_empty());
+    assert_eq!(config.node.shutdown_timeout, Duration::from_secs(5));
+    assert!(config.warnings().is_empty());
+    let off = parse_ok("[admin]\nlisten = \"\"\n[node]\nshutdown_timeout = \"500ms\"\n");
+    assert_eq!(off.admin.listen, None);
+    assert_eq!(off.node.shutdown_timeout, Duration::from_millis(500));
+}
+
+#[test]
+fn admin_errors_are_reported_on_their_lines() {
+    let text = "[node]\nshutdown_timeout = \"0s\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n[admin]\n\
+                listen = \"127.0.0.1:9100\"\ntoken = \"short\"\n";
+    let errors = parse_err(text);
+    let kinds: Vec<_> = errors.errors.iter().map(|e| (e.line, e.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Some(2), ConfigErrorKind::ZeroDuration { key: "node.shutdown_timeout" }),
+            (Some(6), ConfigErrorKind::AdminListenCollides { addr: addr("127.0.0.1:9100"), other: "metrics.listen" }),
+            (Some(7), ConfigErrorKind::AdminToken { problem: NameProblem::TooShort { len: 5, min: 16 } }),
+        ]
+    );
+    assert_eq!(
+        errors.to_string().lines().nth(2),
+        Some("regedge.toml:7: admin.token is 5 bytes long; at least 16 are required")
+    );
+    let bad = parse_err("[admin]\nlisten = \"localhost\"\n");
+    assert_eq!(lines(&bad), [Some(2)]);
+    assert!(field_message(&bad.errors[0]).contains("\"localhost\" is not an address"), "{bad}");
+    let bad = parse_err("[admin]\ntoken = \"a token with spaces in it\"\n");
+    assert_eq!(bad.errors[0].kind, ConfigErrorKind::AdminToken { problem: NameProblem::InvalidChar { ch: ' ' } });
+}
+
+#[test]
+fn an_admin_api_off_loopback_without_a_token_is_a_warning() {
+    let open = parse_ok("[admin]\nlisten = \"0.0.0.0:9101\"\n");
+    let warnings = open.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].starts_with("admin.listen 0.0.0.0:9101 is not a loopback address"), "{warnings:?}");
+    let guarded = parse_ok("[admin]\nlisten = \"0.0.0.0:9101\"\ntoken = \"0123456789abcdef0123\"\n");
+    assert!(guarded.warnings().is_empty());
+}

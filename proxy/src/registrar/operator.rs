@@ -200,3 +200,152 @@ impl Registrar {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{Phone, answer, backend_answer, now, registrar_from, send};
+    use super::*;
+    use crate::{config::Config, failover::Link, registrar::Destination};
+
+    const CONFIG: &str = r#"
+[[backends]]
+name = "cm1"
+address = "10.0.0.11:5060"
+
+[[backends]]
+name = "cm2"
+address = "10.0.0.12:5060"
+
+[[groups]]
+name = "default"
+backends = ["cm1", "cm2"]
+"#;
+
+    /// A full registration answered 200 by the backend it went to; that backend.
+    fn register(r: &Registrar, phone: &Phone, at: Now) -> BackendId {
+        let step = send(r, phone, &phone.register(120, ""), at);
+        assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "{}", step.reply);
+        let Destination::Backend(backend) = step.sends[0].to else { panic!("sent to a phone") };
+        let to_phone = answer(r, &step.sends, "200 OK", 3600, at);
+        assert!(to_phone.starts_with("SIP/2.0 200 OK\r\n"), "{to_phone}");
+        backend
+    }
+
+    /// A refresh with the next CSeq; its outcome and what went to backends.
+    fn refresh(r: &Registrar, phone: &mut Phone, at: Now) -> (RegistrationOutcome, Vec<Send>) {
+        phone.cseq += 1;
+        let step = send(r, phone, &phone.register(120, ""), at);
+        (step.outcome, step.sends)
+    }
+
+    /// Delivers the backend's 200 to `sent`; returns what the registrar sent next.
+    fn accept(r: &Registrar, sent: &Send, at: Now) -> Vec<Send> {
+        let response = backend_answer(&sent.bytes, "200 OK", 3600);
+        let mut sends = Vec::new();
+        assert!(r.on_response(&crate::sip::Message::parse(&response).unwrap(), &response, at, &mut sends));
+        sends.into_iter().filter(|s| matches!(s.to, Destination::Backend(_))).collect()
+    }
+
+    #[test]
+    fn a_drained_backend_loses_its_phones_at_their_next_refresh_and_gets_them_back_once_enabled() {
+        let r = registrar_from(CONFIG);
+        let mut phone = Phone::new(21);
+        let device = "dev:SEP000000000015";
+        assert_eq!(register(&r, &phone, now(0)), BackendId(0));
+        assert!(!r.set_drained(BackendId(0), true));
+        assert_eq!(r.routing.backend(BackendId(0)).state(), BackendState::Draining);
+        let (outcome, sends) = refresh(&r, &mut phone, now(10));
+        assert_eq!((outcome, sends[0].to), (RegistrationOutcome::Forwarded, Destination::Backend(BackendId(1))));
+        let after = accept(&r, &sends[0], now(10));
+        assert_eq!(after.len(), 1, "the drained backend is told the phone left");
+        assert_eq!(after[0].to, Destination::Backend(BackendId(0)));
+        assert!(String::from_utf8_lossy(&after[0].bytes).contains("\r\nExpires: 0\r\n"));
+        assert_eq!(r.registry.get(device).unwrap().backend, BackendId(1));
+        assert_eq!(refresh(&r, &mut phone, now(20)).0, RegistrationOutcome::Absorbed, "settled on cm2");
+        // A health change does not undo the drain.
+        r.on_backend_state(BackendId(0), BackendState::Up);
+        assert_eq!(r.routing.backend(BackendId(0)).state(), BackendState::Draining);
+        assert!(r.set_drained(BackendId(0), false));
+        let (outcome, sends) = refresh(&r, &mut phone, now(30));
+        assert_eq!((outcome, sends[0].to), (RegistrationOutcome::Forwarded, Destination::Backend(BackendId(0))));
+        accept(&r, &sends[0], now(30));
+        assert_eq!(r.registry.get(device).unwrap().backend, BackendId(0), "back on the enabled primary");
+    }
+
+    #[test]
+    fn shutting_down_refuses_what_would_be_forwarded_and_answers_valid_refreshes() {
+        let r = registrar_from(CONFIG);
+        let mut known = Phone::new(22);
+        register(&r, &known, now(0));
+        r.begin_shutdown();
+        assert!(r.is_stopping());
+        let newcomer = Phone::new(23);
+        let step = send(&r, &newcomer, &newcomer.register(120, ""), now(1));
+        assert_eq!(step.outcome, RegistrationOutcome::Rejected);
+        assert!(step.reply.starts_with("SIP/2.0 503 Shutting Down\r\n") && step.reply.contains("\r\nRetry-After: "));
+        assert!(step.sends.is_empty(), "nothing forwarded while shutting down");
+        assert_eq!(refresh(&r, &mut known, now(2)).0, RegistrationOutcome::Absorbed);
+        // A de-registration still goes through.
+        known.cseq += 1;
+        let step = send(&r, &known, &known.register(0, ""), now(3));
+        assert_eq!(step.outcome, RegistrationOutcome::Forwarded);
+    }
+
+    #[test]
+    fn a_removed_binding_leaves_at_once_and_is_deregistered_at_the_next_tick() {
+        let r = registrar_from(CONFIG);
+        let phone = Phone::new(24);
+        register(&r, &phone, now(0));
+        let removed = r.remove_binding("dev:SEP000000000018").expect("the binding");
+        assert_eq!(removed.call_id, "call-24");
+        assert!(r.registry.is_empty());
+        assert!(r.remove_binding("dev:SEP000000000018").is_none());
+        let mut sends = Vec::new();
+        r.on_tick(now(1), &mut sends);
+        assert_eq!(sends.len(), 1);
+        assert_eq!(sends[0].to, Destination::Backend(BackendId(0)));
+        let dereg = String::from_utf8_lossy(&sends[0].bytes);
+        assert!(dereg.contains("\r\nExpires: 0\r\n") && dereg.contains("Call-ID: call-24\r\n"), "{dereg}");
+        let mut again = Vec::new();
+        r.on_tick(now(2), &mut again);
+        assert!(again.is_empty(), "once");
+    }
+
+    #[test]
+    fn a_reload_keeps_every_binding_and_moves_those_of_a_removed_backend_at_their_next_refresh() {
+        let r = registrar_from(CONFIG);
+        let mut on_cm1 = Phone::new(25);
+        register(&r, &on_cm1, now(0));
+        let reloaded = Config::from_toml(
+            "[registration]\nbackend_expires = 1800\n[[backends]]\nname = \"cm2\"\naddress = \"10.0.0.12:5060\"\n\
+             [[backends]]\nname = \"cm3\"\naddress = \"10.0.0.13:5060\"\n\
+             [[groups]]\nname = \"default\"\nbackends = [\"cm3\", \"cm2\"]\n",
+            "reload",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let facing: SocketAddr = "10.0.0.1:5060".parse().unwrap();
+        let changes = r.routing.reload(&reloaded, |_| Ok(Link { listener: 0, facing })).unwrap();
+        assert_eq!(
+            (changes.backends_added.as_slice(), changes.backends_removed.as_slice()),
+            (&["cm3".to_owned()][..], &["cm1".to_owned()][..])
+        );
+        r.set_policy(Policy::from(&reloaded.registration));
+        assert_eq!(r.rejudge_bindings(), 1, "the group was redefined: the binding takes the new one");
+        assert_eq!(r.registry.len(), 1, "nothing dropped");
+        assert_eq!(
+            r.registry.get("dev:SEP000000000019").unwrap().backend,
+            BackendId(0),
+            "still on cm1 until it refreshes"
+        );
+        let (outcome, sends) = refresh(&r, &mut on_cm1, now(10));
+        let cm3 = r.routing.backend_named("cm3").unwrap();
+        assert_eq!((outcome, sends[0].to), (RegistrationOutcome::Forwarded, Destination::Backend(cm3)));
+        let forwarded = String::from_utf8_lossy(&sends[0].bytes);
+        assert!(forwarded.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch="), "{forwarded}");
+        assert!(forwarded.contains("\r\nExpires: 1800\r\n"), "the new backend_expires: {forwarded}");
+        let after = accept(&r, &sends[0], now(10));
+        assert_eq!(after.len(), 1, "the removed backend is told the phone left");
+        assert_eq!(after[0].to, Destination::Backend(BackendId(0)));
+        assert_eq!(r.registry.get("dev:SEP000000000019").unwrap().backend, cm3);
+    }
+}
