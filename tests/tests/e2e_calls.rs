@@ -86,11 +86,12 @@ impl Lab {
         self.metrics().value("regedge_sip_routed_requests_total", &[("method", method), ("toward", toward)])
     }
 
-    /// Waits until Kamailio holds a contact for `user`.
-    fn wait_registered(&self, user: &str, timeout: Duration) -> Result<(), String> {
+    /// Waits until Kamailio holds a contact for `user` registered with `call_id` (a
+    /// phone registered earlier by another sipp has another Call-ID and flow).
+    fn wait_registered(&self, user: &str, call_id: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.cm.registered_aors().iter().any(|aor| aor == user) {
+            if self.cm.contacts().iter().any(|b| b.aor == user && b.call_id == call_id) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -144,7 +145,7 @@ impl Lab {
         let hold = Duration::from_millis(1500);
         let answering =
             Sipp::spawn_call(&self.phones, self.phone_ip.into(), self.edge, &phone(callee, callee_port, None, hold));
-        if let Err(err) = self.wait_registered(callee, Duration::from_secs(10)) {
+        if let Err(err) = self.wait_registered(callee, &call_id, Duration::from_secs(10)) {
             panic!("{test}: {err}\n--- callee's sipp:\n{}", answering.messages());
         }
         let calling = Sipp::spawn_call(
@@ -190,8 +191,8 @@ fn calls_both_ways(test: &str, transport: Transport) {
 
     // The INVITE went to the backend and came back to the callee's flow; ACK and BYE went
     // phone to phone by Record-Route; responses were relayed.
-    assert_eq!(lab.routed("INVITE", "backend"), 2, "{test}");
-    assert_eq!(lab.routed("INVITE", "phone"), 2, "{test}");
+    // At least one each per call (a UDP retransmission under load is routed too).
+    assert!(lab.routed("INVITE", "backend") >= 2 && lab.routed("INVITE", "phone") >= 2, "{test}: {}", lab.metrics().0);
     assert!(lab.routed("ACK", "phone") >= 2 && lab.routed("BYE", "phone") >= 2, "{test}: {}", lab.metrics().0);
     assert_eq!(lab.routed("BYE", "backend"), 0, "{test}: the backend did not record-route");
     let relayed = lab.metrics().value("regedge_sip_relayed_responses_total", &[]);
@@ -378,8 +379,7 @@ fn baresip_answers_and_calls() {
     while lab.routed("BYE", "phone") < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(lab.routed("BYE", "phone"), 2, "{test}: both BYEs reach the callee\n{}", lab.regedge.log());
+    assert!(lab.routed("BYE", "phone") >= 2, "{test}: both BYEs reach the callee\n{}", lab.regedge.log());
     assert!(callee.log().contains("Call established: sip:4003@"), "{test}: {}", callee.log());
-    assert_eq!(lab.routed("INVITE", "phone"), 2, "{test}");
-    assert_eq!(lab.routed("INVITE", "backend"), 2, "{test}");
+    assert!(lab.routed("INVITE", "phone") >= 2 && lab.routed("INVITE", "backend") >= 2, "{test}");
 }
