@@ -2,7 +2,9 @@
 //! namespaces joined by veth pairs, frame builders, keepalive fixtures, and the regedge
 //! binary run as a process.
 
+pub mod admin;
 pub mod baresip;
+pub mod edge_lab;
 pub mod fixtures;
 pub mod frames;
 pub mod kamailio;
