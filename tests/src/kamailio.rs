@@ -53,11 +53,22 @@ pub struct KamailioOpts {
     pub debug: u8,
     /// How long [`Kamailio::start`] waits for the control socket to answer.
     pub ready_timeout: Duration,
+    /// Ignore Path (`use_path` 0), as a call server without RFC 3327 support does: a
+    /// request for a phone goes straight to the contact it stored.
+    pub without_path: bool,
 }
 
 impl Default for KamailioOpts {
     fn default() -> Self {
-        Self { password: None, children: 1, shm_mb: 256, pkg_mb: 64, debug: 2, ready_timeout: Duration::from_secs(10) }
+        Self {
+            password: None,
+            children: 1,
+            shm_mb: 256,
+            pkg_mb: 64,
+            debug: 2,
+            ready_timeout: Duration::from_secs(10),
+            without_path: false,
+        }
     }
 }
 
@@ -349,9 +360,15 @@ fn render_config(address: Ipv4Addr, ctl: &Path, fifo: &Path, dir: &Path, opts: &
         !password.contains(['"', '\\', '\n', '@']),
         "the Kamailio password must not contain quotes, backslashes, newlines or @"
     );
-    let defines = if opts.password.is_some() { "#!define WITH_AUTH" } else { "" };
+    let mut defines = String::new();
+    if opts.password.is_some() {
+        defines.push_str("#!define WITH_AUTH\n");
+    }
+    if opts.without_path {
+        defines.push_str("#!define WITHOUT_PATH\n");
+    }
     let text = template
-        .replace("@DEFINES@", defines)
+        .replace("@DEFINES@", &defines)
         .replace("@ADDRESS@", &address.to_string())
         .replace("@CTL_SOCKET@", &ctl.display().to_string())
         .replace("@RPC_FIFO@", &fifo.display().to_string())

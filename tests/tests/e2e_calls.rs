@@ -45,8 +45,22 @@ struct Lab {
     cm_ip: Ipv4Addr,
 }
 
+/// How a lab is set up.
+#[derive(Clone, Copy, Default)]
+struct LabOpts {
+    /// The XDP program attached (generic mode) to regedge's phone-side interface: call
+    /// signalling passes it on to the event loops.
+    xdp: bool,
+    /// Kamailio ignores Path; regedge rewrites contacts instead (`[[backends]] path = false`).
+    without_path: bool,
+}
+
 impl Lab {
     fn start(test: &str) -> Self {
+        Self::start_with(test, LabOpts::default())
+    }
+
+    fn start_with(test: &str, opts: LabOpts) -> Self {
         let n = (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8;
         let phone_ip = Ipv4Addr::new(10, 214, n, 2);
         let edge_ip = Ipv4Addr::new(10, 214, n, 1);
@@ -58,17 +72,27 @@ impl Lab {
         phones.link("rgph0", &phone_ip.to_string(), &proxy, "rgpp0", &edge_ip.to_string(), 24);
         proxy.link("rgpb0", &edge_backend_side.to_string(), &backends, "rgbk0", &cm_ip.to_string(), 24);
         backends.route(&format!("10.214.{n}.0/24"), &edge_backend_side.to_string());
-        let cm = Kamailio::start(&backends, cm_ip, KamailioOpts { children: 2, ..KamailioOpts::default() });
+        let cm = Kamailio::start(
+            &backends,
+            cm_ip,
+            KamailioOpts { children: 2, without_path: opts.without_path, ..KamailioOpts::default() },
+        );
+        let fastpath = if opts.xdp {
+            "[fastpath]\ninterfaces = [\"rgpp0\"]\nmode = \"generic\"\npin_path = \"\"\n"
+        } else {
+            "[fastpath]\nmode = \"off\"\n"
+        };
         let dir = TempDir::new(test);
         let edge = SocketAddr::new(edge_ip.into(), SIP_PORT);
         let config = dir.write(
             "regedge.toml",
             &format!(
                 "[node]\nname = \"calls\"\nworkers = 2\nstate_dir = \"\"\n\n[sip]\nlisten = [\"{edge}\"]\n\n\
-                 [fastpath]\nmode = \"off\"\n\n[registration]\nphone_expires = 60\nbackend_expires = 600\n\n\
+                 {fastpath}\n[registration]\nphone_expires = 60\nbackend_expires = 600\n\n\
                  [health]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n[metrics]\nlisten = \"{METRICS}\"\n\n\
-                 [[backends]]\nname = \"cm1\"\naddress = \"{}\"\n\n[[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n",
-                cm.sip_addr()
+                 [[backends]]\nname = \"cm1\"\naddress = \"{}\"\npath = {}\n\n[[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n",
+                cm.sip_addr(),
+                !opts.without_path
             ),
         );
         let mut regedge = Regedge::start(Some(&proxy), &config, dir.0.join("regedge.log"));
@@ -177,11 +201,11 @@ fn assert_call_ok(test: &str, lab: &Lab, caller: &FleetSummary, callee: &FleetSu
 }
 
 /// A call each way between two sipp phones over `transport`.
-fn calls_both_ways(test: &str, transport: Transport) {
+fn calls_both_ways(test: &str, transport: Transport, opts: LabOpts) {
     if !require_peers(test, &["sipp", "tshark"]) {
         return;
     }
-    let lab = Lab::start(test);
+    let lab = Lab::start_with(test, opts);
     let [phones_side, backend_side] = lab.capture();
     let (caller, callee) = lab.sipp_call(test, ("1001", 5071), ("1002", 5072), transport, || {});
     assert_call_ok(test, &lab, &caller, &callee);
@@ -199,11 +223,26 @@ fn calls_both_ways(test: &str, transport: Transport) {
     assert!(relayed >= 8, "{test}: responses relayed: {relayed}");
     let on_phones = check_clean(test, &phones_side, "phones'");
     let on_backend = check_clean(test, &backend_side, "backend's");
-    let invites = backend_side.read("sip.Method == \"INVITE\"", &["sip.Route"]);
-    assert!(
-        invites.lines().any(|route| route.contains(";lr")),
-        "{test}: Kamailio's INVITE carries the Path:\n{invites}"
-    );
+    let invites = backend_side.read("sip.Method == \"INVITE\"", &["sip.r-uri", "sip.Route"]);
+    if opts.without_path {
+        // Kamailio sends to the contact it stored: a flow-token URI at regedge.
+        assert!(
+            invites.lines().any(|l| l.contains(&format!("@{};ob", lab.edge)) && !l.contains(";lr")),
+            "{test}: Kamailio's INVITE goes to the rewritten contact:\n{invites}"
+        );
+    } else {
+        assert!(
+            invites.lines().any(|l| l.contains(";lr;ob")),
+            "{test}: Kamailio's INVITE carries the Path:\n{invites}"
+        );
+    }
+    if opts.xdp {
+        let metrics = lab.metrics();
+        assert_eq!(metrics.value("regedge_fastpath_attached", &[("mode", "generic")]), 1, "{test}");
+        // INVITEs, ACKs, BYEs and responses: "not a keepalive", handed to the stack.
+        let passed = metrics.value("regedge_fastpath_passed_total", &[("reason", "not_keepalive")]);
+        assert!(passed >= 10, "{test}: call signalling passed by the XDP program: {passed}\n{}", metrics.0);
+    }
     assert!(on_phones >= 16 && on_backend >= 8, "{test}: tshark decoded {on_phones} and {on_backend} SIP messages");
     eprintln!(
         "{test}: two calls over {}: {on_phones} SIP messages on the phones' side, {on_backend} on the backend's, all decoded",
@@ -211,14 +250,24 @@ fn calls_both_ways(test: &str, transport: Transport) {
     );
 }
 
+/// Over UDP, with the XDP program on regedge's phone side (it answers keepalives and
+/// refreshes, and passes everything else).
 #[test]
 fn calls_over_udp_both_ways() {
-    calls_both_ways("calls_over_udp_both_ways", Transport::Udp);
+    calls_both_ways("calls_over_udp_both_ways", Transport::Udp, LabOpts { xdp: true, ..LabOpts::default() });
 }
 
 #[test]
 fn calls_over_tcp_both_ways() {
-    calls_both_ways("calls_over_tcp_both_ways", Transport::Tcp);
+    calls_both_ways("calls_over_tcp_both_ways", Transport::Tcp, LabOpts::default());
+}
+
+/// A call server that ignores Path: regedge gives it flow-token contacts, and the
+/// requests it sends to them reach the phones.
+#[test]
+fn calls_through_a_backend_without_path() {
+    let opts = LabOpts { without_path: true, ..LabOpts::default() };
+    calls_both_ways("calls_through_a_backend_without_path", Transport::Udp, opts);
 }
 
 /// A call in progress survives a SIGHUP (config reload): the BYE after it still reaches
