@@ -33,6 +33,8 @@ pub struct Layout {
     pub sccp: SocketAddr,
     /// The proxy's Prometheus endpoint.
     pub metrics: SocketAddr,
+    /// The proxy's admin API (`regedge ctl --admin`).
+    pub admin: SocketAddr,
     /// The SIP call servers, in [`SIP_BACKENDS`] order.
     pub sip_servers: [SocketAddr; 2],
     /// The SCCP call servers, in [`SCCP_BACKENDS`] order.
@@ -55,6 +57,7 @@ impl Layout {
             sip: SocketAddr::new(proxy, free_port(proxy, true)?),
             sccp: SocketAddr::new(proxy, free_port(proxy, false)?),
             metrics: SocketAddr::new(proxy, free_port(proxy, false)?),
+            admin: SocketAddr::new(proxy, free_port(proxy, false)?),
             sip_servers: [
                 SocketAddr::new(ip(11), free_port(ip(11), true)?),
                 SocketAddr::new(ip(12), free_port(ip(12), true)?),
@@ -77,6 +80,7 @@ impl Layout {
             sip: SocketAddr::new(edge, 5060),
             sccp: SocketAddr::new(edge, 2000),
             metrics: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9101)),
             sip_servers: [SocketAddr::new(net, 5071), SocketAddr::new(net, 5072)],
             sccp_servers: [SocketAddr::new(net, 2001), SocketAddr::new(net, 2002)],
             phone_ip: net,
@@ -121,6 +125,9 @@ pin_path = ""
 [metrics]
 listen = "{metrics}"
 
+[admin]
+listen = "{admin}"
+
 [registration]
 phone_expires = {PHONE_EXPIRES}
 backend_expires = {BACKEND_EXPIRES}
@@ -142,6 +149,7 @@ default_group = "{SIP_GROUP}"
             sccp = self.sccp,
             sccp_keepalive = SCCP_SERVER_KEEPALIVE_SECS,
             metrics = self.metrics,
+            admin = self.admin,
         );
         for (name, addr) in SIP_BACKENDS.iter().zip(self.sip_servers) {
             let _ = write!(
@@ -200,6 +208,7 @@ mod tests {
             assert_eq!(config.groups.iter().map(|g| g.backends.len()).collect::<Vec<_>>(), [2, 2]);
             assert_eq!(config.backends.iter().filter(|b| b.protocol == BackendProtocol::Sccp).count(), 2);
             assert_eq!(config.registration.phone_expires, PHONE_EXPIRES);
+            assert_eq!(config.admin.listen, Some(layout.admin), "the demo's own admin port, never the default");
             let expected = if layout.xdp_interface.is_some() { FastpathMode::Generic } else { FastpathMode::Auto };
             assert_eq!(config.fastpath.mode, expected);
             assert!(config.fastpath.pin_path.as_os_str().is_empty() && config.node.state_dir.as_os_str().is_empty());

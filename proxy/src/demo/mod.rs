@@ -167,11 +167,12 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Outcome> {
     };
     let first = proxy.scrape(&proxy_place).unwrap_or_default();
     let fastpath = describe_fastpath(&first, &layout, namespaces.as_ref(), &notes);
-    let metrics_url = match &namespaces {
-        Some(ns) => {
-            format!("{} (inside namespace {}: ip netns exec {} curl -s {0})", layout.metrics_url(), ns.edge, ns.edge)
-        }
-        None => layout.metrics_url(),
+    let (metrics_url, admin) = match &namespaces {
+        Some(ns) => (
+            format!("{} (inside namespace {}: ip netns exec {} curl -s {0})", layout.metrics_url(), ns.edge, ns.edge),
+            format!("ip netns exec {} regedge ctl --admin {} backends", ns.edge, layout.admin),
+        ),
+        None => (layout.metrics_url(), format!("regedge ctl --admin {} backends", layout.admin)),
     };
 
     let targets = Targets { sip: layout.sip, sccp: layout.sccp, local_ip: layout.phone_ip };
@@ -241,6 +242,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Outcome> {
                 proxy_pid: proxy.pid(),
                 fastpath: &fastpath,
                 metrics_url: &metrics_url,
+                admin: &admin,
                 next: &next,
             };
             let text = if terminal {

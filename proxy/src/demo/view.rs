@@ -17,6 +17,8 @@ pub struct Header<'a> {
     /// How the proxy answers: XDP where, or userspace and why.
     pub fastpath: &'a str,
     pub metrics_url: &'a str,
+    /// A `regedge ctl` command line that reaches the proxy's admin API.
+    pub admin: &'a str,
     /// The scenario's next step, e.g. "kill the primaries at 6.0s".
     pub next: &'a str,
 }
@@ -39,6 +41,7 @@ pub fn screen(header: &Header<'_>, tracker: &Tracker) -> String {
     );
     let _ = writeln!(out, "fast path: {}", header.fastpath);
     let _ = writeln!(out, "metrics:   {}", header.metrics_url);
+    let _ = writeln!(out, "admin:     {}", header.admin);
     let phones: Vec<String> = PhoneKind::ALL
         .iter()
         .zip(s.phones)
