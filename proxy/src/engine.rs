@@ -293,6 +293,15 @@ mod tests {
         (outcome, String::from_utf8_lossy(&out).into_owned())
     }
 
+    fn flow_of(peer: &str) -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            peer: peer.parse().unwrap(),
+            local: "192.0.2.1:5060".parse().unwrap(),
+            connection: None,
+        }
+    }
+
     const HEADERS: &str =
         "Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:x>\nCall-ID: c\n";
 
@@ -310,6 +319,14 @@ mod tests {
             "REGISTER sip:example.net SIP/2.0\n{HEADERS}CSeq: 1 REGISTER\nContact: <sip:a@192.0.2.9:5062>;expires=60\nExpires: 60\n\n"
         ));
         let options = sip(&format!("OPTIONS sip:edge.example.net SIP/2.0\n{HEADERS}CSeq: 1 OPTIONS\n\n"));
+        // A request for a phone as a call server sends it: a Route with a flow token.
+        // A re-INVITE for another phone, routed by the Record-Route token of its flow.
+        let token = crate::calls::token::encode(&flow_of("192.0.2.10:5062"), 7);
+        let invite = sip(&format!(
+            "INVITE sip:1001@192.0.2.10:5062 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK2\n\
+             From: <sip:a@b>;tag=1\nTo: <sip:1001@b>;tag=2\nCall-ID: c\nCSeq: 2 INVITE\n\
+             Route: <sip:192.0.2.1;lr>, <sip:{token}@192.0.2.1:5060;lr>\nMax-Forwards: 3\nContent-Length: 4\n\nv=0\n"
+        ));
         let mut corpus: Vec<Vec<u8>> = [
             "", "\r\n\r\n\r\n", "SIP/2.0", "REGISTER\r\n\r\n", "REGISTER sip:x SIP/2.0\r\n\r\n",
             "REGISTER sip:x SIP/2.0\r\nVia: \r\nTo: \r\nFrom: x\r\nCall-ID: \r\nCSeq: 1 REGISTER\r\n\r\n",
@@ -326,7 +343,7 @@ mod tests {
         let mut rng = crate::testing::Rng(0x9E37_79B9_7F4A_7C15);
         let mut random = move |n: usize| rng.below(n);
         for _ in 0..3000 {
-            let mut m = if random(2) == 0 { register.clone() } else { options.clone() };
+            let mut m = [&register, &options, &invite][random(3)].clone();
             const NOISE: &[u8] = b"\r\n:;<>\" ,@=0\x00\xff";
             for _ in 0..1 + random(4) {
                 if m.is_empty() {
@@ -342,20 +359,16 @@ mod tests {
             }
             corpus.push(m);
         }
-        let flow = Flow {
-            transport: Transport::Udp,
-            peer: PEER.parse().unwrap(),
-            local: "192.0.2.1:5060".parse().unwrap(),
-            connection: None,
-        };
+        let flow = flow_of(PEER);
         let mut out = Output::default();
-        let (mut registrations, mut rejected, mut dropped) = (0, 0, 0);
+        let (mut registrations, mut rejected, mut dropped, mut routed) = (0, 0, 0, 0);
         for (i, input) in corpus.iter().enumerate() {
             let outcome = engine.on_datagram(input, flow, Now { mono_ms: i as u64, unix_secs: 0 }, &mut out);
             match outcome {
                 Outcome::Registration(_) => registrations += 1,
                 Outcome::Rejected(_) => rejected += 1,
                 Outcome::Dropped(_) => dropped += 1,
+                Outcome::Routed(..) => routed += 1,
                 _ => {}
             }
             if !out.reply.is_empty()
@@ -371,8 +384,8 @@ mod tests {
             }
         }
         assert!(
-            registrations > 100 && rejected > 100 && dropped > 100,
-            "the corpus reaches every path: {registrations} {rejected} {dropped}"
+            registrations > 100 && rejected > 100 && dropped > 100 && routed > 50,
+            "the corpus reaches every path: {registrations} {rejected} {dropped} {routed}"
         );
     }
 
