@@ -243,3 +243,69 @@ fn a_shutdown_that_hangs_is_cut_at_the_bound() {
         "{test}: the log does not say what hung:\n{log}"
     );
 }
+
+/// `--log-format json`: one JSON object per line, the structured fields apart from the
+/// message; a reload's outcome is read from them. Loopback only, no privileges needed.
+#[test]
+fn json_logs_carry_structured_fields() {
+    let test = "json_logs_carry_structured_fields";
+    let dir = regedge_tests::process::TempDir::new("json-logs");
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse().unwrap();
+    let sip = free_port(true);
+    let text = |rate: u32| {
+        format!(
+            "[node]\nworkers = 1\nstate_dir = \"\"\n[sip]\nlisten = [\"127.0.0.1:{sip}\"]\n[fastpath]\nmode = \"off\"\n\
+             [metrics]\nlisten = \"{metrics}\"\n[admin]\nlisten = \"\"\n\
+             [[backends]]\nname = \"cm1\"\naddress = \"127.0.0.1:9\"\nmax_register_rate = {rate}\n\
+             [[groups]]\nname = \"default\"\nbackends = [\"cm1\"]\n"
+        )
+    };
+    let config = dir.write("regedge.toml", &text(100));
+    let log = dir.0.join("regedge.log");
+    let mut child = Command::new(regedge_tests::process::regedge_binary())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn regedge");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(metrics, None).is_err() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "{test}: regedge did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The config file is read again with the same port, a new rate, and a bad key on line 3.
+    let reloaded = text(50);
+    std::fs::write(&config, reloaded.replacen("workers = 1", "workers = 1\nworkerz = 2", 1)).unwrap();
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&config, &reloaded).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    regedge_tests::process::stop_child(&mut child, Duration::from_secs(5));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{test}: not a JSON line ({e}): {line}")))
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(message)))
+            .unwrap_or_else(|| panic!("{test}: no line with {message:?} in {lines:#?}"))
+    };
+    let running = find("regedge running");
+    assert_eq!((running["level"].as_str(), running["target"].as_str()), (Some("INFO"), Some("regedge::run")));
+    assert_eq!(running["fields"]["metrics"].as_str(), Some(format!("http://{metrics}/metrics").as_str()));
+    let error = find("unknown field `workerz`");
+    assert_eq!((error["level"].as_str(), error["fields"]["line"].as_u64()), (Some("ERROR"), Some(3)), "{error}");
+    let rejected = find("config reload rejected");
+    assert_eq!(rejected["fields"]["errors"].as_u64(), Some(1));
+    let reloaded = find("config reloaded");
+    assert_eq!(reloaded["fields"]["changes"].as_str(), Some("max_register_rate: cm1 100 -> 50/s"), "{reloaded}");
+    find("regedge stopped");
+}

@@ -150,11 +150,15 @@ pub fn render_backends(backends: &Value) -> String {
         .flatten()
         .map(|b| {
             let retired = b.get("retired").and_then(Value::as_bool) == Some(true);
+            // A drained backend that is also down shows both.
+            let drained = b.get("drained").and_then(Value::as_bool) == Some(true);
+            let state = text(b, "state");
+            let state = if drained && state != "draining" { format!("{state}, drained") } else { state };
             vec![
                 text(b, "name") + if retired { " (retired)" } else { "" },
                 text(b, "address"),
                 format!("{}/{}", text(b, "protocol"), text(b, "transport")),
-                text(b, "state"),
+                state,
                 text(b, "health"),
                 text(b, "bindings"),
                 format!("{}/s", text(b, "max_register_rate")),

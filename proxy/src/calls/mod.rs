@@ -340,7 +340,7 @@ impl Router<'_> {
 
         // Our Via, facing the target, with a branch that CANCEL and ACK reproduce.
         let (transport, sent_by) = match target {
-            Target::Backend(id) => self.registrar.node().backend_facing[id.0],
+            Target::Backend(id) => self.registrar.backend_facing(id),
             Target::Flow(phone) => (phone.transport, phone.local),
         };
         let top_via = msg.headers_named(HeaderName::Via).next().map_or(&b""[..], |h| h.value);

@@ -637,7 +637,18 @@ impl Loop {
     /// registers again at once, so the closes pace the re-registrations).
     fn maybe_move(&self, entry: &mut Entry, now: u64, actions: &mut Vec<Action>) {
         let routing = &self.shared.routing;
-        let (Some(backend), Some(group)) = (entry.session.backend, entry.group) else { return };
+        let (Some(backend), Some(mut group)) = (entry.session.backend, entry.group) else { return };
+        // A reload took the session's group away: the rules say where the phone goes now.
+        if routing.groups[group.0].is_retired(group)
+            && let Some(now_in) = entry
+                .session
+                .device
+                .as_deref()
+                .and_then(|device| routing.group_for_protocol(&device_of(device), BackendProtocol::Sccp))
+        {
+            group = now_in;
+            entry.group = Some(now_in);
+        }
         let active = routing.active_backend(group);
         let settled = entry.backend.is_some() && routing.backend(backend).state() == BackendState::Up;
         if settled && active == Some(backend) {
