@@ -224,13 +224,20 @@ impl Sipp {
             ])
             .args(["-recv_timeout", &(timeout_s * 1000).to_string()])
             .args(["-timeout", &format!("{timeout_s}s"), "-timeout_error"])
-            .args(["-trace_stat", "-stf"])
+            .args(["-trace_msg", "-message_file"])
+            .arg(dir.0.join("messages.log"));
+        Self::start_traced(cmd, dir, opts.timeout)
+    }
+
+    /// Adds the statistics, counts and error traces to `cmd` (all in `dir`), starts it
+    /// and allows it `timeout` plus 10 s before [`Sipp::wait`] kills it.
+    fn start_traced(mut cmd: std::process::Command, dir: TempDir, timeout: Duration) -> Sipp {
+        cmd.args(["-trace_stat", "-stf"])
             .arg(dir.0.join("stat.csv"))
             .args(["-fd", "1", "-trace_counts", "-trace_err", "-error_file"])
             .arg(dir.0.join("errors.log"))
-            .args(["-trace_msg", "-message_file"])
-            .arg(dir.0.join("messages.log"))
             .arg("-nostdin")
+            // Counts files land in the working directory.
             .current_dir(&dir.0)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.0.join("screen.log")).expect("create sipp screen log"))
@@ -240,7 +247,7 @@ impl Sipp {
             pid: child.id(),
             child: Some(child),
             started: Instant::now(),
-            limit: opts.timeout + Duration::from_secs(10),
+            limit: timeout + Duration::from_secs(10),
             dir,
         }
     }
@@ -284,25 +291,8 @@ impl Sipp {
             .args(["-timeout", &format!("{timeout_s}s"), "-timeout_error"])
             // The digest uri is the Request-URI, not sipp's default remote_ip:remote_port.
             .args(["-auth_uri", &domain])
-            .args(["-ap", opts.password.as_deref().unwrap_or("no-password-given")])
-            .args(["-trace_stat", "-stf"])
-            .arg(dir.0.join("stat.csv"))
-            .args(["-fd", "1", "-trace_counts", "-trace_err", "-error_file"])
-            .arg(dir.0.join("errors.log"))
-            .arg("-nostdin")
-            // Counts files land in the working directory.
-            .current_dir(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.0.join("screen.log")).expect("create sipp screen log"))
-            .stderr(std::fs::File::create(dir.0.join("stderr.log")).expect("create sipp stderr log"));
-        let child = cmd.spawn().expect("spawn sipp (is the sip-tester package installed?)");
-        Sipp {
-            pid: child.id(),
-            child: Some(child),
-            started: Instant::now(),
-            limit: opts.timeout + Duration::from_secs(10),
-            dir,
-        }
+            .args(["-ap", opts.password.as_deref().unwrap_or("no-password-given")]);
+        Self::start_traced(cmd, dir, opts.timeout)
     }
 
     pub fn pid(&self) -> u32 {

@@ -67,11 +67,7 @@ pub fn forward_request(
     for header in request.headers() {
         if is_named(header.name, b"max-forwards") {
             saw_max_forwards = true;
-            let hops = std::str::from_utf8(trim(header.value)).ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(70);
-            if hops == 0 {
-                return Err(TooManyHops);
-            }
-            push_header(out, "Max-Forwards", (hops - 1).to_string().as_bytes());
+            push_decremented_max_forwards(out, header.value)?;
         } else if let (Some(expires), true) = (how.expires, is_named(header.name, b"expires")) {
             push_header(out, "Expires", expires.to_string().as_bytes());
         } else if is_contact(header.name) && (how.expires.is_some() || how.contact_uri.is_some()) {
@@ -87,11 +83,7 @@ pub fn forward_request(
             out.extend_from_slice(header.raw);
         }
     }
-    if !saw_max_forwards {
-        push_header(out, "Max-Forwards", b"69");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(request.body);
+    finish_request(out, saw_max_forwards, request.body);
     Ok(())
 }
 
@@ -128,11 +120,7 @@ pub fn proxy_request(
     for header in request.headers() {
         if is_named(header.name, b"max-forwards") {
             saw_max_forwards = true;
-            let hops = std::str::from_utf8(trim(header.value)).ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(70);
-            if hops == 0 {
-                return Err(TooManyHops);
-            }
-            push_header(out, "Max-Forwards", (hops - 1).to_string().as_bytes());
+            push_decremented_max_forwards(out, header.value)?;
         } else if !stamped && HeaderName::of(header.name) == HeaderName::Via {
             stamped = true;
             let mut values = contact::split_values(header.value);
@@ -157,11 +145,7 @@ pub fn proxy_request(
             out.extend_from_slice(header.raw);
         }
     }
-    if !saw_max_forwards {
-        push_header(out, "Max-Forwards", b"69");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(request.body);
+    finish_request(out, saw_max_forwards, request.body);
     Ok(())
 }
 
@@ -197,6 +181,25 @@ pub fn stamp_received(via: &[u8], source: std::net::SocketAddr) -> Vec<u8> {
         out.extend_from_slice(format!(";rport={}", source.port()).as_bytes());
     }
     out
+}
+
+/// `Max-Forwards: value - 1` (70 when unreadable); refused when it was 0 (RFC 3261 §16.3).
+fn push_decremented_max_forwards(out: &mut Vec<u8>, value: &[u8]) -> Result<(), TooManyHops> {
+    let hops = std::str::from_utf8(trim(value)).ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(70);
+    if hops == 0 {
+        return Err(TooManyHops);
+    }
+    push_header(out, "Max-Forwards", (hops - 1).to_string().as_bytes());
+    Ok(())
+}
+
+/// The end of a forwarded request: a Max-Forwards when it had none, the empty line, the body.
+fn finish_request(out: &mut Vec<u8>, saw_max_forwards: bool, body: &[u8]) {
+    if !saw_max_forwards {
+        push_header(out, "Max-Forwards", b"69");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -424,7 +427,10 @@ mod tests {
         let combined = response.replace(";rport=5060\r\nVia: ", ";rport=5060, ");
         relay_response(&Message::parse(combined.as_bytes()).unwrap(), combined.as_bytes(), &mut out);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1;rport=5062\r\n"), "{text}");
+        assert!(
+            text.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1;rport=5062\r\n"),
+            "{text}"
+        );
         registration_ok(
             &msg,
             response.as_bytes(),
