@@ -57,8 +57,7 @@ pub fn forward_request(
     out: &mut Vec<u8>,
 ) -> Result<(), TooManyHops> {
     out.clear();
-    let request_line_end = memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2);
-    out.extend_from_slice(&raw[..request_line_end]);
+    out.extend_from_slice(start_line(raw));
     push_header(out, "Via", how.via.as_bytes());
     if let Some(path) = how.path {
         push_header(out, "Path", path.as_bytes());
@@ -102,7 +101,6 @@ pub fn proxy_request(
     out: &mut Vec<u8>,
 ) -> Result<(), TooManyHops> {
     out.clear();
-    let request_line_end = memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2);
     match (how.request_uri, request.start) {
         (Some(uri), StartLine::Request { method, .. }) => {
             out.extend_from_slice(method);
@@ -110,7 +108,7 @@ pub fn proxy_request(
             out.extend_from_slice(uri);
             out.extend_from_slice(b" SIP/2.0\r\n");
         }
-        _ => out.extend_from_slice(&raw[..request_line_end]),
+        _ => out.extend_from_slice(start_line(raw)),
     }
     push_header(out, "Via", how.via.as_bytes());
     for value in how.record_route {
@@ -202,6 +200,11 @@ fn finish_request(out: &mut Vec<u8>, saw_max_forwards: bool, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// The first line of a message, with its CRLF.
+fn start_line(raw: &[u8]) -> &[u8] {
+    &raw[..memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2)]
+}
+
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -279,8 +282,7 @@ pub fn via_param<'a>(via: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// Writes `response` without its topmost Via line (ours) into `out`.
 pub fn relay_response(response: &Message<'_>, raw: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    let status_line_end = memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2);
-    out.extend_from_slice(&raw[..status_line_end]);
+    out.extend_from_slice(start_line(raw));
     let mut skipped_ours = false;
     for header in response.headers() {
         if !skipped_ours && HeaderName::of(header.name) == HeaderName::Via {
@@ -314,8 +316,7 @@ pub fn registration_ok(
     out: &mut Vec<u8>,
 ) {
     out.clear();
-    let status_line_end = memchr::memmem::find(raw, b"\r\n").map_or(raw.len(), |i| i + 2);
-    out.extend_from_slice(&raw[..status_line_end]);
+    out.extend_from_slice(start_line(raw));
     let mut skipped_ours = false;
     for header in response.headers() {
         let name = header.name;
