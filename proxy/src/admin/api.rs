@@ -269,19 +269,20 @@ fn list_bindings(registrar: &Registrar, query: &str, now_ms: u64) -> Reply {
         Ok(query) => query,
         Err(problem) => return Reply::error(400, problem),
     };
-    let mut selected: Vec<(String, Binding)> = Vec::new();
+    // Keys first: only the page's bindings are copied.
+    let mut selected: Vec<String> = Vec::new();
     registrar.registry.for_each(|device, binding| {
         if query.selects(device, binding) {
-            selected.push((device.to_owned(), binding.clone()));
+            selected.push(device.to_owned());
         }
     });
-    selected.sort_by(|a, b| a.0.cmp(&b.0));
+    selected.sort_unstable();
     let total = selected.len();
     let bindings = selected
         .iter()
         .skip(query.offset)
         .take(query.limit)
-        .map(|(device, binding)| binding_view(registrar, device, binding, now_ms))
+        .filter_map(|device| Some(binding_view(registrar, device, &registrar.registry.get(device)?, now_ms)))
         .collect();
     Reply::ok(BindingPage { total, offset: query.offset, limit: query.limit, bindings })
 }
