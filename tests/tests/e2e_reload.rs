@@ -279,13 +279,20 @@ fn json_logs_carry_structured_fields() {
     // The config file is read again with the same port, a new rate, and a bad key on line 3.
     let reloaded = text(50);
     std::fs::write(&config, reloaded.replacen("workers = 1", "workers = 1\nworkerz = 2", 1)).unwrap();
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains(what) {
+            assert!(Instant::now() < deadline, "{test}: regedge did not log {what:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     // SAFETY: signalling our own child by its PID.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(500));
+    logged("config reload rejected");
     std::fs::write(&config, &reloaded).unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(500));
+    logged("config reloaded");
     regedge_tests::process::stop_child(&mut child, Duration::from_secs(5));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
