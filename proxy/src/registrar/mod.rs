@@ -591,7 +591,11 @@ impl Registrar {
 
     /// The `Date: ...` line of answers to REGISTER, or nothing (`[registration] date_header`).
     fn date_line(&self, now: Now) -> String {
-        if self.policy.load().date_header { format!("Date: {}\r\n", forward::http_date(now.unix_secs)) } else { String::new() }
+        if self.policy.load().date_header {
+            format!("Date: {}\r\n", forward::http_date(now.unix_secs))
+        } else {
+            String::new()
+        }
     }
 
     /// Refreshes a binding here: the phone's CSeq and times move on, and the kernel entry
@@ -679,8 +683,7 @@ impl Registrar {
         let via = format!("SIP/2.0/{} {us};branch={branch};rport", transport.via());
         let honours_path = self.routing.backend(backend).path;
         let path = honours_path.then(|| format!("<{};lr;ob>", self.flow_uri(&flow, backend)));
-        let upstream_contact =
-            if request.contact().is_some() { self.upstream_contact(&flow, backend) } else { None };
+        let upstream_contact = if request.contact().is_some() { self.upstream_contact(&flow, backend) } else { None };
         let deregister = request.expires == Some(0);
         let how = ForwardRequest {
             via: &via,
@@ -754,8 +757,8 @@ impl Registrar {
             200..=299 => match pending.candidate {
                 Some(mut binding) => {
                     let upstream = pending.upstream_contact.as_deref().unwrap_or(&binding.contact);
-                    let granted =
-                        forward::granted_expires(msg, upstream.as_bytes()).unwrap_or(self.policy.load().backend_expires);
+                    let granted = forward::granted_expires(msg, upstream.as_bytes())
+                        .unwrap_or(self.policy.load().backend_expires);
                     if granted == 0 {
                         if let Some(ended) = self.registry.remove(&pending.device) {
                             self.unmirror(&pending.device, &ended);
@@ -767,7 +770,8 @@ impl Registrar {
                         let contact = binding.contact.clone();
                         let new_backend = binding.backend;
                         let previous = self.registry.get(&pending.device);
-                        self.lapses.post(binding.phone_expires_at_ms + self.policy.load().lapse_grace_ms, &pending.device);
+                        self.lapses
+                            .post(binding.phone_expires_at_ms + self.policy.load().lapse_grace_ms, &pending.device);
                         // An entry under the previous Call-ID ends; this one replaces it.
                         if let Some(old) = previous
                             .as_ref()
