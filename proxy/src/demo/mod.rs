@@ -33,6 +33,7 @@ pub mod view;
 use std::{
     io::{IsTerminal as _, Write as _},
     net::SocketAddr,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::{
@@ -207,7 +208,9 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<Outcome> {
             tracker.event(at, format!("{} and {} are back", SIP_BACKENDS[0], SCCP_BACKENDS[0]));
         }
         if let Some(status) = proxy.exited() {
-            proxy_died = Some(status);
+            if !interrupted.load(Ordering::Relaxed) {
+                proxy_died = Some(status);
+            }
             break;
         }
         let sample = Sample {
@@ -375,8 +378,11 @@ impl Proxy {
             .map_err(|e| fail(anyhow::Error::new(e).context("writing the demo config")))?;
         let log = std::fs::File::create(scratch.log())
             .map_err(|e| fail(anyhow::Error::new(e).context("creating the proxy log")))?;
+        // Its own process group: a Ctrl-C at the terminal reaches the demo only, which then
+        // stops the proxy itself, in order.
         let child = place
             .command(exe)
+            .process_group(0)
             .args(["run", "--config"])
             .arg(scratch.config())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
