@@ -8,10 +8,13 @@ use std::{
 
 use crate::metrics::names;
 
+/// A sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// One scrape: every sample with its labels.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Metrics {
