@@ -201,7 +201,11 @@ impl Engine {
             if framing_error.is_none()
                 && let Some(registrar) = &self.registrar
             {
-                if registrar.on_response(&msg, payload, now, &mut out.sends) {
+                // Answers to forwarded REGISTERs count only from a backend: the branch of
+                // regedge's Via is computable by the phone that sent the REGISTER, so a
+                // 200 OK from anywhere else could store a binding no backend accepted.
+                if registrar.is_backend_address(flow.peer) && registrar.on_response(&msg, payload, now, &mut out.sends)
+                {
                     return Outcome::Relayed;
                 }
                 if self.router(registrar).relay_response(&msg, payload, &mut out.sends) {

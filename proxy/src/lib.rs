@@ -15,6 +15,7 @@
 //! - [`run`]: `regedge run`: start, SIGHUP reload, SIGTERM shutdown.
 //! - [`admin`]: the admin HTTP API and `regedge ctl`, its client.
 //! - [`snapshot`]: the state kept across restarts (registry snapshot, flow-token key).
+//! - [`fuzzing`]: the fuzz targets (run by `proxy/fuzz/` and, briefly, by `cargo test`).
 
 pub mod admin;
 pub mod calls;
@@ -23,6 +24,7 @@ pub mod datapath;
 pub mod demo;
 pub mod engine;
 pub mod failover;
+pub mod fuzzing;
 pub mod health;
 pub mod io;
 pub mod local_names;

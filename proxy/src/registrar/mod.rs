@@ -725,6 +725,13 @@ impl Registrar {
         RegistrationOutcome::Forwarded
     }
 
+    /// Whether `peer` has a backend's IP address (any port: a backend may answer from
+    /// another port than it listens on). Only backends answer forwarded REGISTERs.
+    pub fn is_backend_address(&self, peer: std::net::SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.routing.backends.iter().any(|b| b.address.ip().to_canonical() == ip)
+    }
+
     /// Handles a response; returns false if it is not an answer to a request regedge
     /// forwarded (then the caller drops it).
     pub fn on_response(&self, msg: &Message<'_>, raw: &[u8], now: Now, sends: &mut Vec<Send>) -> bool {

@@ -279,8 +279,12 @@ impl Session {
         self.next_keepalive_ms = now_ms + self.keepalive_ms;
     }
 
-    /// A PDU from the backend.
+    /// A PDU from the backend. A closed session takes nothing more (the shell may still
+    /// hold PDUs read in the same batch as the one that closed it).
     pub fn on_backend(&mut self, pdu: Pdu<'_>, now_ms: u64, out: &mut Vec<Action>) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
         match pdu.message_id {
             id::KEEP_ALIVE_ACK => {
                 // The answer to our own keepalive: the phone gets its acks from us.
