@@ -19,10 +19,14 @@
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
 //! the first run; every frame is therefore run once per call, many times.
 
+mod fakebackend;
 mod measured;
+mod plot;
 mod refresh;
 mod registration;
+mod report;
 mod sccp;
+mod scenarios;
 
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
@@ -60,7 +64,7 @@ fn fixtures(proxy_v4: SocketAddr, proxy_v6: SocketAddr) -> Vec<Fixture> {
          Contact: <sip:1001@10.0.0.2:40000>\nExpires: 120\nContent-Length: 0\n\n",
     );
     vec![
-        Fixture { name: "floor: non-IP frame, passed at the first check", frame: arp_frame(), payload: None },
+        Fixture { name: "non-IP frame, passed at the first check", frame: arp_frame(), payload: None },
         udp("pass: REGISTER (not a keepalive)", p4, proxy_v4, register),
         udp("STUN Binding Request, IPv4", p4, proxy_v4, stun_request(*b"bench-txn-01", &[])),
         udp("STUN Binding Request, IPv6", p6, proxy_v6, stun_request(*b"bench-txn-01", &[])),
@@ -80,12 +84,15 @@ fn fixtures(proxy_v4: SocketAddr, proxy_v6: SocketAddr) -> Vec<Fixture> {
     ]
 }
 
-struct Row {
-    name: &'static str,
+pub struct Row {
+    pub name: &'static str,
     bytes: usize,
     action: &'static str,
-    kernel_median_ns: u32,
+    pub kernel_median_ns: u32,
     kernel_p99_ns: u32,
+    /// The trivial `return XDP_DROP` program on the same frame, measured the same way.
+    pub floor_median_ns: u32,
+    floor_p99_ns: u32,
     engine_ns: Option<f64>,
 }
 
@@ -100,18 +107,40 @@ fn action_name(action: u32) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = match &args[1.min(args.len())..] {
+        [] => false,
+        [q] if q == "--quick" => true,
+        _ => bail!("{USAGE}"),
+    };
     match args.first().map(String::as_str) {
-        Some("keepalive-cost") if args.len() == 1 => keepalive_cost(),
+        Some("report") => report::run(quick),
+        Some("keepalive-cost") => keepalive_cost(quick).map(|_| ()),
         Some("registration") => registration::run(&args[1..]),
         Some("refresh") => refresh::run(&args[1..]),
         Some("sccp") => sccp::run(&args[1..]),
-        _ => bail!(
-            "usage: regedge-bench keepalive-cost | regedge-bench registration [--quick] | regedge-bench refresh [--quick] | regedge-bench sccp [--quick]"
-        ),
+        Some(name @ ("memory" | "failover" | "storm")) => {
+            if !require_root(name) {
+                bail!("{name} needs root (network namespaces, XDP, AF_PACKET)");
+            }
+            let (binary, build) = measured::regedge_binary()?;
+            let command =
+                format!("cargo run --release -p regedge-bench -- {name}{}", if quick { " --quick" } else { "" });
+            match name {
+                "memory" => scenarios::memory(quick, &command, &binary, &build).map(|_| ()),
+                "failover" => scenarios::failover(quick, &command, &binary, &build).map(|_| ()),
+                _ => scenarios::storm(quick, &command, &binary, &build).map(|_| ()),
+            }
+        }
+        _ => bail!("{USAGE}"),
     }
 }
 
-fn keepalive_cost() -> anyhow::Result<()> {
+const USAGE: &str = "usage: regedge-bench (report | keepalive-cost | registration | refresh | sccp | memory | failover | storm) \
+                     [--quick]";
+
+/// Measures every fixture, writes bench/report/keepalive-cost.md, returns the rows.
+pub fn keepalive_cost(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let runs = if quick { RUNS / 4 } else { RUNS };
     if !require_root("keepalive-cost") {
         bail!("keepalive-cost needs root (BPF_PROG_TEST_RUN)");
     }
@@ -123,17 +152,22 @@ fn keepalive_cost() -> anyhow::Result<()> {
     let mut fastpath = Fastpath::load().context("load the XDP program")?;
     fastpath.configure(&listen, &names, tag, Default::default())?;
     let engine = Engine::new(names, tag, None);
+    let floor = refresh::xdp_pass::drop_program().context("load the XDP_DROP floor program")?;
 
     let mut rows = Vec::new();
     for fixture in fixtures(proxy_v4, proxy_v6) {
-        let mut durations = Vec::with_capacity(RUNS);
+        let mut durations = Vec::with_capacity(runs);
+        let mut floor_durations = Vec::with_capacity(runs);
         let mut action = 0;
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             let run = fastpath.test_run(&fixture.frame, 1)?;
             action = run.action;
             durations.push(run.duration_ns);
+            let run = regedge::datapath::test_run(std::os::fd::AsFd::as_fd(&floor), &fixture.frame, 1)?;
+            floor_durations.push(run.duration_ns);
         }
         durations.sort_unstable();
+        floor_durations.sort_unstable();
         let engine_ns = fixture.payload.as_ref().map(|(payload, phone)| {
             let mut out = Vec::with_capacity(2048);
             let start = Instant::now();
@@ -146,27 +180,33 @@ fn keepalive_cost() -> anyhow::Result<()> {
             name: fixture.name,
             bytes: fixture.frame.len(),
             action: action_name(action),
-            kernel_median_ns: durations[RUNS / 2],
-            kernel_p99_ns: durations[RUNS * 99 / 100],
+            kernel_median_ns: durations[runs / 2],
+            kernel_p99_ns: durations[runs * 99 / 100],
+            floor_median_ns: floor_durations[runs / 2],
+            floor_p99_ns: floor_durations[runs * 99 / 100],
             engine_ns,
         });
     }
 
-    let report = render(&rows, fastpath.verified_instructions());
+    let report = render(&rows, fastpath.verified_instructions(), runs, quick);
     print!("{report}");
     let dir = workspace_root().join("bench").join("report");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("keepalive-cost.md");
     std::fs::write(&path, &report)?;
     eprintln!("wrote {}", path.display());
-    Ok(())
+    Ok(rows)
 }
 
-fn render(rows: &[Row], verified: Option<u32>) -> String {
+fn render(rows: &[Row], verified: Option<u32>, runs: usize, quick: bool) -> String {
     let cpu = crate::measured::cpu_model();
     let mut out = String::new();
     let _ = writeln!(out, "# Keepalive cost per packet\n");
-    let _ = writeln!(out, "Command: `cargo run --release -p regedge-bench -- keepalive-cost` (as root)\n");
+    let _ = writeln!(
+        out,
+        "Command: `cargo run --release -p regedge-bench -- keepalive-cost{}` (as root; also part of `report`)\n",
+        if quick { " --quick" } else { "" }
+    );
     let _ = writeln!(
         out,
         "Machine: {} cores, {cpu}, kernel {}. XDP program: {} verified instructions.\n",
@@ -176,21 +216,34 @@ fn render(rows: &[Row], verified: Option<u32>) -> String {
     );
     let _ = writeln!(
         out,
-        "Kernel: BPF_PROG_TEST_RUN, one run per call, {RUNS} calls, the kernel's own timing of each run. \
-         Userspace: the engine's decision and reply for the same payload, mean of {ENGINE_RUNS} calls \
-         (no socket syscalls). Compare rows within one run; these machines are noisy.\n"
+        "Kernel: BPF_PROG_TEST_RUN, one run per call, {runs} calls, the kernel's own timing of each run. \
+         *XDP_DROP floor*: a two-instruction program (`r0 = XDP_DROP; exit`, loaded with bpf(2) by the benchmark, \
+         bench/src/refresh/xdp_pass.rs) run on the same frame with the same call (`regedge::datapath::test_run`, \
+         repeat 1), interleaved run by run with regedge's program: the harness's own cost per packet (copying the \
+         frame in and out, setting up the context), which every fixture pays too; *above floor* = regedge's median \
+         minus the floor's. regedge's program itself drops nothing but CRLF keepalives (XDP_DROP: absorbed) and \
+         passes what it does not answer. Userspace: the engine's decision and reply for the same payload, mean of \
+         {ENGINE_RUNS} calls (no socket syscalls). Compare rows within one run; these machines are noisy.\n"
     );
     let _ = writeln!(
         out,
-        "| fixture | frame bytes | kernel action | kernel median ns | kernel p99 ns | userspace engine ns |"
+        "| fixture | frame bytes | kernel action | kernel median ns | kernel p99 ns | XDP_DROP floor median / p99 ns | \
+         above floor ns | userspace engine ns |"
     );
-    let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let engine = r.engine_ns.map_or("-".to_owned(), |ns| format!("{ns:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {engine} |",
-            r.name, r.bytes, r.action, r.kernel_median_ns, r.kernel_p99_ns
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {engine} |",
+            r.name,
+            r.bytes,
+            r.action,
+            r.kernel_median_ns,
+            r.kernel_p99_ns,
+            r.floor_median_ns,
+            r.floor_p99_ns,
+            i64::from(r.kernel_median_ns) - i64::from(r.floor_median_ns)
         );
     }
     out

@@ -20,9 +20,9 @@
 //! group), softirq and all busy time of the machine (/proc/stat), the generator's own.
 //! The generator: [`generator`].
 
-mod generator;
-mod kernel_cost;
-mod xdp_pass;
+pub(crate) mod generator;
+pub(crate) mod kernel_cost;
+pub(crate) mod xdp_pass;
 
 use std::{
     collections::BTreeMap,
@@ -35,7 +35,7 @@ use std::{
 
 use crate::measured::{clock_ticks_per_second, command_output, parse_proc_stat, proc_stat, regedge_binary};
 use anyhow::{Context as _, bail, ensure};
-use generator::{Fleet, FleetSpec, StepResult};
+use generator::{Fleet, FleetSpec, Kind, StepResult};
 use regedge_tests::{
     kamailio::{Kamailio, KamailioOpts},
     netns::NetNs,
@@ -44,24 +44,24 @@ use regedge_tests::{
 };
 use xdp_pass::XdpPass;
 
-const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 230, 0, 1);
+pub(crate) const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 230, 0, 1);
 const PHONE_IPS: [Ipv4Addr; 4] = [
     Ipv4Addr::new(10, 230, 0, 2),
     Ipv4Addr::new(10, 230, 0, 3),
     Ipv4Addr::new(10, 230, 0, 4),
     Ipv4Addr::new(10, 230, 0, 5),
 ];
-const PROXY_BACKEND_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
-const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 11);
+pub(crate) const PROXY_BACKEND_SIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+pub(crate) const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 11);
 /// Source MAC of the phones' frames (locally administered), see [`Topology::new`].
 const PHONES_MAC: [u8; 6] = [0x02, 0x52, 0x46, 0x00, 0x00, 0x01];
-const PROXY_IF: &str = "rfp0";
+pub(crate) const PROXY_IF: &str = "rfp0";
 const PHONE_IF: &str = "rfc0";
-const SIP_PORT: u16 = 5060;
-const DOMAIN: &str = "edge.example.net";
-const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+pub(crate) const SIP_PORT: u16 = 5060;
+pub(crate) const DOMAIN: &str = "edge.example.net";
+pub(crate) const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
 /// regedge worker threads = Kamailio children.
-const WORKERS: u32 = 1;
+pub(crate) const WORKERS: u32 = 1;
 /// Generator threads that send (each paces its share of the rate); one more receives.
 const SENDERS: usize = 2;
 /// A failing step is run again (at most [`RETRIES`] times) when other processes used more
@@ -75,14 +75,15 @@ const MAX_LOSS: f64 = 0.001;
 const MIN_SEND_SHARE: f64 = 0.97;
 /// Full REGISTERs per second while phones register.
 const REGISTER_RATE: u64 = 4000;
-/// Offered refresh rates, per second, rising.
-const RATES: &[u64] = &[
-    10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 130_000, 160_000, 200_000, 250_000, 300_000, 400_000, 500_000,
-    650_000, 800_000, 1_000_000,
-];
+/// Offered rates, per second, rising (bisection narrows the gap after the first failure).
+const RATES: &[u64] =
+    &[10_000, 20_000, 40_000, 80_000, 120_000, 160_000, 240_000, 320_000, 480_000, 640_000, 1_000_000];
+const QUICK_RATES: &[u64] = &[20_000, 160_000];
 
 struct Plan {
     quick: bool,
+    /// Offered rates, per second, rising.
+    rates: &'static [u64],
     phones: usize,
     step: Duration,
     latency_rate: u64,
@@ -96,19 +97,21 @@ impl Plan {
         if quick {
             Self {
                 quick,
-                phones: 4000,
-                step: Duration::from_secs(1),
+                rates: QUICK_RATES,
+                phones: 2000,
+                step: Duration::from_millis(400),
                 latency_rate: 10_000,
-                latency_window: Duration::from_secs(1),
+                latency_window: Duration::from_millis(400),
                 bisections: 0,
             }
         } else {
             Self {
                 quick,
+                rates: RATES,
                 phones: 20_000,
-                step: Duration::from_secs(3),
+                step: Duration::from_secs(2),
                 latency_rate: 10_000,
-                latency_window: Duration::from_secs(3),
+                latency_window: Duration::from_secs(2),
                 bisections: 2,
             }
         }
@@ -124,22 +127,32 @@ impl Plan {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Case {
+pub(crate) enum Case {
     Native,
     Generic,
     Off,
     Kamailio,
+    KamailioEdge,
 }
 
 impl Case {
-    const ALL: [Self; 4] = [Self::Native, Self::Generic, Self::Off, Self::Kamailio];
+    pub(crate) const ALL: [Self; 5] = [Self::Native, Self::Generic, Self::Off, Self::Kamailio, Self::KamailioEdge];
 
-    fn label(self) -> &'static str {
+    /// What this server is measured on: Kamailio has no STUN server in these configs.
+    pub(crate) fn kinds(self) -> &'static [Kind] {
+        match self {
+            Self::Kamailio | Self::KamailioEdge => &[Kind::Register, Kind::Options],
+            _ => &Kind::ALL,
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Native => "regedge, XDP native",
             Self::Generic => "regedge, XDP generic",
             Self::Off => "regedge, fast path off",
             Self::Kamailio => "Kamailio registrar",
+            Self::KamailioEdge => "Kamailio dispatcher edge",
         }
     }
 
@@ -149,6 +162,7 @@ impl Case {
             Self::Generic => b'g',
             Self::Off => b'u',
             Self::Kamailio => b'k',
+            Self::KamailioEdge => b'e',
         }
     }
 
@@ -172,13 +186,13 @@ struct CpuSample {
 }
 
 /// One measured step with its CPU use.
-struct Step {
-    result: StepResult,
+pub(crate) struct Step {
+    pub result: StepResult,
     wall_s: f64,
-    server_cpu_s: f64,
-    softirq_s: f64,
+    pub server_cpu_s: f64,
+    pub softirq_s: f64,
     busy_s: f64,
-    own_cpu_s: f64,
+    pub own_cpu_s: f64,
     /// CPU seconds of every other process during the step.
     others_s: f64,
     rx_drops: u64,
@@ -188,7 +202,7 @@ struct Step {
 }
 
 impl Step {
-    fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.result.loss() < MAX_LOSS && self.generator_kept_up()
     }
 
@@ -202,37 +216,38 @@ impl Step {
     }
 
     /// Refreshes answered 200 per second of the step's wall time.
-    fn answered_rate(&self) -> f64 {
+    pub(crate) fn answered_rate(&self) -> f64 {
         self.result.ok as f64 / self.result.send_elapsed.as_secs_f64().max(1e-9)
     }
 
     /// CPU seconds per second, per 100k answered refreshes per second.
-    fn per_100k(&self, cpu_s: f64) -> f64 {
+    pub(crate) fn per_100k(&self, cpu_s: f64) -> f64 {
         let rate = self.answered_rate();
         if rate <= 0.0 { f64::NAN } else { cpu_s / self.wall_s.max(1e-9) / (rate / 100_000.0) }
     }
 
     /// The server's cost: its process, plus softirq time when the kernel answers (XDP).
-    fn server_cost_s(&self, case: Case) -> f64 {
+    pub(crate) fn server_cost_s(&self, case: Case) -> f64 {
         if case.xdp() { self.server_cpu_s + self.softirq_s } else { self.server_cpu_s }
     }
 }
 
-struct CaseResult {
-    case: Case,
+pub(crate) struct CaseResult {
+    pub case: Case,
+    pub kind: Kind,
     registered: usize,
     register_sent: u64,
     register_503: u64,
     register_s: f64,
-    latency: Option<Step>,
-    steps: Vec<Step>,
+    pub latency: Option<Step>,
+    pub steps: Vec<Step>,
     /// Counters of the server over the whole case (deltas), as `name → value`.
     counters: BTreeMap<String, u64>,
-    notes: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 impl CaseResult {
-    fn best(&self) -> Option<&Step> {
+    pub(crate) fn best(&self) -> Option<&Step> {
         self.steps.iter().filter(|s| s.passed()).max_by_key(|s| s.result.offered_rate)
     }
 
@@ -252,6 +267,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         [flag] if flag == "--quick" => true,
         _ => bail!("usage: regedge-bench refresh [--quick]"),
     };
+    measure_all(quick).map(|_| ())
+}
+
+/// What the main report quotes: every (server, kind) result, the common latency rate.
+pub(crate) struct Summary {
+    pub results: Vec<CaseResult>,
+    pub latency_rate: u64,
+    pub kernel_cost: Result<(Vec<kernel_cost::CostRow>, Option<u32>), String>,
+}
+
+/// Runs every case and writes bench/report/refresh.md and its plots.
+pub(crate) fn measure_all(quick: bool) -> anyhow::Result<Summary> {
     if !require_root("refresh") {
         bail!("refresh needs root (network namespaces, XDP, AF_PACKET)");
     }
@@ -274,20 +301,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if n > 0 && case != Case::Kamailio {
             backend.restart();
         }
-        let result = run_case(&net, &binary, &plan, case)
+        let case_results = run_case(&net, &binary, &plan, case)
             .with_context(|| format!("case {}", case.label()))
-            .unwrap_or_else(|e| CaseResult {
-                case,
-                registered: 0,
-                register_sent: 0,
-                register_503: 0,
-                register_s: 0.0,
-                latency: None,
-                steps: Vec::new(),
-                counters: BTreeMap::new(),
-                notes: vec![format!("failed: {e:#}")],
+            .unwrap_or_else(|e| {
+                case.kinds()
+                    .iter()
+                    .map(|&kind| CaseResult {
+                        case,
+                        kind,
+                        registered: 0,
+                        register_sent: 0,
+                        register_503: 0,
+                        register_s: 0.0,
+                        latency: None,
+                        steps: Vec::new(),
+                        counters: BTreeMap::new(),
+                        notes: vec![format!("failed: {e:#}")],
+                    })
+                    .collect()
             });
-        results.push(result);
+        results.extend(case_results);
     }
     drop(backend);
     drop(net);
@@ -295,14 +328,77 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let cost =
         kernel_cost::measure(&fleet_spec(Case::Native, &plan, [0; 6], [0; 6]), "bench").map_err(|e| format!("{e:#}"));
-    let report = render(&plan, &results, &build_note, payload, &cost, started.elapsed());
+    let mut report = render(&plan, &results, &build_note, payload, &cost, started.elapsed());
+    report.push_str(&plots(&plan, &results));
     print!("{report}");
     let dir = workspace_root().join("bench").join("report");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("refresh.md");
     std::fs::write(&path, &report)?;
     eprintln!("wrote {} after {:.0} s", path.display(), started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(Summary { results, latency_rate: plan.latency_rate, kernel_cost: cost })
+}
+
+/// Throughput against offered load and latency CDFs, one pair of SVGs per kind; the
+/// markdown that links them.
+fn plots(plan: &Plan, results: &[CaseResult]) -> String {
+    let mut out = String::from("\n## Plots\n\n");
+    for kind in Kind::ALL {
+        let of_kind: Vec<&CaseResult> = results.iter().filter(|r| r.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let throughput: Vec<crate::plot::Series> = of_kind
+            .iter()
+            .map(|r| {
+                let mut points: Vec<(f64, f64)> = r
+                    .steps
+                    .iter()
+                    .map(|s| (s.result.offered_rate as f64, if s.passed() { s.answered_rate() } else { 0.0 }))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                crate::plot::Series { name: r.case.label().to_owned(), points }
+            })
+            .collect();
+        let file = format!("refresh-throughput-{}.svg", kind.short());
+        match crate::plot::lines(
+            &file,
+            &format!(
+                "{}: answered per second against offered (0 = step failed: loss ≥ 0.1% or generator behind)",
+                kind.label()
+            ),
+            "offered per second",
+            "answered with success per second",
+            &throughput,
+            false,
+        ) {
+            Ok(()) => out.push_str(&format!("![{} throughput]({file})\n\n", kind.label())),
+            Err(e) => out.push_str(&format!("{} throughput plot not drawn: {e:#}\n\n", kind.label())),
+        }
+        let cdfs: Vec<crate::plot::Series> = of_kind
+            .iter()
+            .filter_map(|r| {
+                let l = r.latency.as_ref()?;
+                Some(crate::plot::Series {
+                    name: r.case.label().to_owned(),
+                    points: crate::plot::cdf(&l.result.histogram),
+                })
+            })
+            .collect();
+        let file = format!("refresh-latency-{}.svg", kind.short());
+        match crate::plot::lines(
+            &file,
+            &format!("{}: latency CDF at {}/s offered", kind.label(), fmt_rate(plan.latency_rate as f64)),
+            "latency, µs (log scale)",
+            "percentile",
+            &cdfs,
+            true,
+        ) {
+            Ok(()) => out.push_str(&format!("![{} latency CDF]({file})\n\n", kind.label())),
+            Err(e) => out.push_str(&format!("{} latency plot not drawn: {e:#}\n\n", kind.label())),
+        }
+    }
+    out
 }
 
 /// The phones of `case`.
@@ -321,26 +417,29 @@ fn fleet_spec(case: Case, plan: &Plan, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Fl
     }
 }
 
-/// One case: start the server, register the phones, measure, stop.
-fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -> anyhow::Result<CaseResult> {
+/// One case: start the server, register the phones, then per kind a latency run and a
+/// sweep; stop.
+fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -> anyhow::Result<Vec<CaseResult>> {
     let server = match case {
         Case::Kamailio => Server::Kamailio(Kamailio::start(
             &net.proxy,
             PROXY_IP,
             KamailioOpts { children: WORKERS, shm_mb: 512, pkg_mb: 64, debug: 1, ..KamailioOpts::default() },
         )),
+        Case::KamailioEdge => {
+            Server::KamailioEdge(crate::registration::Edge::kamailio_at(&net.proxy, PROXY_IP, BACKEND_IP)?)
+        }
         _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
     };
     eprintln!("{}: pid {}", case.label(), server.pid());
-    let quiet = wait_for_quiet(&server, if plan.quick { Duration::from_secs(3) } else { Duration::from_secs(30) });
+    let quiet = wait_for_quiet(&server, if plan.quick { Duration::ZERO } else { Duration::from_secs(30) });
     let spec = fleet_spec(case, plan, net.phone_mac, net.proxy_mac);
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
     let fleet = Fleet::new(spec, sockets)?;
     let stop = AtomicBool::new(false);
-    let mut notes = Vec::new();
-    let outcome = std::thread::scope(|scope| -> anyhow::Result<CaseResult> {
+    let outcome = std::thread::scope(|scope| -> anyhow::Result<Vec<CaseResult>> {
         let receiver = scope.spawn(|| fleet.receive(&stop));
-        let result = (|| -> anyhow::Result<CaseResult> {
+        let result = (|| -> anyhow::Result<Vec<CaseResult>> {
             let reg_start = Instant::now();
             let deadline =
                 Duration::from_secs(10) + Duration::from_secs_f64(plan.phones as f64 / REGISTER_RATE as f64 * 3.0);
@@ -355,106 +454,144 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
             ensure!(registered == plan.phones, "only {registered} of {} phones registered", plan.phones);
             // regedge writes the kernel mirror after the 200 went out.
             std::thread::sleep(Duration::from_millis(500));
-            let counters_before = server.counters(&net.proxy);
-            let latency = measure(net, &fleet, &server, plan.latency_rate, plan.latency_window, &stop);
-            eprintln!("{}: latency run {}", case.label(), describe(&latency));
-            let mut steps: Vec<Step> = Vec::new();
-            let mut failures = 0;
-            let max_failures = if plan.quick { 1 } else { 2 };
-            for &rate in RATES {
-                if failures >= max_failures {
-                    break;
-                }
-                let mut step = measure(net, &fleet, &server, rate, plan.step, &stop);
-                eprintln!("{}: {}", case.label(), describe(&step));
-                let mut retries = 0;
-                while !step.passed() && step.others_busy() > OTHERS_BUSY && retries < RETRIES && server.alive() {
-                    retries += 1;
-                    notes.push(format!(
-                        "{rate}/s failed while other processes used {:.2} CPUs: run again",
-                        step.others_busy()
-                    ));
-                    std::thread::sleep(Duration::from_secs(2));
-                    steps.push(step);
-                    step = measure(net, &fleet, &server, rate, plan.step, &stop);
-                    eprintln!("{}: again: {}", case.label(), describe(&step));
-                }
-                let passed = step.passed();
-                let kept_up = step.generator_kept_up();
-                steps.push(step);
-                if !server.alive() {
-                    notes.push(format!("the server exited during the {rate}/s step"));
-                    break;
-                }
-                if passed {
-                    failures = 0;
-                } else {
-                    failures += 1;
-                    std::thread::sleep(Duration::from_millis(700));
-                    if !kept_up {
-                        // Higher rates would only measure the generator again.
-                        break;
-                    }
-                }
-            }
-            // Narrow the gap between the last passing and the first failing rate.
-            for _ in 0..plan.bisections {
-                let best = steps.iter().filter(|s| s.passed()).map(|s| s.result.offered_rate).max();
-                let fail = steps
+            let mut out = Vec::new();
+            for &kind in case.kinds() {
+                fleet.set_kind(kind);
+                let mut notes = Vec::new();
+                let counters_before = server.counters(&net.proxy);
+                let latency = measure(net, &fleet, &server, plan.latency_rate, plan.latency_window, &stop);
+                eprintln!("{} {}: latency run {}", case.label(), kind.label(), describe(&latency));
+                let steps =
+                    sweep(net, &fleet, &server, plan, &stop, &mut notes, &format!("{} {}", case.label(), kind.label()));
+                let counters_after = server.counters(&net.proxy);
+                let counters = counters_after
                     .iter()
-                    .filter(|s| !s.passed() && s.generator_kept_up())
-                    .map(|s| s.result.offered_rate)
-                    .filter(|r| best.is_none_or(|b| *r > b))
-                    .min();
-                let (Some(lo), Some(hi)) = (best, fail) else { break };
-                let mid = (lo + hi) / 2 / 1000 * 1000;
-                if mid <= lo || hi - lo < 10_000 || !server.alive() {
+                    .map(|(k, v)| (k.clone(), v.saturating_sub(counters_before.get(k).copied().unwrap_or(0))))
+                    .filter(|(_, v)| *v > 0)
+                    .collect();
+                out.push(CaseResult {
+                    case,
+                    kind,
+                    registered,
+                    register_sent,
+                    register_503,
+                    register_s,
+                    latency: Some(latency),
+                    steps,
+                    counters,
+                    notes,
+                });
+                if !server.alive() {
                     break;
                 }
-                let step = measure(net, &fleet, &server, mid, plan.step, &stop);
-                eprintln!("{}: {}", case.label(), describe(&step));
-                if !step.passed() {
-                    std::thread::sleep(Duration::from_millis(700));
-                }
-                steps.push(step);
             }
-            let counters_after = server.counters(&net.proxy);
-            let counters = counters_after
-                .iter()
-                .map(|(k, v)| (k.clone(), v.saturating_sub(counters_before.get(k).copied().unwrap_or(0))))
-                .filter(|(_, v)| *v > 0)
-                .collect();
-            Ok(CaseResult {
-                case,
-                registered,
-                register_sent,
-                register_503,
-                register_s,
-                latency: Some(latency),
-                steps,
-                counters,
-                notes: Vec::new(),
-            })
+            Ok(out)
         })();
         stop.store(true, Ordering::Relaxed);
         let _ = receiver.join();
         result
     });
-    let mut result = outcome?;
-    result.notes.extend(notes);
-    if let Err(busy) = quiet {
-        result.notes.push(format!("other processes still used {busy:.2} CPUs when the case started"));
-    }
+    let mut results = outcome?;
     let problems = server.log_problems();
-    if !problems.is_empty() {
-        result.notes.push(format!(
-            "the server logged {} warning or error lines; the last: `{}`",
-            problems.len(),
-            problems.last().map(String::as_str).unwrap_or("")
-        ));
+    if let Some(first) = results.first_mut() {
+        if let Err(busy) = quiet {
+            first.notes.push(format!("other processes still used {busy:.2} CPUs when the case started"));
+        }
+        if !problems.is_empty() {
+            first.notes.push(format!(
+                "the server logged {} warning or error lines; the last: `{}`",
+                problems.len(),
+                problems.last().map(String::as_str).unwrap_or("")
+            ));
+        }
     }
     drop(server);
-    Ok(result)
+    Ok(results)
+}
+
+/// Rising rates until the failures allowed, then bisection between the last pass and the
+/// first failure.
+fn sweep(
+    net: &Topology,
+    fleet: &Fleet,
+    server: &Server,
+    plan: &Plan,
+    stop: &AtomicBool,
+    notes: &mut Vec<String>,
+    label: &str,
+) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut failures = 0;
+    let max_failures = if plan.quick { 1 } else { 2 };
+    for &rate in plan.rates {
+        if failures >= max_failures {
+            break;
+        }
+        let mut step = measure(net, fleet, server, rate, plan.step, stop);
+        eprintln!("{label}: {}", describe(&step));
+        let mut retries = 0;
+        let max_retries = if plan.quick { 0 } else { RETRIES };
+        while !step.passed() && step.others_busy() > OTHERS_BUSY && retries < max_retries && server.alive() {
+            retries += 1;
+            notes.push(format!("{rate}/s failed while other processes used {:.2} CPUs: run again", step.others_busy()));
+            std::thread::sleep(Duration::from_secs(2));
+            steps.push(step);
+            step = measure(net, fleet, server, rate, plan.step, stop);
+            eprintln!("{label}: again: {}", describe(&step));
+        }
+        let passed = step.passed();
+        let kept_up = step.generator_kept_up();
+        steps.push(step);
+        if !server.alive() {
+            notes.push(format!("the server exited during the {rate}/s step"));
+            break;
+        }
+        if passed {
+            failures = 0;
+        } else {
+            failures += 1;
+            std::thread::sleep(Duration::from_millis(if plan.quick { 300 } else { 700 }));
+            if !kept_up {
+                // Higher rates would only measure the generator again.
+                break;
+            }
+        }
+    }
+    // Nothing passed, the server (not the generator) being the limit: halve the lowest
+    // rate, twice at most, so that a slow server still gets a figure.
+    let mut low = plan.rates[0];
+    for _ in 0..2 {
+        if steps.iter().any(Step::passed) || !steps.iter().all(Step::generator_kept_up) || !server.alive() {
+            break;
+        }
+        low /= 2;
+        std::thread::sleep(Duration::from_millis(if plan.quick { 300 } else { 700 }));
+        let step = measure(net, fleet, server, low, plan.step, stop);
+        eprintln!("{label}: {}", describe(&step));
+        steps.push(step);
+    }
+    // Narrow the gap between the last passing and the first failing rate.
+    for _ in 0..plan.bisections {
+        let best = steps.iter().filter(|s| s.passed()).map(|s| s.result.offered_rate).max();
+        let fail = steps
+            .iter()
+            .filter(|s| !s.passed() && s.generator_kept_up())
+            .map(|s| s.result.offered_rate)
+            .filter(|r| best.is_none_or(|b| *r > b))
+            .min();
+        let (Some(lo), Some(hi)) = (best, fail) else { break };
+        let mid = (lo + hi) / 2 / 1000 * 1000;
+        if mid <= lo || hi - lo < 10_000 || !server.alive() {
+            break;
+        }
+        let step = measure(net, fleet, server, mid, plan.step, stop);
+        eprintln!("{label}: {}", describe(&step));
+        if !step.passed() {
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        steps.push(step);
+    }
+    steps
 }
 
 fn describe(s: &Step) -> String {
@@ -485,7 +622,7 @@ fn describe(s: &Step) -> String {
 }
 
 /// `Udp: RcvbufErrors` of /proc/net/snmp in `ns`.
-fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
+pub(crate) fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
     let out = ns.command("cat").arg("/proc/net/snmp").output().map(|o| o.stdout).unwrap_or_default();
     let text = String::from_utf8_lossy(&out);
     let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
@@ -560,19 +697,25 @@ fn cpu_sample(server: &Server) -> CpuSample {
 }
 
 /// Three namespaces, two veth pairs, the peer XDP program; removed on drop.
-struct Topology {
+pub(crate) struct Topology {
     // Drop order: the peer program before the namespaces.
     _peer_xdp: XdpPass,
-    phones: NetNs,
-    proxy: NetNs,
-    backend: NetNs,
-    phone_ifindex: i32,
-    phone_mac: [u8; 6],
-    proxy_mac: [u8; 6],
+    pub phones: NetNs,
+    pub proxy: NetNs,
+    pub backend: NetNs,
+    pub phone_ifindex: i32,
+    pub phone_mac: [u8; 6],
+    pub proxy_mac: [u8; 6],
 }
 
 impl Topology {
     fn new() -> anyhow::Result<Self> {
+        Self::with(&PHONE_IPS, &[BACKEND_IP])
+    }
+
+    /// The topology with phones on `phone_ips` (10.230.0.0/24) and backends on
+    /// `backend_ips` (10.231.0.0/24).
+    pub(crate) fn with(phone_ips: &[Ipv4Addr], backend_ips: &[Ipv4Addr]) -> anyhow::Result<Self> {
         let phones = NetNs::new("rf-phones");
         let proxy = NetNs::new("rf-proxy");
         let backend = NetNs::new("rf-backend");
@@ -601,14 +744,17 @@ impl Topology {
             "netns",
             &phones.name,
         ]);
-        for (ns, dev, addr) in [(&proxy, PROXY_IF, PROXY_IP), (&phones, PHONE_IF, PHONE_IPS[0])] {
+        for (ns, dev, addr) in [(&proxy, PROXY_IF, PROXY_IP), (&phones, PHONE_IF, phone_ips[0])] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
             ns.ip(&["link", "set", dev, "up"]);
         }
-        for ip in &PHONE_IPS[1..] {
+        for ip in &phone_ips[1..] {
             phones.ip(&["addr", "add", &format!("{ip}/24"), "dev", PHONE_IF]);
         }
-        proxy.link("rfp1", &PROXY_BACKEND_SIDE_IP.to_string(), &backend, "rfb0", &BACKEND_IP.to_string(), 24);
+        proxy.link("rfp1", &PROXY_BACKEND_SIDE_IP.to_string(), &backend, "rfb0", &backend_ips[0].to_string(), 24);
+        for ip in &backend_ips[1..] {
+            backend.ip(&["addr", "add", &format!("{ip}/24"), "dev", "rfb0"]);
+        }
         backend.route("10.230.0.0/24", &PROXY_BACKEND_SIDE_IP.to_string());
         let (phone_ifindex, _) = link_info(&phones, PHONE_IF)?;
         let phone_mac = PHONES_MAC;
@@ -620,7 +766,7 @@ impl Topology {
         // receiving AF_PACKET socket sees and the phones' IP stack drops at its first check
         // (no route lookup, no UDP lookup, no ICMP port unreachable per reply). The XDP
         // answers go there too: the program swaps the request's MACs.
-        for ip in PHONE_IPS {
+        for &ip in phone_ips {
             let _ = proxy
                 .command("ip")
                 .args([
@@ -665,6 +811,7 @@ fn link_info(ns: &NetNs, dev: &str) -> anyhow::Result<(i32, [u8; 6])> {
 enum Server {
     Regedge(Regedge),
     Kamailio(Kamailio),
+    KamailioEdge(crate::registration::Edge),
 }
 
 impl Server {
@@ -672,6 +819,7 @@ impl Server {
         match self {
             Self::Regedge(r) => r.pid,
             Self::Kamailio(k) => k.pid(),
+            Self::KamailioEdge(e) => e.pid(),
         }
     }
 
@@ -679,6 +827,7 @@ impl Server {
         match self {
             Self::Regedge(r) => r.alive(),
             Self::Kamailio(k) => k.is_running(),
+            Self::KamailioEdge(e) => e.alive(),
         }
     }
 
@@ -686,6 +835,7 @@ impl Server {
         match self {
             Self::Regedge(r) => proc_stat(r.pid).map_or(0, |s| s.ticks),
             Self::Kamailio(k) => group_ticks(k.pid()),
+            Self::KamailioEdge(e) => e.cpu_ticks(),
         }
     }
 
@@ -697,6 +847,7 @@ impl Server {
                 .kamcmd(&["stats.get_statistics", "all"])
                 .map(|t| regedge_tests::kamailio::parse_stats(&t).into_iter().collect())
                 .unwrap_or_default(),
+            Self::KamailioEdge(e) => e.counters(proxy).into_iter().collect(),
         }
     }
 
@@ -704,6 +855,7 @@ impl Server {
         let log = match self {
             Self::Regedge(r) => r.process.log(),
             Self::Kamailio(k) => k.log(),
+            Self::KamailioEdge(e) => e.log(),
         };
         log.lines()
             .filter(|l| ["WARN", "ERROR", "CRITICAL", "BUG", "panicked"].iter().any(|w| l.contains(w)))
@@ -726,13 +878,22 @@ fn counter_samples(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// regedge in the proxy namespace (stopped with SIGTERM on drop), and its config dir.
-struct Regedge {
-    process: RegedgeProcess,
-    pid: u32,
+pub(crate) struct Regedge {
+    pub process: RegedgeProcess,
+    pub pid: u32,
     _dir: TempDir,
 }
 
 impl Regedge {
+    /// regedge with `config` (a whole TOML text; its metrics must listen on [`METRICS`]).
+    pub(crate) fn start_config(ns: &NetNs, binary: &std::path::Path, config: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("bench-scenario");
+        let path = dir.write("regedge.toml", config);
+        let mut process = RegedgeProcess::start_binary(binary, Some(ns), &path, dir.0.join("regedge.log"), "warn");
+        process.wait_ready(METRICS, Some(ns), Duration::from_secs(20)).map_err(anyhow::Error::msg)?;
+        Ok(Self { pid: process.pid(), process, _dir: dir })
+    }
+
     fn start(ns: &NetNs, binary: &std::path::Path, case: Case) -> anyhow::Result<Self> {
         let mode = match case {
             Case::Native => "native",
@@ -757,7 +918,7 @@ impl Regedge {
         Ok(Self { pid: process.pid(), process, _dir: dir })
     }
 
-    fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         proc_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
     }
 }
@@ -768,6 +929,7 @@ fn other_ticks(server: &Server) -> u64 {
     let (pid, group) = match server {
         Server::Regedge(r) => (r.pid, None),
         Server::Kamailio(k) => (k.pid(), Some(k.pid())),
+        Server::KamailioEdge(e) => (e.pid(), Some(e.pid())),
     };
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
     entries
@@ -800,7 +962,7 @@ fn group_ticks(pgid: u32) -> u64 {
         .sum()
 }
 
-fn fmt_rate(r: f64) -> String {
+pub(crate) fn fmt_rate(r: f64) -> String {
     if r >= 1000.0 { format!("{:.1}k", r / 1000.0) } else { format!("{r:.0}") }
 }
 
@@ -821,7 +983,10 @@ fn render(
         .trim_start_matches("version: ")
         .to_owned();
     let mut out = String::new();
-    let _ = writeln!(out, "# REGISTER refreshes per second: XDP native, XDP generic, userspace, Kamailio\n");
+    let _ = writeln!(
+        out,
+        "# REGISTER refreshes and keepalives (OPTIONS, STUN) per second: XDP native, XDP generic, userspace, Kamailio\n"
+    );
     let _ =
         writeln!(out, "Command: `{}` (as root); the whole run took {:.0} s.\n", plan.command(), runtime.as_secs_f64());
     let _ = writeln!(out, "Measured: {build}.\n");
@@ -846,6 +1011,11 @@ fn render(
          User-Agent, Allow, Allow-Events, Content-Length: 0), phones round-robin.\n",
         phones = plan.phones,
         per = plan.phones / 4,
+    );
+    let options = generator::options_payload(&fleet_spec(Case::Native, plan, [0; 6], [0; 6]), 0, 1).len();
+    let _ = writeln!(
+        out,
+        "Keepalives, after the refreshes, from the same phones and server: *OPTIONS keepalive* = {options}-byte OPTIONS          to the proxy itself (Request-URI `sip:{DOMAIN}`, no user part; Via with branch and rport, From tag, To,          Call-ID, CSeq, Contact, Accept, User-Agent), answered 200 by regedge (kernel or userspace) and by Kamailio's          `sl_send_reply` in both Kamailio configs; *STUN keepalive* = 20-byte Binding Request (RFC 5389, no          attributes), answered with a Binding Success Response with XOR-MAPPED-ADDRESS by regedge only (neither          Kamailio config runs a STUN server). *Kamailio dispatcher edge* = Kamailio as regedge's peer, an edge proxy          (`bench/kamailio/dispatcher-edge.cfg`: dispatcher, tm, add_path(), `-x tlsf -n {WORKERS}`, debug=1) in front          of the same Kamailio registrar: it relays every refresh to the registrar (it has no registration cache) and          answers OPTIONS to itself. The same open-loop steps and the same pass rule apply to every kind.\n"
     );
     let _ = writeln!(
         out,
@@ -917,7 +1087,7 @@ fn render(
                 let _ = writeln!(
                     out,
                     "| {} | {}/s | {} | {lat} | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {} | {} |",
-                    r.case.label(),
+                    row_label(r),
                     fmt_rate(b.result.offered_rate as f64),
                     fmt_rate(b.answered_rate()),
                     b.result.percentile_us(0.5),
@@ -938,7 +1108,7 @@ fn render(
                 let _ = writeln!(
                     out,
                     "| {} | none | - | {lat} | - | - | - | - | - | - | {} | {} |",
-                    r.case.label(),
+                    row_label(r),
                     answered_by(r),
                     limit(r)
                 );
@@ -963,7 +1133,7 @@ fn render(
             let _ = writeln!(
                 out,
                 "| {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
-                r.case.label(),
+                row_label(r),
                 if label.is_empty() { String::new() } else { format!(" ({label})") },
                 x.offered_rate,
                 x.sent,
@@ -1017,7 +1187,7 @@ fn render(
             out,
             "- **{}**: {} of {} phones registered in {:.1} s ({} REGISTERs sent, {} answered 503). Counters over the \
              measured steps (deltas): {}",
-            r.case.label(),
+            row_label(r),
             r.registered,
             plan.phones,
             r.register_s,
@@ -1034,8 +1204,11 @@ fn render(
 
 fn describe_counters(r: &CaseResult) -> String {
     let interesting = |k: &str| match r.case {
-        Case::Kamailio => {
+        Case::Kamailio | Case::KamailioEdge => {
             k.starts_with("core:rcv_requests_register")
+                || k.starts_with("core:rcv_requests_options")
+                || k.starts_with("core:fwd_requests")
+                || k.starts_with("tm:")
                 || k.starts_with("registrar:")
                 || k.starts_with("sl:")
                 || k.starts_with("core:drop")
@@ -1057,13 +1230,39 @@ fn describe_counters(r: &CaseResult) -> String {
 
 /// Which path answered the refreshes, from the server's counters.
 fn answered_by(r: &CaseResult) -> String {
-    if r.case == Case::Kamailio {
-        return format!("Kamailio save(): {} REGISTERs received", r.counter("core:rcv_requests_register"));
+    match (r.case, r.kind) {
+        (Case::Kamailio, Kind::Register) => {
+            return format!("Kamailio save(): {} REGISTERs received", r.counter("core:rcv_requests_register"));
+        }
+        (Case::KamailioEdge, Kind::Register) => {
+            return format!(
+                "relayed to the registrar (tm): {} REGISTERs received, {} transactions",
+                r.counter("core:rcv_requests_register"),
+                r.counter("tm:created_transactions")
+            );
+        }
+        (Case::Kamailio | Case::KamailioEdge, _) => {
+            return format!("Kamailio sl_send_reply: {} OPTIONS received", r.counter("core:rcv_requests_options"));
+        }
+        _ => {}
     }
-    let kernel = r.counter("regedge_fastpath_replies_total{kind=\"register\"}");
+    let key = match r.kind {
+        Kind::Register => "register",
+        Kind::Options => "options",
+        Kind::Stun => "stun",
+    };
+    let kernel = r.counter(&format!("regedge_fastpath_replies_total{{kind=\"{key}\"}}"));
+    if r.kind != Kind::Register {
+        let user = r.counter(&format!("regedge_userspace_replies_total{{kind=\"{key}\"}}"));
+        return format!("kernel {kernel}, userspace {user}");
+    }
     let absorbed = r.counter("regedge_registrations_total{protocol=\"sip\",outcome=\"absorbed\"}");
     let forwarded = r.counter("regedge_registrations_total{protocol=\"sip\",outcome=\"forwarded\"}");
     format!("kernel {kernel}, userspace absorbed {absorbed}, forwarded {forwarded}")
+}
+
+fn row_label(r: &CaseResult) -> String {
+    format!("{}: {}", r.case.label(), r.kind.label())
 }
 
 fn limit(r: &CaseResult) -> String {
@@ -1071,7 +1270,8 @@ fn limit(r: &CaseResult) -> String {
         return note.clone();
     }
     let Some(f) = r.first_failure() else {
-        return format!("no failure up to {}/s (end of the rate list)", fmt_rate(RATES[RATES.len() - 1] as f64));
+        let top = r.steps.iter().map(|s| s.result.offered_rate).max().unwrap_or(0);
+        return format!("no failure up to {}/s (end of the rate list)", fmt_rate(top as f64));
     };
     let x = &f.result;
     let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
@@ -1104,20 +1304,27 @@ fn limit(r: &CaseResult) -> String {
 }
 
 fn ratios(results: &[CaseResult]) -> String {
-    let rate = |case: Case| {
-        results.iter().find(|r| r.case == case).and_then(CaseResult::best).map(|b| b.result.offered_rate as f64)
-    };
     let mut parts = Vec::new();
-    let pairs = [
-        (Case::Native, Case::Off),
-        (Case::Generic, Case::Off),
-        (Case::Off, Case::Kamailio),
-        (Case::Native, Case::Kamailio),
-        (Case::Native, Case::Generic),
-    ];
-    for (a, b) in pairs {
-        if let (Some(x), Some(y)) = (rate(a), rate(b)) {
-            parts.push(format!("{} / {}: {:.2}×", a.label(), b.label(), x / y));
+    for kind in Kind::ALL {
+        let rate = |case: Case| {
+            results
+                .iter()
+                .find(|r| r.case == case && r.kind == kind)
+                .and_then(CaseResult::best)
+                .map(|b| b.result.offered_rate as f64)
+        };
+        let pairs = [
+            (Case::Native, Case::Off),
+            (Case::Generic, Case::Off),
+            (Case::Off, Case::Kamailio),
+            (Case::Native, Case::Kamailio),
+            (Case::Native, Case::KamailioEdge),
+            (Case::Native, Case::Generic),
+        ];
+        for (a, b) in pairs {
+            if let (Some(x), Some(y)) = (rate(a), rate(b)) {
+                parts.push(format!("{}, {} / {}: {:.2}×", kind.label(), a.label(), b.label(), x / y));
+            }
         }
     }
     if parts.is_empty() {

@@ -89,10 +89,15 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { quick, rates: &[500, 1000, 2000, 4000], window: Duration::from_secs(2) }
+            Self { quick, rates: &[1000, 4000], window: Duration::from_secs(1) }
         } else {
             Self { quick, rates: &[500, 1000, 2000, 4000, 8000, 12000, 16000], window: Duration::from_secs(6) }
         }
+    }
+
+    /// How long each edge's CPU use is measured with no load.
+    fn idle(&self) -> Duration {
+        if self.quick { Duration::from_secs(1) } else { IDLE_WINDOW }
     }
 
     fn command(&self) -> &'static str {
@@ -230,6 +235,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         [flag] if flag == "--quick" => true,
         _ => bail!("usage: regedge-bench registration [--quick]"),
     };
+    measure_all(quick, false).map(|_| ())
+}
+
+/// What the main report quotes: per load, the highest clean rate of each edge, and at
+/// the highest rate both served cleanly, their CPU per REGISTER and backend ratio.
+pub struct Summary {
+    pub rows: Vec<SummaryRow>,
+}
+
+pub struct SummaryRow {
+    pub load: String,
+    pub regedge_best: Option<u32>,
+    pub kamailio_best: Option<u32>,
+    /// (offered rate, regedge edge CPU µs per REGISTER, Kamailio's, regedge backend ratio, Kamailio's)
+    pub common: Option<(u32, f64, f64, f64, f64)>,
+}
+
+/// Runs every sweep and writes bench/report/registration.md (and its plot when `plots`).
+pub fn measure_all(quick: bool, plots: bool) -> anyhow::Result<Summary> {
     if !require_root("registration") {
         bail!("registration needs root (network namespaces)");
     }
@@ -238,8 +262,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let plan = Plan::new(quick);
     let started = Instant::now();
-    let binary = regedge_release_binary()?;
-    eprintln!("regedge: {}", binary.display());
+    let (binary, build) = crate::measured::regedge_binary()?;
+    eprintln!("regedge: {} ({build})", binary.display());
 
     let net = Topology::new();
     let mut backend = Kamailio::start(
@@ -264,7 +288,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             };
             eprintln!("{} {}: pid {}", kind.label(), scenario.label(), edge.pid);
             std::thread::sleep(Duration::from_millis(500));
-            let idle_start = edge.idle_cpu_ms_per_s();
+            let idle_start = edge.idle_cpu_ms_per_s(plan.idle());
             let socket = socket_memory(&net.proxy);
             let mut failing = 0;
             for (r, &rate) in plan.rates.iter().enumerate() {
@@ -313,13 +337,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         ));
                     }
                     // Transactions still open at the edge end within its 4 s timeout.
-                    std::thread::sleep(Duration::from_secs(5));
+                    std::thread::sleep(if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(5) });
                 }
                 results.push(result);
             }
             let (idle_end, bindings) = if edge.alive() {
                 std::thread::sleep(Duration::from_secs(1));
-                (Some(edge.idle_cpu_ms_per_s()), edge.bindings(&net.proxy))
+                (Some(edge.idle_cpu_ms_per_s(plan.idle())), edge.bindings(&net.proxy))
             } else {
                 notes.push(format!(
                     "{} {} exited during the runs; its log ends:\n\n```\n{}\n```",
@@ -360,14 +384,62 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     drop(backend);
     drop(net);
 
-    let report = render(&plan, &results, &blocks, &notes, started.elapsed());
+    let mut report = render(&plan, &results, &blocks, &notes, started.elapsed());
+    report = report.replacen("\n\nMachine:", &format!("\n\nMeasured: {build}.\n\nMachine:"), 1);
+    if plots {
+        let mut series = Vec::new();
+        for edge in EdgeKind::ALL {
+            for scenario in Scenario::ALL {
+                let points: Vec<(f64, f64)> = results
+                    .iter()
+                    .filter(|r| r.edge == edge && r.scenario == scenario)
+                    .map(|r| (f64::from(r.offered), if r.clean() { r.achieved() } else { 0.0 }))
+                    .collect();
+                if !points.is_empty() {
+                    series
+                        .push(crate::plot::Series { name: format!("{} ({})", edge.label(), scenario.label()), points });
+                }
+            }
+        }
+        let file = "registration-throughput.svg";
+        match crate::plot::lines(
+            file,
+            "Registrations through the edge: achieved against offered (0 = phones failed)",
+            "offered REGISTERs/s",
+            "achieved REGISTERs/s",
+            &series,
+            false,
+        ) {
+            Ok(()) => report.push_str(&format!("\n## Plot\n\n![achieved against offered]({file})\n")),
+            Err(e) => report.push_str(&format!("\nPlot not drawn: {e:#}\n")),
+        }
+    }
     print!("{report}");
     let dir = workspace_root().join("bench").join("report");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("registration.md");
     std::fs::write(&path, &report)?;
     eprintln!("wrote {} after {:.0} s", path.display(), started.elapsed().as_secs_f64());
-    Ok(())
+    let rows = Scenario::ALL
+        .into_iter()
+        .map(|scenario| {
+            let common = plan.rates.iter().rev().find_map(|&rate| {
+                let per_phone = 1 + scenario.refreshes();
+                let offered = rate.div_ceil(per_phone) * per_phone;
+                let g = find(&results, EdgeKind::Regedge, scenario, offered)?;
+                let k = find(&results, EdgeKind::Kamailio, scenario, offered)?;
+                (g.clean() && k.clean())
+                    .then(|| (offered, g.per_1000(g.edge_cpu_s), k.per_1000(k.edge_cpu_s), g.ratio(), k.ratio()))
+            });
+            SummaryRow {
+                load: scenario.label(),
+                regedge_best: best(&results, EdgeKind::Regedge, scenario).map(|r| r.offered),
+                kamailio_best: best(&results, EdgeKind::Kamailio, scenario).map(|r| r.offered),
+                common,
+            }
+        })
+        .collect();
+    Ok(Summary { rows })
 }
 
 /// One sipp run at `rate` REGISTERs/s offered, with counters read around it.
@@ -562,22 +634,8 @@ fn snmp_value(text: &str, prefix: &str, name: &str) -> Option<u64> {
     values.split_whitespace().nth(index)?.parse().ok()
 }
 
-/// The release regedge binary, built now (a no-op when it is up to date).
-fn regedge_release_binary() -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "regedge", "--bin", "regedge"])
-        .current_dir(workspace_root())
-        .status()
-        .context("run cargo build --release -p regedge")?;
-    ensure!(status.success(), "cargo build --release -p regedge failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let binary = target.join("release").join("regedge");
-    ensure!(binary.is_file(), "no binary at {}", binary.display());
-    Ok(binary)
-}
-
 /// The edge under test, in the proxy namespace; stopped on drop.
-struct Edge {
+pub(crate) struct Edge {
     kind: EdgeKind,
     child: Option<Child>,
     pid: u32,
@@ -629,6 +687,11 @@ impl Edge {
     }
 
     fn kamailio(ns: &NetNs) -> anyhow::Result<Self> {
+        Self::kamailio_at(ns, EDGE_IP, BACKEND_IP)
+    }
+
+    /// Kamailio as the edge on `edge_ip`, relaying to the registrar at `backend_ip`.
+    pub(crate) fn kamailio_at(ns: &NetNs, edge_ip: Ipv4Addr, backend_ip: Ipv4Addr) -> anyhow::Result<Self> {
         let dir = TempDir::new("bench-kamedge");
         let ctl = dir.0.join("ctl.sock");
         // sun_path holds 108 bytes.
@@ -636,13 +699,13 @@ impl Edge {
         std::fs::create_dir_all(dir.0.join("run"))?;
         let ds_list = dir.write(
             "dispatcher.list",
-            &format!("# setid destination flags priority\n1 sip:{BACKEND_IP}:{SIP_PORT} 0 10\n"),
+            &format!("# setid destination flags priority\n1 sip:{backend_ip}:{SIP_PORT} 0 10\n"),
         );
         let template_path = workspace_root().join("bench/kamailio/dispatcher-edge.cfg");
         let template =
             std::fs::read_to_string(&template_path).with_context(|| format!("read {}", template_path.display()))?;
         let text = template
-            .replace("@ADDRESS@", &EDGE_IP.to_string())
+            .replace("@ADDRESS@", &edge_ip.to_string())
             .replace("@CTL_SOCKET@", &ctl.display().to_string())
             .replace("@DS_LIST@", &ds_list.display().to_string())
             .replace("@DEBUG@", "1");
@@ -682,12 +745,16 @@ impl Edge {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Lines of the log that report a warning or an error.
-    fn log_problems(&self) -> Vec<String> {
+    pub(crate) fn log_problems(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter(|l| ["WARN", "ERROR", "CRITICAL", "BUG", "panicked"].iter().any(|w| l.contains(w)))
@@ -697,25 +764,25 @@ impl Edge {
 
     /// Whether the main process still runs. It is never reaped before stop(), so its PID
     /// (Kamailio's process group id) stays ours.
-    fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         self.child.is_some() && proc_stat(self.pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
     }
 
     /// CPU clock ticks used so far: the regedge process (all threads), or every process
     /// of Kamailio's group.
-    fn cpu_ticks(&self) -> u64 {
+    pub(crate) fn cpu_ticks(&self) -> u64 {
         match self.kind {
             EdgeKind::Regedge => proc_stat(self.pid).map_or(0, |s| s.ticks),
             EdgeKind::Kamailio => group_ticks(self.pid),
         }
     }
 
-    /// CPU ms per second over [`IDLE_WINDOW`] with no load.
-    fn idle_cpu_ms_per_s(&self) -> f64 {
+    /// CPU ms per second over `window` with no load.
+    fn idle_cpu_ms_per_s(&self, window: Duration) -> f64 {
         let before = self.cpu_ticks();
-        std::thread::sleep(IDLE_WINDOW);
+        std::thread::sleep(window);
         let ticks = self.cpu_ticks().saturating_sub(before);
-        ticks as f64 / clock_ticks_per_second() * 1000.0 / IDLE_WINDOW.as_secs_f64()
+        ticks as f64 / clock_ticks_per_second() * 1000.0 / window.as_secs_f64()
     }
 
     /// regedge's `regedge_bindings` (phones registered through it); `None` for Kamailio.
@@ -732,7 +799,7 @@ impl Edge {
     }
 
     /// regedge: `regedge_registrations_total` by outcome; Kamailio: all its statistics.
-    fn counters(&self, ns: &NetNs) -> HashMap<String, u64> {
+    pub(crate) fn counters(&self, ns: &NetNs) -> HashMap<String, u64> {
         match self.kind {
             EdgeKind::Regedge => scrape(METRICS, Some(ns)).map(|text| registration_outcomes(&text)).unwrap_or_default(),
             EdgeKind::Kamailio => {
@@ -959,7 +1026,7 @@ fn render(plan: &Plan, results: &[RunResult], blocks: &[Block], notes: &[String]
         "\nEach sweep ran against a freshly started edge and backend. Edge CPU with no load, in ms per second over \
          {} s: after the edge's start, and after the sweep (1 s after its last run), with the bindings regedge held \
          then (`regedge_bindings`):\n",
-        IDLE_WINDOW.as_secs()
+        plan.idle().as_secs_f64()
     );
     let _ = writeln!(out, "| edge | load | idle CPU at start | idle CPU after the sweep | bindings held |");
     let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: |");

@@ -169,6 +169,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         [q] if q == "--quick" => true,
         _ => bail!("usage: regedge-bench sccp [--quick]"),
     };
+    measure_all(quick).map(|_| ())
+}
+
+/// What the main report quotes, per case (kernel offload, userspace).
+pub struct Summary {
+    pub phones: usize,
+    /// (label, keepalives/s, p50 µs, p99 µs unloaded, bytes per session, kernel share, regedge CPU per 100k/s)
+    pub cases: Vec<(&'static str, f64, f64, f64, Option<f64>, f64, f64)>,
+}
+
+/// Runs both cases and writes bench/report/sccp.md.
+pub fn measure_all(quick: bool) -> anyhow::Result<Summary> {
     if !require_root("sccp") {
         bail!("sccp needs root (network namespaces, the eBPF keepalive program)");
     }
@@ -178,7 +190,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             phones: 500,
             light_window: Duration::from_secs(1),
             warmup: Duration::from_millis(500),
-            window: Duration::from_secs(3),
+            window: Duration::from_secs(2),
         }
     } else {
         Plan {
@@ -233,7 +245,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let path = dir.join("sccp.md");
     std::fs::write(&path, &report)?;
     eprintln!("wrote {}", path.display());
-    Ok(())
+    Ok(Summary {
+        phones: plan.phones,
+        cases: results
+            .iter()
+            .map(|r| {
+                (
+                    match r.case {
+                        Case::Kernel => "kernel offload",
+                        Case::Userspace => "userspace",
+                    },
+                    r.rate(),
+                    r.light().percentile_us(0.5),
+                    r.light().percentile_us(0.99),
+                    r.bytes_per_session(),
+                    r.kernel_share(),
+                    r.per_100k(r.regedge_cpu_s),
+                )
+            })
+            .collect(),
+    })
 }
 
 fn run_case(

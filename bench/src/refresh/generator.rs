@@ -38,6 +38,53 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const SIP_PORT: u16 = 5060;
 const RX_BUFFER: usize = 2048;
 
+/// What the phones send in a step: REGISTER refreshes, or keepalives (OPTIONS to the
+/// proxy itself, STUN Binding Requests). Every kind is matched to its reply by phone and
+/// sequence number: OPTIONS by Call-ID and CSeq like a REGISTER, STUN by the transaction
+/// id, which carries the fleet's tag, the phone's index and the sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Register,
+    Options,
+    Stun,
+}
+
+impl Kind {
+    pub const ALL: [Self; 3] = [Self::Register, Self::Options, Self::Stun];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Register => "REGISTER refresh",
+            Self::Options => "OPTIONS keepalive",
+            Self::Stun => "STUN keepalive",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Register => "refresh",
+            Self::Options => "options",
+            Self::Stun => "stun",
+        }
+    }
+
+    fn index(self) -> u8 {
+        match self {
+            Self::Register => 0,
+            Self::Options => 1,
+            Self::Stun => 2,
+        }
+    }
+
+    fn from_index(i: u8) -> Self {
+        match i {
+            1 => Self::Options,
+            2 => Self::Stun,
+            _ => Self::Register,
+        }
+    }
+}
+
 /// One phone's fixed texts: the REGISTER is `head`, branch digits, `middle`, CSeq, `tail`.
 struct Phone {
     addr: Ipv4Addr,
@@ -108,6 +155,26 @@ pub struct Fleet {
     histogram: Mutex<Histogram<u64>>,
     epoch: Instant,
     ip_id: AtomicU32,
+    /// What [`Fleet::run_step`] sends ([`Kind`] index).
+    kind: std::sync::atomic::AtomicU8,
+    /// Per phone: OPTIONS texts (`head`, branch digits, `middle`, CSeq, `tail`), made on the
+    /// first OPTIONS step.
+    options: std::sync::OnceLock<Vec<[Vec<u8>; 3]>>,
+}
+
+/// What [`Fleet::register_paced`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct RegisterOutcome {
+    pub registered: usize,
+    /// REGISTERs sent, retransmissions included.
+    pub sent: u64,
+    pub retransmissions: u64,
+    /// 503 answers, and other final non-2xx answers.
+    pub unavailable: u64,
+    pub other_failures: u64,
+    pub elapsed: Duration,
+    /// Seconds from the start to each phone's 2xx, in the order they were seen.
+    pub completions_s: Vec<f64>,
 }
 
 /// What one open-loop step did.
@@ -173,6 +240,8 @@ impl Fleet {
             histogram: Mutex::new(new_histogram()),
             epoch: Instant::now(),
             ip_id: AtomicU32::new(1),
+            kind: std::sync::atomic::AtomicU8::new(0),
+            options: std::sync::OnceLock::new(),
             spec,
         })
     }
@@ -181,14 +250,40 @@ impl Fleet {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Writes phone `i`'s REGISTER with `cseq` (branch unique per CSeq) into `out`.
+    /// What [`Fleet::run_step`] sends from now on.
+    pub fn set_kind(&self, kind: Kind) {
+        if kind == Kind::Options {
+            self.options.get_or_init(|| (0..self.phones.len()).map(|i| options_texts(&self.spec, i)).collect());
+        }
+        self.kind.store(kind.index(), Ordering::Release);
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_index(self.kind.load(Ordering::Acquire))
+    }
+
+    /// Writes phone `i`'s request of the current kind with `cseq` (REGISTER and OPTIONS:
+    /// branch unique per CSeq; STUN: the transaction id carries it) into `out`.
     fn payload(&self, i: usize, cseq: u32, out: &mut Vec<u8>) {
-        let p = &self.phones[i];
-        out.extend_from_slice(&p.head);
-        push_decimal(out, u64::from(cseq));
-        out.extend_from_slice(&p.middle);
-        push_decimal(out, u64::from(cseq));
-        out.extend_from_slice(&p.tail);
+        match self.kind() {
+            Kind::Register => {
+                let p = &self.phones[i];
+                out.extend_from_slice(&p.head);
+                push_decimal(out, u64::from(cseq));
+                out.extend_from_slice(&p.middle);
+                push_decimal(out, u64::from(cseq));
+                out.extend_from_slice(&p.tail);
+            }
+            Kind::Options => {
+                let [head, middle, tail] = &self.options.get().expect("set_kind made the OPTIONS texts")[i];
+                out.extend_from_slice(head);
+                push_decimal(out, u64::from(cseq));
+                out.extend_from_slice(middle);
+                push_decimal(out, u64::from(cseq));
+                out.extend_from_slice(tail);
+            }
+            Kind::Stun => out.extend_from_slice(&stun_request(self.spec.tag, i, cseq)),
+        }
     }
 
     /// Ethernet + IPv4 + UDP frame of phone `i`'s REGISTER with `cseq` into `frame`.
@@ -400,83 +495,128 @@ impl Fleet {
     /// Retry-After on 503, gives up after `deadline`. Returns (phones registered, REGISTERs
     /// sent, 503s seen).
     pub fn register_all(&self, rate: u64, retransmit: Duration, deadline: Duration) -> (usize, u64, u64) {
+        let o = self.register_paced(0..self.phones.len(), rate, retransmit, deadline);
+        (o.registered, o.sent, o.unavailable)
+    }
+
+    /// [`Fleet::register_all`] with everything it saw. Phones are sent in index order as
+    /// `rate` allows (a very high rate: all at once, as fast as the socket takes them);
+    /// only the phones waiting for an answer are looked at between sends, so a million
+    /// phones cost no more per step than a thousand.
+    pub fn register_paced(
+        &self,
+        phones: std::ops::Range<usize>,
+        rate: u64,
+        retransmit: Duration,
+        deadline: Duration,
+    ) -> RegisterOutcome {
         #[derive(Clone, Copy, PartialEq)]
         enum State {
-            Idle { not_before: Instant },
-            Waiting { since: Instant, cseq: u32, tries: u32 },
+            New,
+            Idle,
+            Waiting { since: Instant, cseq: u32 },
             Done,
         }
         let n = self.phones.len();
+        let phones = phones.start.min(n)..phones.end.min(n);
+        let wanted = phones.len();
         let start = Instant::now();
-        let mut state = vec![State::Idle { not_before: start }; n];
+        let mut state = vec![State::New; n];
+        let mut inflight: Vec<usize> = Vec::new();
+        let mut resend: Vec<usize> = Vec::new();
+        let mut retry: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>> = Default::default();
         let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
-        let mut sent_total = 0u64;
-        let mut unavailable = 0u64;
+        let mut out = RegisterOutcome::default();
         let mut credit_at = start;
         let mut credits = 0f64;
-        let mut done = 0usize;
-        let mut cursor = 0usize;
+        let mut next_new = phones.start;
+        let mut last_harvest = start;
+        let mut completions = Vec::with_capacity(wanted);
+        self.set_kind(Kind::Register);
         self.step_base.store(1, Ordering::Release);
         for s in &self.last_status {
             s.store(0, Ordering::Relaxed);
         }
-        while done < n && start.elapsed() < deadline {
+        while out.registered < wanted && start.elapsed() < deadline {
             let now = Instant::now();
             credits = (credits + now.duration_since(credit_at).as_secs_f64() * rate as f64).min(BATCH as f64);
             credit_at = now;
-            // Harvest answers.
-            for (i, st) in state.iter_mut().enumerate() {
-                if let State::Waiting { cseq, .. } = *st {
+            if now.duration_since(last_harvest) >= Duration::from_millis(1) || credits < 1.0 {
+                last_harvest = now;
+                inflight.retain(|&i| {
+                    let State::Waiting { since, cseq } = state[i] else { return false };
                     let status = self.last_status[i].load(Ordering::Acquire);
-                    if status == 0 {
-                        continue;
-                    }
-                    let answered = status >> 16;
-                    let code = status & 0xffff;
-                    if answered != cseq & 0xffff {
-                        continue;
-                    }
-                    self.last_status[i].store(0, Ordering::Relaxed);
-                    if (200..300).contains(&code) {
-                        *st = State::Done;
-                        done += 1;
-                    } else if code >= 200 {
-                        if code == 503 {
-                            unavailable += 1;
+                    if status != 0 && status >> 16 == cseq & 0xffff {
+                        self.last_status[i].store(0, Ordering::Relaxed);
+                        let code = status & 0xffff;
+                        if (200..300).contains(&code) {
+                            state[i] = State::Done;
+                            out.registered += 1;
+                            completions.push(now.duration_since(start).as_secs_f64());
+                        } else {
+                            if code == 503 {
+                                out.unavailable += 1;
+                            } else {
+                                out.other_failures += 1;
+                            }
+                            // As a phone does: back after Retry-After (regedge says 5 to 20 s).
+                            let wait = u64::from(self.retry_after[i].load(Ordering::Relaxed).clamp(1, 120));
+                            state[i] = State::Idle;
+                            retry.push(std::cmp::Reverse((now + Duration::from_secs(wait), i)));
                         }
-                        let wait = u64::from(self.retry_after[i].load(Ordering::Relaxed).clamp(1, 5));
-                        *st = State::Idle { not_before: now + Duration::from_secs(wait) };
+                        return false;
                     }
-                }
+                    if now.duration_since(since) >= retransmit {
+                        resend.push(i);
+                    }
+                    true
+                });
             }
             let mut items = Vec::with_capacity(BATCH);
-            let mut scanned = 0;
-            while items.len() < credits as usize && scanned < n {
-                let i = cursor;
-                cursor = (cursor + 1) % n;
-                scanned += 1;
-                match state[i] {
-                    State::Idle { not_before } if not_before <= now => {
-                        let cseq = self.cseq[i].load(Ordering::Relaxed) + 1;
-                        state[i] = State::Waiting { since: now, cseq, tries: 1 };
+            while items.len() < credits as usize {
+                if let Some(i) = resend.pop() {
+                    // Listed once per harvest while waiting: only the first pop resends.
+                    if let State::Waiting { since, cseq } = state[i]
+                        && now.duration_since(since) >= retransmit
+                    {
+                        state[i] = State::Waiting { since: now, cseq };
+                        out.retransmissions += 1;
                         items.push((i, cseq));
                     }
-                    State::Waiting { since, cseq, tries } if now.duration_since(since) >= retransmit => {
-                        state[i] = State::Waiting { since: now, cseq, tries: tries + 1 };
-                        items.push((i, cseq));
-                    }
-                    _ => {}
+                    continue;
                 }
+                if let Some(&std::cmp::Reverse((due, i))) = retry.peek()
+                    && due <= now
+                {
+                    retry.pop();
+                    let cseq = self.cseq[i].load(Ordering::Relaxed) + 1;
+                    state[i] = State::Waiting { since: now, cseq };
+                    inflight.push(i);
+                    items.push((i, cseq));
+                    continue;
+                }
+                if next_new < phones.end {
+                    let i = next_new;
+                    next_new += 1;
+                    let cseq = self.cseq[i].load(Ordering::Relaxed) + 1;
+                    state[i] = State::Waiting { since: now, cseq };
+                    inflight.push(i);
+                    items.push((i, cseq));
+                    continue;
+                }
+                break;
             }
             if items.is_empty() {
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
             credits -= items.len() as f64;
             let (s, _) = self.send_batch(&items, &mut frames, false);
-            sent_total += s;
+            out.sent += s;
         }
-        (done, sent_total, unavailable)
+        out.elapsed = start.elapsed();
+        out.completions_s = completions;
+        out
     }
 
     /// The receiver loop: recvmmsg until `stop`, matching replies. Run it on its own thread.
@@ -568,13 +708,40 @@ struct Reply {
     retry_after: u32,
 }
 
-/// A SIP reply of fleet `tag` in an IPv4/UDP datagram.
+/// A STUN Binding Request (RFC 5389, no attributes) whose transaction id is the fleet's
+/// `tag`, phone `i` (4 bytes) and `seq` (4 bytes), then three fixed bytes.
+pub fn stun_request(tag: u8, i: usize, seq: u32) -> [u8; 20] {
+    let mut m = [0u8; 20];
+    m[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    m[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
+    m[8] = tag;
+    m[9..13].copy_from_slice(&(i as u32).to_be_bytes());
+    m[13..17].copy_from_slice(&seq.to_be_bytes());
+    m[17..20].copy_from_slice(b"rgb");
+    m
+}
+
+/// A STUN Binding Success Response of fleet `tag` (status 200 in [`Reply`]).
+fn parse_stun(udp_payload: &[u8], tag: u8) -> Option<Reply> {
+    let h = udp_payload.get(..20)?;
+    if h[0..2] != [0x01, 0x01] || h[4..8] != 0x2112_a442u32.to_be_bytes() || h[8] != tag || &h[17..20] != b"rgb" {
+        return None;
+    }
+    let phone = u32::from_be_bytes(h[9..13].try_into().ok()?) as usize;
+    let cseq = u32::from_be_bytes(h[13..17].try_into().ok()?);
+    Some(Reply { status: 200, phone, cseq, retry_after: 0 })
+}
+
+/// A SIP reply (or a STUN success response) of fleet `tag` in an IPv4/UDP datagram.
 fn parse_reply(packet: &[u8], tag: u8) -> Option<Reply> {
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
     if packet.get(9) != Some(&17) {
         return None;
     }
     let sip = packet.get(ihl + 8..)?;
+    if sip.first() == Some(&0x01) {
+        return parse_stun(sip, tag);
+    }
     let status_line = sip.strip_prefix(b"SIP/2.0 ")?;
     let status = parse_u32(status_line.get(..3)?)?;
     let call_id = header(sip, b"\nCall-ID:").or_else(|| header(sip, b"\ni:"))?;
@@ -687,6 +854,44 @@ fn phone_texts(spec: &FleetSpec, i: usize) -> Phone {
         expires = spec.expires
     );
     Phone { addr, port, head: head.into_bytes(), middle: middle.into_bytes(), tail: tail.into_bytes() }
+}
+
+/// Phone `i`'s OPTIONS keepalive to the proxy itself (Request-URI without a user part),
+/// as `head`, branch digits, `middle`, CSeq, `tail`: the headers a desk phone sends.
+fn options_texts(spec: &FleetSpec, i: usize) -> [Vec<u8>; 3] {
+    let addr = spec.addrs[i % spec.addrs.len()];
+    let port = spec.first_port + (i / spec.addrs.len()) as u16;
+    let user = spec.first_user + i as u32;
+    let domain = &spec.domain;
+    let tag = spec.tag as char;
+    let head = format!("OPTIONS sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {addr}:{port};branch=z9hG4bK{tag}{i:06x}o");
+    let middle = format!(
+        ";rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@{domain}>;tag={i:08x}k\r\n\
+         To: <sip:{domain}>\r\n\
+         Call-ID: {tag}{i}-0ka11ve@{addr}\r\n\
+         CSeq: "
+    );
+    let tail = format!(
+        " OPTIONS\r\n\
+         Contact: <sip:{user}@{addr}:{port}>\r\n\
+         Accept: application/sdp\r\n\
+         User-Agent: Cisco-CP8865/14.2.1\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    [head.into_bytes(), middle.into_bytes(), tail.into_bytes()]
+}
+
+/// Phone `i`'s OPTIONS keepalive with `cseq`, without sockets (for the report).
+pub fn options_payload(spec: &FleetSpec, i: usize, cseq: u32) -> Vec<u8> {
+    let [head, middle, tail] = options_texts(spec, i);
+    let mut out = head;
+    push_decimal(&mut out, u64::from(cseq));
+    out.extend_from_slice(&middle);
+    push_decimal(&mut out, u64::from(cseq));
+    out.extend_from_slice(&tail);
+    out
 }
 
 /// Opens the send and receive AF_PACKET sockets on `ifindex`. Call it on a thread inside

@@ -1,0 +1,640 @@
+//! The scenarios that need many phones against a fast backend: `memory` (RSS and kernel
+//! map memory per binding), `failover` (a backend dies: detection, re-homing, the rate the
+//! secondary sees) and `storm` (every phone registers at once behind a backend rate
+//! limit). Each runs regedge (the measured release build, `workers = 1`, XDP native on
+//! the phones' veth) in the refresh benchmark's topology ([`crate::refresh::Topology`]:
+//! phones — proxy — backends, namespaces and veth pairs), with the AF_PACKET generator of
+//! [`crate::refresh::generator`] as the phones and [`crate::fakebackend::FakeBackend`]s as
+//! the call servers (they answer at once, so regedge is what is measured). Each writes
+//! bench/report/<name>.md and returns what the main report needs.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::ensure;
+use regedge_tests::process::{scrape, workspace_root};
+
+use crate::{
+    fakebackend::FakeBackend,
+    plot::{self, Series},
+    refresh::{
+        BACKEND_IP, DOMAIN, METRICS, PROXY_IF, PROXY_IP, Regedge, SIP_PORT, Topology, WORKERS,
+        generator::{self, Fleet, FleetSpec},
+    },
+};
+
+const BACKEND2_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 12);
+const FIRST_PORT: u16 = 20_000;
+
+/// Phone source addresses 10.230.0.2 onwards, enough for `phones` at 45,000 ports each.
+fn phone_ips(phones: usize) -> Vec<Ipv4Addr> {
+    let n = phones.div_ceil(45_000).clamp(4, 200);
+    (0..n).map(|i| Ipv4Addr::new(10, 230, 0, 2 + i as u8)).collect()
+}
+
+fn spec(tag: u8, phones: usize, net: &Topology) -> FleetSpec {
+    FleetSpec {
+        tag,
+        phones,
+        addrs: phone_ips(phones),
+        first_port: FIRST_PORT,
+        server: PROXY_IP,
+        domain: DOMAIN.to_owned(),
+        first_user: 300_000,
+        expires: 3600,
+        src_mac: net.phone_mac,
+        dst_mac: net.proxy_mac,
+    }
+}
+
+/// regedge's config: `backends` as (name, address, max_register_rate), one group in
+/// that order, XDP native on the proxy's veth, health at the defaults.
+fn config(backends: &[(&str, Ipv4Addr, u32)], phone_expires: u32, backend_expires: u32) -> String {
+    let mut text = format!(
+        "[node]\nname = \"bench\"\nworkers = {WORKERS}\nstate_dir = \"\"\n\n[sip]\nlisten = [\"{PROXY_IP}:{SIP_PORT}\"]\n\
+         local_names = [\"{DOMAIN}\"]\n\n[fastpath]\ninterfaces = [\"{PROXY_IF}\"]\nmode = \"native\"\npin_path = \"\"\n\n\
+         [registration]\nphone_expires = {phone_expires}\nbackend_expires = {backend_expires}\nexpires_jitter = 0\n\n\
+         [health]\ninterval = \"2s\"\ntimeout = \"1s\"\ndown_after = 2\nup_after = 2\n\n\
+         [metrics]\nlisten = \"{METRICS}\"\n\n[routing]\ndefault_group = \"default\"\n\n"
+    );
+    for (name, ip, rate) in backends {
+        let _ = write!(
+            text,
+            "[[backends]]\nname = \"{name}\"\naddress = \"{ip}:{SIP_PORT}\"\nmax_register_rate = {rate}\n\n"
+        );
+    }
+    let names: Vec<String> = backends.iter().map(|(n, _, _)| format!("\"{n}\"")).collect();
+    let _ = writeln!(text, "[[groups]]\nname = \"default\"\nbackends = [{}]", names.join(", "));
+    text
+}
+
+/// The value of the sample `series` (`name{labels}` exactly) in a /metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == series).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn metrics(net: &Topology) -> String {
+    scrape(METRICS, Some(&net.proxy)).unwrap_or_default()
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// VmRSS of `pid`, bytes.
+pub fn vm_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The BPF maps `pid` holds open: (map id, memlock bytes, max_entries), from
+/// /proc/PID/fdinfo of every `anon_inode:bpf-map` descriptor, one row per map id.
+pub fn bpf_maps(pid: u32) -> Vec<(u32, u64, u64)> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut maps: Vec<(u32, u64, u64)> = Vec::new();
+    for e in entries.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+        else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok())).unwrap_or(0)
+        };
+        let id = field("map_id:") as u32;
+        if !maps.iter().any(|m| m.0 == id) {
+            maps.push((id, field("memlock:"), field("max_entries:")));
+        }
+    }
+    maps.sort();
+    maps
+}
+
+/// `bpftool map show id ID` in one line (name and type), or empty.
+fn map_name(id: u32) -> String {
+    crate::measured::command_output("bpftool", &["map", "show", "id", &id.to_string()])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn write_report(name: &str, text: &str) -> anyhow::Result<()> {
+    let dir = workspace_root().join("bench").join("report");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.md")), text)?;
+    eprintln!("wrote bench/report/{name}.md");
+    Ok(())
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / (1024.0 * 1024.0))
+}
+
+// ---------------------------------------------------------------------------------------
+// memory
+
+pub struct MemoryRow {
+    pub bindings: usize,
+    pub registered_in_s: f64,
+    pub rss: u64,
+    pub map_memlock: u64,
+    pub bindings_metric: u64,
+    pub kernel_entries: u64,
+}
+
+pub struct MemoryResult {
+    pub base_rss: u64,
+    pub rows: Vec<MemoryRow>,
+    pub notes: Vec<String>,
+}
+
+pub fn memory(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<MemoryResult> {
+    let counts: &[usize] = if quick { &[1_000, 5_000, 10_000] } else { &[10_000, 100_000, 1_000_000] };
+    let rate: u64 = 15_000;
+    let started = Instant::now();
+    let max = *counts.last().unwrap_or(&0);
+    let ips = phone_ips(max);
+    let net = Topology::with(&ips, &[BACKEND_IP])?;
+    let epoch = Instant::now();
+    let backend = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND_IP.into(), SIP_PORT), epoch)?;
+    let regedge = Regedge::start_config(&net.proxy, binary, &config(&[("cm1", BACKEND_IP, 10_000_000)], 3600, 7200))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let base_rss = vm_rss(regedge.pid);
+    let base_maps = bpf_maps(regedge.pid);
+    let base_memlock: u64 = base_maps.iter().map(|m| m.1).sum();
+    let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
+    let fleet = Fleet::new(spec(b'm', max, &net), sockets)?;
+    let stop = AtomicBool::new(false);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let receiver = scope.spawn(|| fleet.receive(&stop));
+        let result = (|| -> anyhow::Result<()> {
+            let mut from = 0;
+            for &count in counts {
+                let t = Instant::now();
+                let deadline =
+                    Duration::from_secs(30) + Duration::from_secs_f64((count - from) as f64 / rate as f64 * 4.0);
+                let o = fleet.register_paced(from..count, rate, Duration::from_secs(1), deadline);
+                let took = t.elapsed().as_secs_f64();
+                eprintln!(
+                    "memory: {} more phones registered in {took:.1} s ({} sent, {} retransmitted)",
+                    o.registered, o.sent, o.retransmissions
+                );
+                ensure!(o.registered == count - from, "only {} of {} phones registered", o.registered, count - from);
+                // The mirror writes the kernel entries after the 200s went out.
+                let want = count as f64;
+                let settled = wait_until(Duration::from_secs(20), || {
+                    let m = metrics(&net);
+                    metric(&m, "regedge_bindings{protocol=\"sip\"}") == Some(want)
+                        && metric(&m, "regedge_fastpath_bindings") == Some(want)
+                });
+                if !settled {
+                    notes.push(format!("at {count}: regedge's binding gauges did not reach {count} within 20 s"));
+                }
+                std::thread::sleep(Duration::from_millis(if quick { 300 } else { 1000 }));
+                let m = metrics(&net);
+                rows.push(MemoryRow {
+                    bindings: count,
+                    registered_in_s: took,
+                    rss: vm_rss(regedge.pid),
+                    map_memlock: bpf_maps(regedge.pid).iter().map(|m| m.1).sum(),
+                    bindings_metric: metric(&m, "regedge_bindings{protocol=\"sip\"}").unwrap_or(0.0) as u64,
+                    kernel_entries: metric(&m, "regedge_fastpath_bindings").unwrap_or(0.0) as u64,
+                });
+                from = count;
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let _ = receiver.join();
+        result
+    })?;
+    let maps: Vec<String> = bpf_maps(regedge.pid)
+        .iter()
+        .map(|(id, memlock, max_entries)| {
+            format!("`{}` (max_entries {max_entries}): memlock {}", map_name(*id), mib(*memlock as f64))
+        })
+        .collect();
+    let backend_distinct = backend.distinct_registered();
+    drop(regedge);
+    drop(backend);
+    drop(fleet);
+    drop(net);
+    let result = MemoryResult { base_rss, rows, notes };
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# Memory per binding: regedge's RSS and its kernel maps\n");
+    let _ = writeln!(
+        out,
+        "Command: `{command}` (as root; this scenario is part of the report); it took {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(out, "Measured: {build}.\n");
+    let _ = writeln!(
+        out,
+        "How the bindings were made: every phone *registered through regedge* (no snapshot): the AF_PACKET \
+         generator sent each phone's full REGISTER (its own source address and port, Call-ID, AOR, Contact with \
+         `+sip.instance`; {ips} source addresses) at {rate}/s, retransmitting after 1 s without an answer; regedge \
+         (release, `workers = {WORKERS}`, XDP native on the phones' veth, phone_expires 3600 so no binding lapses \
+         during the run) forwarded each to a fake registrar that answers 200 at once (bench/src/fakebackend.rs), and \
+         mirrored each UDP binding into the XDP program's `BINDINGS` map. The counts are cumulative in one regedge \
+         process: {counts:?}. After each count, regedge's `regedge_bindings{{protocol=\"sip\"}}` and \
+         `regedge_fastpath_bindings` were waited for, then {settle} later: VmRSS (/proc/PID/status) and the memlock of \
+         every BPF map regedge holds (/proc/PID/fdinfo of its `bpf-map` descriptors; what the kernel charges for the \
+         map, the same figure `bpftool map show` prints). The fake backend accepted {backend_distinct} distinct \
+         Call-IDs.\n",
+        ips = ips.len(),
+        settle = if quick { "0.3 s" } else { "1 s" },
+    );
+    let _ = writeln!(
+        out,
+        "| bindings | registered in s | regedge_bindings | kernel entries | VmRSS | RSS − RSS at 0 | RSS bytes per binding | \
+         BPF map memlock | map bytes per binding |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| 0 | - | 0 | 0 | {} | 0 | - | {} | - |", mib(base_rss as f64), mib(base_memlock as f64));
+    for r in &result.rows {
+        let grown = r.rss as f64 - base_rss as f64;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {} | {} | {} | {} | {:.0} | {} | {:.0} |",
+            r.bindings,
+            r.registered_in_s,
+            r.bindings_metric,
+            r.kernel_entries,
+            mib(r.rss as f64),
+            mib(grown),
+            grown / r.bindings as f64,
+            mib(r.map_memlock as f64),
+            r.map_memlock as f64 / r.bindings as f64,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe maps regedge holds (at the end): {}. A map whose memlock does not move with the count is preallocated \
+         (the kernel reserves every entry when the program loads): its bytes per binding shrink as bindings are \
+         added, and it caps the bindings one node mirrors into the kernel at its max_entries.",
+        maps.join("; ")
+    );
+    for n in &result.notes {
+        let _ = writeln!(out, "\n- note: {n}");
+    }
+    write_report("memory", &out)?;
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// failover
+
+pub struct FailoverResult {
+    pub phones: usize,
+    pub limit: u32,
+    pub refresh_period_s: f64,
+    pub detect_s: Option<f64>,
+    pub rehome_s: Option<f64>,
+    pub secondary_distinct: usize,
+    pub peak_1s: f64,
+    pub peak_100ms: f64,
+    pub notes: Vec<String>,
+}
+
+pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<FailoverResult> {
+    let (phones, period, limit): (usize, f64, u32) = if quick { (2_000, 2.0, 1_000) } else { (20_000, 10.0, 2_500) };
+    let started = Instant::now();
+    let net = Topology::with(&phone_ips(phones), &[BACKEND_IP, BACKEND2_IP])?;
+    let epoch = Instant::now();
+    let cm1 = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND_IP.into(), SIP_PORT), epoch)?;
+    let cm2 = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND2_IP.into(), SIP_PORT), epoch)?;
+    let regedge = Regedge::start_config(
+        &net.proxy,
+        binary,
+        &config(&[("cm1", BACKEND_IP, 100_000), ("cm2", BACKEND2_IP, limit)], 120, 3600),
+    )?;
+    let up = wait_until(Duration::from_secs(10), || {
+        let m = metrics(&net);
+        metric(&m, "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
+            && metric(&m, "regedge_backend_up{backend=\"cm2\"}") == Some(1.0)
+    });
+    ensure!(up, "the fake backends never came up in regedge");
+    let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
+    let fleet = Fleet::new(spec(b'f', phones, &net), sockets)?;
+    let stop = AtomicBool::new(false);
+    let mut notes = Vec::new();
+    let rate = (phones as f64 / period).round() as u64;
+    let mut detect_s = None;
+    let mut rehome_s = None;
+    let mut killed_at_s = 0.0;
+    let mut step = None;
+    let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let receiver = scope.spawn(|| fleet.receive(&stop));
+        let result = (|| -> anyhow::Result<()> {
+            let o = fleet.register_paced(0..phones, 5_000, Duration::from_secs(1), Duration::from_secs(60));
+            ensure!(o.registered == phones, "only {} of {phones} phones registered", o.registered);
+            let on_cm1 = wait_until(Duration::from_secs(10), || {
+                metric(&metrics(&net), "regedge_backend_bindings{backend=\"cm1\"}") == Some(phones as f64)
+            });
+            ensure!(on_cm1, "not every phone was on cm1");
+            // Phones refresh round-robin, each every `period`, for long enough to be re-homed.
+            let window = Duration::from_secs_f64(2.0 + 5.0 + period * 2.0 + phones as f64 / f64::from(limit));
+            let (fleet, stop) = (&fleet, &stop);
+            let loop_handle = scope.spawn(move || fleet.run_step(rate, window, 2, Duration::from_millis(300), stop));
+            std::thread::sleep(Duration::from_secs(2));
+            let t0 = Instant::now();
+            cm1.kill();
+            killed_at_s = epoch.elapsed().as_secs_f64();
+            eprintln!("failover: cm1 killed");
+            while t0.elapsed() < window {
+                let m = metrics(&net);
+                let t = t0.elapsed().as_secs_f64();
+                let on_cm2 = metric(&m, "regedge_backend_bindings{backend=\"cm2\"}").unwrap_or(0.0);
+                let up = metric(&m, "regedge_backend_up{backend=\"cm1\"}").unwrap_or(1.0);
+                timeline.push((t, on_cm2, up));
+                if detect_s.is_none() && up == 0.0 {
+                    detect_s = Some(t);
+                    eprintln!("failover: cm1 down after {t:.2} s");
+                }
+                if rehome_s.is_none() && on_cm2 >= phones as f64 {
+                    rehome_s = Some(t);
+                    eprintln!("failover: every phone on cm2 after {t:.2} s");
+                }
+                if rehome_s.is_some() && detect_s.is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            step = loop_handle.join().ok();
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let _ = receiver.join();
+        result
+    })?;
+    let secondary_distinct = cm2.distinct_registered();
+    let b1 = cm1.buckets();
+    let b2 = cm2.buckets();
+    let result = FailoverResult {
+        phones,
+        limit,
+        refresh_period_s: period,
+        detect_s,
+        rehome_s,
+        secondary_distinct,
+        peak_1s: cm2.peak_rate(10),
+        peak_100ms: cm2.peak_rate(1),
+        notes: std::mem::take(&mut notes),
+    };
+    let log_problems: Vec<String> = regedge
+        .process
+        .log()
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+        .map(str::to_owned)
+        .collect();
+    drop(regedge);
+    drop((cm1, cm2, fleet, net));
+
+    // REGISTERs per second at each backend over time (100 ms buckets), from the kill.
+    let series = |b: &[u32]| -> Vec<(f64, f64)> {
+        b.iter()
+            .enumerate()
+            .map(|(i, &c)| ((i as f64 + 0.5) * 0.1 - killed_at_s, f64::from(c) * 10.0))
+            .filter(|(t, _)| *t >= -2.0)
+            .collect()
+    };
+    let plot_file = "failover-registers.svg";
+    let plotted = plot::lines(
+        plot_file,
+        "Failover: REGISTERs per second arriving at each backend (cm1 killed at 0 s)",
+        "seconds since cm1 was killed",
+        "REGISTERs/s (100 ms buckets)",
+        &[
+            Series { name: "cm1 (primary, killed)".into(), points: series(&b1) },
+            Series { name: "cm2 (secondary)".into(), points: series(&b2) },
+            Series {
+                name: "phones on cm2 (regedge_backend_bindings) / s of period".into(),
+                points: timeline.iter().map(|(t, n, _)| (*t, *n / period)).collect(),
+            },
+        ],
+        false,
+    );
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# Failover: a backend dies\n");
+    let _ = writeln!(
+        out,
+        "Command: `{command}` (as root; this scenario is part of the report); it took {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(out, "Measured: {build}.\n");
+    let _ = writeln!(
+        out,
+        "Setup: {phones} phones (AF_PACKET generator, each its own source address and port) register through regedge \
+         (release, `workers = {WORKERS}`, XDP native, group `[cm1, cm2]`, `[health] interval = \"2s\" timeout = \"1s\" \
+         down_after = 2` — the defaults — and cm2's `max_register_rate = {limit}`) to two fake registrars \
+         (bench/src/fakebackend.rs, 200 at once). Every phone is on cm1. Then the phones refresh round-robin, each \
+         every {period:.0} s ({rate}/s, answered by the XDP program while cm1 is up); 2 s into that, cm1 stops \
+         answering anything (its socket drops every datagram, as a dead host). regedge's /metrics is read every 50 ms: \
+         *detected* = cm1's `regedge_backend_up` turned 0; *re-homed* = `regedge_backend_bindings{{backend=\"cm2\"}}` \
+         reached {phones}. A phone moves at its next REGISTER after the detection (its kernel entry is flagged, the \
+         refresh goes to userspace and on to cm2 as a full registration, paced by cm2's limit with 503 and \
+         Retry-After), so re-homing takes the detection, up to one refresh period, and the pacing.\n"
+    );
+    let fmt = |v: Option<f64>| v.map_or("not within the window".to_owned(), |s| format!("{s:.2} s"));
+    let _ = writeln!(out, "| measure | value |");
+    let _ = writeln!(out, "| --- | ---: |");
+    let _ = writeln!(out, "| phones | {phones} |");
+    let _ = writeln!(out, "| time to detect cm1's death | {} |", fmt(result.detect_s));
+    let _ = writeln!(out, "| time until every phone was on cm2 | {} |", fmt(result.rehome_s));
+    let _ = writeln!(out, "| phones cm2 accepted (distinct Call-IDs) | {secondary_distinct} |");
+    let _ = writeln!(out, "| peak REGISTER rate at cm2, 1 s window | {:.0}/s (limit {limit}/s) |", result.peak_1s);
+    let _ = writeln!(out, "| peak REGISTER rate at cm2, 100 ms bucket | {:.0}/s |", result.peak_100ms);
+    if let Some(s) = &step {
+        let _ = writeln!(
+            out,
+            "| refreshes during the window: sent / 200 / other answers (503) | {} / {} / {} |",
+            s.sent, s.ok, s.not_ok
+        );
+    }
+    match plotted {
+        Ok(()) => {
+            let _ = writeln!(out, "\n![REGISTERs per second at each backend]({plot_file})");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "\nPlot not drawn: {e:#}");
+        }
+    }
+    if !log_problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nregedge logged {} error lines; the last: `{}`",
+            log_problems.len(),
+            log_problems[log_problems.len() - 1]
+        );
+    }
+    for n in &result.notes {
+        let _ = writeln!(out, "\n- note: {n}");
+    }
+    write_report("failover", &out)?;
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// storm
+
+pub struct StormResult {
+    pub phones: usize,
+    pub limit: u32,
+    pub registered: usize,
+    pub all_registered_s: Option<f64>,
+    pub sent: u64,
+    pub retransmissions: u64,
+    pub unavailable: u64,
+    pub backend_distinct: usize,
+    pub bindings: u64,
+    pub peak_1s: f64,
+}
+
+pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<StormResult> {
+    let (phones, limit): (usize, u32) = if quick { (3_000, 1_000) } else { (100_000, 5_000) };
+    let started = Instant::now();
+    let net = Topology::with(&phone_ips(phones), &[BACKEND_IP])?;
+    let epoch = Instant::now();
+    let backend = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND_IP.into(), SIP_PORT), epoch)?;
+    let regedge = Regedge::start_config(&net.proxy, binary, &config(&[("cm1", BACKEND_IP, limit)], 3600, 7200))?;
+    let up = wait_until(Duration::from_secs(10), || {
+        metric(&metrics(&net), "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
+    });
+    ensure!(up, "the fake backend never came up in regedge");
+    let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
+    let fleet = Fleet::new(spec(b's', phones, &net), sockets)?;
+    let stop = AtomicBool::new(false);
+    // Every phone at once: as fast as the generator sends (offered far above any limit).
+    let offered: u64 = 1_000_000;
+    let deadline = Duration::from_secs_f64(40.0 + phones as f64 / f64::from(limit) * 3.0);
+    let outcome = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| fleet.receive(&stop));
+        let o = fleet.register_paced(0..phones, offered, Duration::from_secs(1), deadline);
+        stop.store(true, Ordering::Relaxed);
+        let _ = receiver.join();
+        o
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m = metrics(&net);
+    let bindings = metric(&m, "regedge_bindings{protocol=\"sip\"}").unwrap_or(0.0) as u64;
+    let backend_distinct = backend.distinct_registered();
+    let result = StormResult {
+        phones,
+        limit,
+        registered: outcome.registered,
+        all_registered_s: (outcome.registered == phones)
+            .then(|| outcome.completions_s.iter().copied().fold(0.0, f64::max)),
+        sent: outcome.sent,
+        retransmissions: outcome.retransmissions,
+        unavailable: outcome.unavailable,
+        backend_distinct,
+        bindings,
+        peak_1s: backend.peak_rate(10),
+    };
+    drop(regedge);
+    drop((backend, fleet, net));
+
+    let mut completions = outcome.completions_s.clone();
+    completions.sort_by(f64::total_cmp);
+    let points: Vec<(f64, f64)> = completions.iter().enumerate().map(|(i, &t)| (t, (i + 1) as f64)).collect();
+    let plot_file = "storm-registered.svg";
+    let ideal: Vec<(f64, f64)> = vec![(0.0, 0.0), (phones as f64 / f64::from(limit), phones as f64)];
+    let plotted = plot::lines(
+        plot_file,
+        &format!("Storm: {phones} phones register at once, backend limit {limit}/s"),
+        "seconds since the first REGISTER",
+        "phones registered",
+        &[
+            Series { name: "phones with a 200".into(), points },
+            Series { name: format!("the limit alone ({limit}/s)"), points: ideal },
+        ],
+        false,
+    );
+    let mut out = String::new();
+    let _ = writeln!(out, "# Storm: every phone registers at once\n");
+    let _ = writeln!(
+        out,
+        "Command: `{command}` (as root; this scenario is part of the report); it took {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(out, "Measured: {build}.\n");
+    let _ = writeln!(
+        out,
+        "Setup: {phones} phones (AF_PACKET generator, each its own source address and port, Call-ID and AOR) send \
+         their first REGISTER at once (as fast as the generator sends, one after the other) to regedge (release, \
+         `workers = {WORKERS}`, XDP native), whose only backend, a fake registrar that answers 200 at once \
+         (bench/src/fakebackend.rs), has `max_register_rate = {limit}`. A phone retransmits after 1 s without an \
+         answer, and after a 503 comes back after its Retry-After (regedge spreads it over 5 to 20 s), with a new \
+         CSeq. {phones} phones were used{}.\n",
+        if quick { " (--quick)" } else { "" }
+    );
+    let _ = writeln!(out, "| measure | value |");
+    let _ = writeln!(out, "| --- | ---: |");
+    let _ = writeln!(out, "| phones | {phones} |");
+    let _ = writeln!(out, "| phones registered (a 200 seen by the phone) | {} |", result.registered);
+    let _ = writeln!(
+        out,
+        "| time until all were registered | {} |",
+        result.all_registered_s.map_or("not all within the deadline".to_owned(), |s| format!("{s:.1} s"))
+    );
+    let _ = writeln!(out, "| the limit alone would need | {:.1} s |", phones as f64 / f64::from(limit));
+    let _ = writeln!(out, "| 503s the phones received | {} |", result.unavailable);
+    let _ = writeln!(
+        out,
+        "| REGISTERs sent by the phones (retransmissions) | {} ({}) |",
+        result.sent, result.retransmissions
+    );
+    let _ = writeln!(out, "| distinct phones the backend accepted | {backend_distinct} |");
+    let _ = writeln!(out, "| regedge_bindings after the storm | {bindings} |");
+    let _ =
+        writeln!(out, "| peak REGISTER rate at the backend, 1 s window | {:.0}/s (limit {limit}/s) |", result.peak_1s);
+    let lost = phones.saturating_sub(result.registered);
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if lost == 0 && backend_distinct == phones && bindings == phones as u64 {
+            "None lost: every phone got its 200, the backend holds every phone, regedge every binding.".to_owned()
+        } else {
+            format!("{lost} phones without a 200 at the deadline; backend {backend_distinct}, regedge {bindings}.")
+        }
+    );
+    match plotted {
+        Ok(()) => {
+            let _ = writeln!(out, "\n![phones registered over time]({plot_file})");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "\nPlot not drawn: {e:#}");
+        }
+    }
+    write_report("storm", &out)?;
+    Ok(result)
+}
