@@ -119,6 +119,20 @@ down_after = 2
 # Consecutive successful probes that mark a down backend up; at least 1.
 up_after = 2
 
+[limits]
+# Caps on what phones (or anyone who reaches the listeners) can make regedge hold. A
+# reload changes them; what is held beyond a lowered cap is kept. Each refusal is
+# counted in regedge_limit_refusals_total{limit}. Each 1 to 1000000.
+# REGISTERs forwarded to a backend and not yet answered; beyond it a REGISTER that would
+# be forwarded gets 503 with Retry-After.
+max_pending_registrations = 10000
+# SIP TCP connections from phones; beyond it a new connection is accepted and closed at
+# once, with a log line.
+max_sip_tcp_connections = 50000
+# SCCP phone connections; beyond it a new connection is accepted and closed at once,
+# with a log line.
+max_sccp_sessions = 50000
+
 [routing]
 # Group of the phones that no [[rules]] entry matches. Must be the name of a [[groups]]
 # entry if there is any; with no group at all there is no registration edge.
@@ -202,6 +216,9 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// `[health]`: health probing of the backends. Default: see [`HealthConfig`].
     pub health: HealthConfig,
+    /// `[limits]`: caps on pending REGISTERs, connections and sessions. Default: see
+    /// [`LimitsConfig`].
+    pub limits: LimitsConfig,
     /// `[routing]`: where phones that no rule matches go. Default: see [`RoutingConfig`].
     pub routing: RoutingConfig,
     /// `[[backends]]`: the call-manager nodes registrations are forwarded to, names unique.
@@ -453,6 +470,27 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self { interval: Duration::from_secs(2), timeout: Duration::from_secs(1), down_after: 2, up_after: 2 }
+    }
+}
+
+/// `[limits]`: caps on what peers can make regedge hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// REGISTERs forwarded and not yet answered; beyond it 503 with Retry-After. 1 to
+    /// 1000000. Default: 10000.
+    pub max_pending_registrations: usize,
+    /// SIP TCP connections from phones; beyond it a new one is closed at once. 1 to
+    /// 1000000. Default: 50000.
+    pub max_sip_tcp_connections: usize,
+    /// SCCP phone connections; beyond it a new one is closed at once. 1 to 1000000.
+    /// Default: 50000.
+    pub max_sccp_sessions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_pending_registrations: 10_000, max_sip_tcp_connections: 50_000, max_sccp_sessions: 50_000 }
     }
 }
 

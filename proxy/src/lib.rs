@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: `regedge run`: start, SIGHUP reload, SIGTERM shutdown.
 //! - [`admin`]: the admin HTTP API and `regedge ctl`, its client.
+//! - [`limits`]: caps on pending REGISTERs, SIP TCP connections and SCCP sessions.
 //! - [`snapshot`]: the state kept across restarts (registry snapshot, flow-token key).
 //! - [`fuzzing`]: the fuzz targets (run by `proxy/fuzz/` and, briefly, by `cargo test`).
 
@@ -27,6 +28,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod health;
 pub mod io;
+pub mod limits;
 pub mod local_names;
 pub mod metrics;
 pub mod registrar;

@@ -28,6 +28,7 @@ use crate::{
     engine::{DropReason, Outcome, Rejection},
     failover::BackendState,
     io::{tcp::CloseReason, workers::Shared},
+    limits::Limit,
     registrar::{RESPONSE_BUCKETS_MS, Registrar, RegistrationOutcome},
     sccp::{
         FramingError,
@@ -92,6 +93,11 @@ pub mod names {
     pub const SCCP_FRAMING_ERRORS: &str = "regedge_sccp_framing_errors";
     /// `regedge_config_reloads_total{outcome}`: SIGHUP reloads, `ok` or `rejected`.
     pub const CONFIG_RELOADS: &str = "regedge_config_reloads";
+    /// `regedge_limit_refusals_total{limit}`: REGISTERs (503) and connections (closed at
+    /// once) refused at a `[limits]` cap.
+    pub const LIMIT_REFUSALS: &str = "regedge_limit_refusals";
+    /// `regedge_pending_registrations`: REGISTERs forwarded to a backend and not yet answered.
+    pub const PENDING_REGISTRATIONS: &str = "regedge_pending_registrations";
 }
 
 /// What became of a config reload (`regedge_config_reloads_total{outcome}`).
@@ -320,7 +326,21 @@ impl Collector for MetricsCollector {
             "outcome",
             ReloadOutcome::ALL.map(|o| (o.label(), self.reloads.get(o))),
         )?;
+        encode_counter(
+            &mut encoder,
+            names::LIMIT_REFUSALS,
+            "REGISTERs (503) and connections (closed at once) refused at a [limits] cap.",
+            "limit",
+            Limit::ALL.map(|l| (l.label(), self.shared.limits.refused(l))),
+        )?;
         if let Some(registrar) = &self.shared.engine.registrar {
+            let pending = encoder.encode_descriptor(
+                names::PENDING_REGISTRATIONS,
+                "REGISTERs forwarded to a backend and not yet answered.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(registrar.pending_len() as i64).encode(pending)?;
             encode_registrar(&mut encoder, registrar)?;
         }
         if let Some(sccp) = &self.sccp {

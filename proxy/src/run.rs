@@ -53,6 +53,7 @@ use crate::{
     failover::{Link, Routing},
     health::{HealthChecker, HealthEvent},
     io::workers::{Shared, Workers},
+    limits::Limits,
     local_names::{self, LocalNames},
     metrics::{MetricsCollector, MetricsServer, ReloadCounters, ReloadOutcome},
     registrar::{Node, Policy, Registrar},
@@ -100,6 +101,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // At the start, slot i is the config's backend i.
     let links: Vec<Link> = routing.live_backends().iter().map(|id| routing.backend(*id).link).collect();
     let state = (!routing.is_empty()).then(|| open_state(&config.node.state_dir)).flatten();
+    let limits = Arc::new(Limits::new(&config.limits));
     let registrar = (!routing.is_empty()).then(|| {
         let backend_facing = links
             .iter()
@@ -114,7 +116,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
             .collect();
         let token_key = state.as_ref().map_or_else(crate::snapshot::random_u64, StateDir::token_key);
         let node = Node { to_tag: tag, backend_facing, token_key };
-        Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
+        Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node).with_limits(Arc::clone(&limits))
     });
     if let (Some(state), Some(registrar)) = (&state, &registrar) {
         restore_bindings(state, registrar);
@@ -125,7 +127,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
         (Some(fastpath), Some(registrar)) => Some(start_mirror(fastpath, registrar)?),
         _ => None,
     };
-    let shared = Arc::new(Shared::new(Engine::new(names, tag, registrar)));
+    let shared = Arc::new(Shared::new(Engine::new(names, tag, registrar)).with_limits(Arc::clone(&limits)));
     let (health_tx, health_rx) = crossbeam_channel::unbounded();
     let workers_running = Workers::start(
         &config.sip.listen,
@@ -135,7 +137,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
         Some(health_rx),
     )?;
     let waker = workers_running.timekeeper_waker();
-    let (sccp_edge, sccp_shared) = start_sccp(&config, &routing, workers)?.unzip();
+    let (sccp_edge, sccp_shared) = start_sccp(&config, &routing, workers, &limits)?.unzip();
     let snapshot = match (state, &shared.engine.registrar) {
         (Some(state), Some(_)) => Some(start_snapshots(state, &shared, mirror.as_ref(), &config.node.name)?),
         _ => None,
@@ -330,6 +332,7 @@ impl Running {
             }
         }
         self.admin.token.store(Arc::new(effective.admin.token.clone()));
+        self.shared.limits.set(&effective.limits);
         self.config = effective;
         self.reloads.count(ReloadOutcome::Ok);
         tracing::info!(%file, %changes, regrouped, "config reloaded");
@@ -469,6 +472,7 @@ fn start_sccp(
     config: &Config,
     routing: &Arc<Routing>,
     workers: usize,
+    limits: &Arc<Limits>,
 ) -> anyhow::Result<Option<(SccpEdge, Arc<SccpShared>)>> {
     if config.sccp.listen.is_empty() {
         return Ok(None);
@@ -489,7 +493,13 @@ fn start_sccp(
             }
         }
     };
-    let shared = Arc::new(SccpShared { routing: Arc::clone(routing), policy, stats: Default::default(), offload });
+    let shared = Arc::new(SccpShared {
+        routing: Arc::clone(routing),
+        policy,
+        stats: Default::default(),
+        offload,
+        limits: Arc::clone(limits),
+    });
     let edge = SccpEdge::start(&config.sccp.listen, workers, Arc::clone(&shared)).context("starting the SCCP edge")?;
     Ok(Some((edge, shared)))
 }

@@ -171,6 +171,10 @@ pub enum ConfigErrorKind {
     /// `"health.down_after"`.
     #[error("{key} = 0 must be at least 1")]
     ZeroCount { key: &'static str },
+    /// A `[limits]` cap out of its range; `key` is its full name, such as
+    /// `"limits.max_sccp_sessions"`.
+    #[error("{key} = {value} is out of range: {min} to {max}")]
+    LimitOutOfRange { key: &'static str, value: usize, min: usize, max: usize },
 
     /// `routing.default_group` names no group, though groups are configured.
     #[error("routing.default_group {group:?} is not the name of a [[groups]] entry")]

@@ -873,3 +873,15 @@ fn an_admin_api_off_loopback_without_a_token_is_a_warning() {
     let guarded = parse_ok("[admin]\nlisten = \"0.0.0.0:9101\"\ntoken = \"0123456789abcdef0123\"\n");
     assert!(guarded.warnings().is_empty());
 }
+
+#[test]
+fn limits_out_of_range_are_reported_with_their_line() {
+    let text = "[limits]\nmax_pending_registrations = 0\nmax_sip_tcp_connections = 2000000\nmax_sccp_sessions = 7\n";
+    let errors = Config::from_toml(text, "limits.toml").expect_err("caps out of range");
+    let shown = errors.to_string();
+    assert_eq!(errors.errors.len(), 2, "{shown}");
+    assert!(shown.contains("limits.toml:2") && shown.contains("limits.max_pending_registrations = 0"), "{shown}");
+    assert!(shown.contains("limits.toml:3") && shown.contains("limits.max_sip_tcp_connections = 2000000"), "{shown}");
+    let ok = Config::from_toml("[limits]\nmax_sccp_sessions = 7\n", "limits.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.limits, LimitsConfig { max_sccp_sessions: 7, ..LimitsConfig::default() });
+}

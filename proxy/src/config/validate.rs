@@ -11,7 +11,7 @@ use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, N
 use super::spans::KeyPath;
 use super::{
     AdminConfig, BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig,
-    HealthConfig, MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
+    HealthConfig, LimitsConfig, MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
 };
 
 const MAX_NODE_NAME_LEN: usize = 64;
@@ -35,6 +35,8 @@ const MAX_DOMAIN_LEN: usize = 253;
 /// A bearer token shorter than this is guessable.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const MAX_ADMIN_TOKEN_LEN: usize = 256;
+/// Upper bound of every `[limits]` cap.
+const MAX_LIMIT: usize = 1_000_000;
 
 /// A failed check and the keys it is about.
 pub(super) struct Issue {
@@ -77,6 +79,7 @@ pub(super) fn check(config: &Config, document: &Document<&str>) -> Vec<Issue> {
     check_admin(config, &mut issues);
     check_registration(&config.registration, &mut issues);
     check_health(&config.health, &mut issues);
+    check_limits(&config.limits, &mut issues);
     let backend_protocols = check_backends(&config.backends, &mut issues);
     let backend_names = written_names(document, "backends");
     let is_backend = |name: &str| backend_protocols.contains_key(name) || backend_names.contains(name);
@@ -282,6 +285,19 @@ fn check_health(health: &HealthConfig, issues: &mut Vec<Issue>) {
     for (count, key) in [(health.down_after, "health.down_after"), (health.up_after, "health.up_after")] {
         if count == 0 {
             issues.push(Issue::new(KeyPath::dotted(key), ConfigErrorKind::ZeroCount { key }));
+        }
+    }
+}
+
+fn check_limits(limits: &LimitsConfig, issues: &mut Vec<Issue>) {
+    for (value, key) in [
+        (limits.max_pending_registrations, "limits.max_pending_registrations"),
+        (limits.max_sip_tcp_connections, "limits.max_sip_tcp_connections"),
+        (limits.max_sccp_sessions, "limits.max_sccp_sessions"),
+    ] {
+        if !(1..=MAX_LIMIT).contains(&value) {
+            let kind = ConfigErrorKind::LimitOutOfRange { key, value, min: 1, max: MAX_LIMIT };
+            issues.push(Issue::new(KeyPath::dotted(key), kind));
         }
     }
 }

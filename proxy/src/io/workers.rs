@@ -13,7 +13,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -32,6 +32,7 @@ use crate::{
     engine::{Engine, Output},
     failover::BackendId,
     health::HealthEvent,
+    limits::{Limit, Limits},
     metrics::UserspaceCounters,
     registrar::{Destination, Now, Send},
     registry::{ConnectionId, Flow, Transport},
@@ -76,6 +77,10 @@ pub struct Shared {
     pub counters: UserspaceCounters,
     pub clock: Clock,
     next_connection: AtomicU64,
+    /// `[limits]`, shared with the registrar and the SCCP edge; a reload sets them.
+    pub limits: Arc<Limits>,
+    /// Open SIP TCP connections accepted from phones (`max_sip_tcp_connections`).
+    accepted: AtomicUsize,
 }
 
 impl Shared {
@@ -85,7 +90,20 @@ impl Shared {
             counters: UserspaceCounters::default(),
             clock: Clock::default(),
             next_connection: AtomicU64::new(1),
+            limits: Arc::default(),
+            accepted: AtomicUsize::new(0),
         }
+    }
+
+    /// The caps in force (the registrar's and the SCCP edge's: one `Limits`).
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Open SIP TCP connections accepted from phones.
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Open TCP connections.
@@ -262,7 +280,10 @@ impl Loop {
                 }
             }
         }
-        for (_, connection) in self.connections.drain() {
+        for (token, connection) in self.connections.drain() {
+            if !self.backend_connections.values().any(|t| *t == token) {
+                self.shared.accepted.fetch_sub(1, Ordering::Relaxed);
+            }
             self.shared.engine.connections.remove(&connection.id);
         }
     }
@@ -316,6 +337,15 @@ impl Loop {
                     return;
                 }
             };
+            if !self.shared.limits.admit(Limit::SipTcpConnections, self.shared.accepted.load(Ordering::Relaxed)) {
+                let cap = self.shared.limits.cap(Limit::SipTcpConnections);
+                let refused = self.shared.limits.refused(Limit::SipTcpConnections);
+                if self.shared.limits.log_refusal(Limit::SipTcpConnections) {
+                    tracing::warn!(%peer, cap, refused, "SIP TCP connection closed at once: [limits] max_sip_tcp_connections reached (logged at the 1st, 2nd, 4th... refusal)");
+                }
+                drop(stream);
+                continue;
+            }
             let Ok(local) = stream.local_addr() else { continue };
             let id = ConnectionId(self.shared.next_connection.fetch_add(1, Ordering::Relaxed));
             let token = connection_token(id);
@@ -326,6 +356,7 @@ impl Loop {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            self.shared.accepted.fetch_add(1, Ordering::Relaxed);
             self.shared.engine.connections.insert(id, self.id);
             self.connections.insert(token, Connection::new(stream, id, peer, local));
         }
@@ -396,8 +427,12 @@ impl Loop {
     }
 
     fn close(&mut self, token: usize, reason: CloseReason) {
+        let to_backend = self.backend_connections.values().any(|t| *t == token);
         self.backend_connections.retain(|_, t| *t != token);
         if let Some(mut connection) = self.connections.remove(&token) {
+            if !to_backend {
+                self.shared.accepted.fetch_sub(1, Ordering::Relaxed);
+            }
             let _ = self.poll.registry().deregister(&mut connection.stream);
             self.shared.engine.connections.remove(&connection.id);
             self.shared.counters.record_tcp_close(reason);

@@ -23,6 +23,7 @@ use regedge_common::maps::AbsorbedRefresh;
 use crate::{
     config::RegistrationConfig,
     failover::{BackendId, BackendState, Routing},
+    limits::{Limit, Limits},
     registry::{Binding, Flow, Registry},
     sip::{
         Message, StartLine,
@@ -213,6 +214,8 @@ pub struct Registrar {
     operations: operator::Operations,
     lapses: LapseQueue,
     kernel: KernelLink,
+    /// `[limits]`: `max_pending_registrations` caps `pending`.
+    limits: Arc<Limits>,
 }
 
 /// The registrar's side of the kernel mirror: updates out, answered refreshes in. Nothing
@@ -291,7 +294,14 @@ impl Registrar {
             operations: Default::default(),
             lapses: LapseQueue::new(),
             kernel: KernelLink::new(),
+            limits: Arc::default(),
         }
+    }
+
+    /// The caps in force (shared with the event loops; a reload changes them there).
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// How the node presents itself (Via, Path, flow-token key).
@@ -662,7 +672,10 @@ impl Registrar {
             }
             None => false,
         };
-        if !retransmission && !self.routing.backend(backend).try_admit(now.mono_ms) {
+        // Beyond `max_pending_registrations` nothing more is forwarded (and no token is
+        // taken): what is held stays bounded whatever the phones send.
+        let room = retransmission || self.limits.admit(Limit::PendingRegistrations, self.pending.len());
+        if !retransmission && (!room || !self.routing.backend(backend).try_admit(now.mono_ms)) {
             if let Some(binding) = fallback {
                 let grant = candidate.as_ref().map_or(self.policy.load().phone_expires, |(_, g)| *g);
                 self.refresh_here(msg, request, grant, now);
@@ -673,7 +686,7 @@ impl Registrar {
             return self.answer(
                 msg,
                 503,
-                "Registration Rate Limited",
+                if room { "Registration Rate Limited" } else { "Too Many Pending Registrations" },
                 retry.as_bytes(),
                 reply,
                 RegistrationOutcome::RateLimited,
@@ -899,5 +912,15 @@ impl Registrar {
     /// Forwarded REGISTERs waiting for an answer.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The caps in force and their refusals.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The caps in force, to share with the event loops.
+    pub fn limits_arc(&self) -> Arc<Limits> {
+        Arc::clone(&self.limits)
     }
 }

@@ -40,6 +40,7 @@ pub(crate) fn registrar_from(config_text: &str) -> Registrar {
     let facing = config.backends.iter().map(|_| (Transport::Udp, "10.0.0.1:5060".parse().unwrap())).collect();
     let node = Node { to_tag: ToTag::for_node("test"), backend_facing: facing, token_key: 7 };
     Registrar::new(routing, Policy::from(&config.registration), node)
+        .with_limits(Arc::new(crate::limits::Limits::new(&config.limits)))
 }
 
 pub(super) fn flow(port: u16) -> Flow {
@@ -616,4 +617,48 @@ fn seeds_only_for_registers_the_kernel_can_match() {
     assert!(seed(&with("Contact: <sip:1@192.0.2.7>\r\nContact: <sip:2@192.0.2.7>\r\n", "")).is_none());
     assert!(seed(&with("Contact: <sip:1@192.0.2.7>;\r\n expires=60\r\n", "")).is_none(), "folded");
     assert!(seed(&with("Contact: <sip:1@192.0.2.7>;expires\r\n", "")).is_none(), "an empty expires");
+}
+
+/// Beyond `[limits] max_pending_registrations` a REGISTER that would be forwarded gets 503
+/// with Retry-After (no rate-limit token taken), counted; refreshes of known phones are
+/// still answered here; once answers free slots, forwarding resumes.
+#[test]
+fn pending_registrations_are_capped() {
+    use crate::limits::Limit;
+    let r = registrar_from(&format!("[limits]\nmax_pending_registrations = 3\n{CONFIG}"));
+    let known = Phone::new(300);
+    registered(&r, &known, now(0));
+    let mut waiting = Vec::new();
+    for n in 301..304 {
+        let phone = Phone::new(n);
+        let step = send(&r, &phone, &phone.register(120, ""), now(1));
+        assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "{}", step.reply);
+        waiting.push(step);
+    }
+    assert_eq!(r.pending_len(), 3);
+    for n in 304..306 {
+        let phone = Phone::new(n);
+        let step = send(&r, &phone, &phone.register(120, ""), now(1));
+        assert_eq!(step.outcome, RegistrationOutcome::RateLimited);
+        assert!(
+            step.reply.starts_with("SIP/2.0 503 Too Many Pending Registrations\r\n")
+                && step.reply.contains("\r\nRetry-After: "),
+            "{}",
+            step.reply
+        );
+        assert!(step.sends.is_empty());
+    }
+    assert_eq!(r.pending_len(), 3, "nothing more is held");
+    assert_eq!(r.limits().refused(Limit::PendingRegistrations), 2);
+    // A known phone's refresh is absorbed as before: the cap is on what goes upstream.
+    let mut renewed = known.clone();
+    renewed.cseq = 2;
+    let step = send(&r, &renewed, &renewed.register(120, ""), now(2));
+    assert_eq!(step.outcome, RegistrationOutcome::Absorbed, "{}", step.reply);
+    // One answer frees a slot: the next new phone is forwarded again.
+    answer(&r, &waiting[0].sends, "200 OK", 3600, now(2));
+    let phone = Phone::new(306);
+    assert_eq!(send(&r, &phone, &phone.register(120, ""), now(3)).outcome, RegistrationOutcome::Forwarded);
+    // With the default caps nothing of this is refused.
+    assert_eq!(registrar_from(CONFIG).limits().cap(Limit::PendingRegistrations), 10_000);
 }

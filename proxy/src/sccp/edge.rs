@@ -32,6 +32,7 @@ use crate::{
     datapath::sccp::{SccpOffload, SccpSocket},
     failover::{BackendId, BackendState, GroupId, Routing},
     io::{tcp, workers::monotonic_ms},
+    limits::{Limit, Limits},
     registrar::request::Device,
     registry::ConnectionId,
 };
@@ -125,6 +126,8 @@ pub struct SccpShared {
     pub policy: SessionPolicy,
     pub stats: SccpStats,
     pub offload: Option<Box<dyn KeepaliveOffload>>,
+    /// `[limits]`: `max_sccp_sessions` caps the phone connections of all loops.
+    pub limits: Arc<Limits>,
 }
 
 /// The running SCCP loops; dropping stops and joins them.
@@ -272,6 +275,16 @@ impl Loop {
                     return;
                 }
             };
+            let held: i64 = self.shared.stats.sessions.iter().map(|count| count.load(Relaxed)).sum();
+            if !self.shared.limits.admit(Limit::SccpSessions, usize::try_from(held).unwrap_or(0)) {
+                let cap = self.shared.limits.cap(Limit::SccpSessions);
+                let refused = self.shared.limits.refused(Limit::SccpSessions);
+                if self.shared.limits.log_refusal(Limit::SccpSessions) {
+                    tracing::warn!(%peer, cap, refused, "SCCP connection closed at once: [limits] max_sccp_sessions reached (logged at the 1st, 2nd, 4th... refusal)");
+                }
+                drop(stream);
+                continue;
+            }
             let key = self.next_key;
             self.next_key += 1;
             if let Err(err) =
@@ -724,6 +737,7 @@ mod tests {
             policy,
             stats: SccpStats::default(),
             offload: None,
+            limits: Arc::default(),
         });
         let _edge = SccpEdge::start(&[edge_addr], 1, Arc::clone(&shared)).unwrap();
 
@@ -776,5 +790,57 @@ mod tests {
         }
         assert_eq!(received, expected);
         let _phone = sender.join().unwrap();
+    }
+
+    /// Beyond `[limits] max_sccp_sessions` a connection is accepted and closed at once
+    /// (counted); the sessions held keep working, and a slot that frees is used again.
+    #[test]
+    fn connections_beyond_max_sccp_sessions_are_closed_at_once() {
+        let backend = StdListener::bind("127.0.0.1:0").unwrap();
+        let edge_addr: SocketAddr = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let config = Config::from_toml(
+            &format!(
+                "[limits]\nmax_sccp_sessions = 2\n[routing]\ndefault_group = \"skinny\"\n[[backends]]\nname = \"cm1\"\n\
+                 address = \"{}\"\nprotocol = \"sccp\"\ntransport = \"tcp\"\n[[groups]]\nname = \"skinny\"\n\
+                 backends = [\"cm1\"]\n",
+                backend.local_addr().unwrap()
+            ),
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy =
+            SessionPolicy { register_timeout_ms: 5000, default_keepalive_ms: 30_000, backend_judgement_ms: 3000 };
+        let shared = Arc::new(SccpShared {
+            routing: Arc::new(Routing::from_config(&config)),
+            policy,
+            stats: SccpStats::default(),
+            offload: None,
+            limits: Arc::new(Limits::new(&config.limits)),
+        });
+        let _edge = SccpEdge::start(&[edge_addr], 2, Arc::clone(&shared)).unwrap();
+        let held = || shared.stats.sessions.iter().map(|c| c.load(Relaxed)).sum::<i64>();
+        let wait = |what: &str, check: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !check() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let first = TcpStream::connect(edge_addr).unwrap();
+        let second = TcpStream::connect(edge_addr).unwrap();
+        wait("two sessions held", &|| held() == 2);
+        let mut third = TcpStream::connect(edge_addr).unwrap();
+        third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let read = third.read(&mut buf);
+        assert!(matches!(read, Ok(0)) || read.is_err(), "the third connection was not closed: {read:?}");
+        assert_eq!(shared.limits.refused(Limit::SccpSessions), 1);
+        assert_eq!(held(), 2, "sessions held beyond the cap");
+        drop(second);
+        wait("the closed session freed its slot", &|| held() == 1);
+        let _fourth = TcpStream::connect(edge_addr).unwrap();
+        wait("a fourth connection takes the free slot", &|| held() == 2);
+        assert_eq!(shared.limits.refused(Limit::SccpSessions), 1);
+        drop(first);
     }
 }
