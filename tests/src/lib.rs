@@ -7,6 +7,7 @@ pub mod baresip;
 pub mod edge_lab;
 pub mod fixtures;
 pub mod frames;
+pub mod impair;
 pub mod kamailio;
 pub mod netns;
 pub mod pinned;

@@ -299,6 +299,13 @@ impl Sipp {
         self.pid
     }
 
+    /// Whether sipp has exited (or overran its own timeout), so that [`wait`](Self::wait)
+    /// returns at once.
+    pub fn is_done(&mut self) -> bool {
+        let overran = Instant::now() > self.started + self.limit;
+        overran || self.child.as_mut().is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
+    }
+
     /// Waits for sipp to end (killing it by PID when it overruns its own timeout by
     /// 10 s) and reads what it did.
     pub fn wait(mut self) -> FleetSummary {
