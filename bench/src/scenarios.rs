@@ -166,6 +166,8 @@ pub struct MemoryRow {
 
 pub struct MemoryResult {
     pub base_rss: u64,
+    /// The `BINDINGS` map: (memlock bytes, max_entries).
+    pub bindings_map: Option<(u64, u64)>,
     pub rows: Vec<MemoryRow>,
     pub notes: Vec<String>,
 }
@@ -232,10 +234,15 @@ pub fn memory(quick: bool, command: &str, binary: &std::path::Path, build: &str)
         let _ = receiver.join();
         result
     })?;
+    let mut bindings_map = None;
     let maps: Vec<String> = bpf_maps(regedge.pid)
         .iter()
         .map(|(id, memlock, max_entries)| {
-            format!("`{}` (max_entries {max_entries}): memlock {}", map_name(*id), mib(*memlock as f64))
+            let name = map_name(*id);
+            if name.contains(" BINDINGS ") {
+                bindings_map = Some((*memlock, *max_entries));
+            }
+            format!("`{name}` (max_entries {max_entries}): memlock {}", mib(*memlock as f64))
         })
         .collect();
     let backend_distinct = backend.distinct_registered();
@@ -243,7 +250,7 @@ pub fn memory(quick: bool, command: &str, binary: &std::path::Path, build: &str)
     drop(backend);
     drop(fleet);
     drop(net);
-    let result = MemoryResult { base_rss, rows, notes };
+    let result = MemoryResult { base_rss, bindings_map, rows, notes };
 
     let mut out = String::new();
     let _ = writeln!(out, "# Memory per binding: regedge's RSS and its kernel maps\n");
@@ -299,6 +306,15 @@ pub fn memory(quick: bool, command: &str, binary: &std::path::Path, build: &str)
          added, and it caps the bindings one node mirrors into the kernel at its max_entries.",
         maps.join("; ")
     );
+    if let Some((memlock, entries)) = result.bindings_map {
+        let _ = writeln!(
+            out,
+            "\nKernel bytes per binding: `BINDINGS` is preallocated, {} for {entries} entries = {:.0} B per entry, \
+             whatever the count; userspace bytes per binding = the RSS column's growth per binding.",
+            mib(memlock as f64),
+            memlock as f64 / entries.max(1) as f64
+        );
+    }
     for n in &result.notes {
         let _ = writeln!(out, "\n- note: {n}");
     }
