@@ -288,6 +288,11 @@ impl Model {
             assert!(request.cseq >= was.cseq, "absorbed an old CSeq");
             let binding = self.registrar().registry.get(&identity.device).expect("held");
             assert!(
+                binding.phone_expires_at_ms <= binding.backend_valid_until_ms,
+                "absorbed a refresh granting the phone {} ms past the backend's registration",
+                binding.phone_expires_at_ms.saturating_sub(binding.backend_valid_until_ms)
+            );
+            assert!(
                 request.credentials.is_none() || request.credentials == binding.credentials,
                 "absorbed a REGISTER with other credentials than the backend accepted"
             );

@@ -557,8 +557,11 @@ impl Registrar {
                     kernel: KernelSeed::of(msg),
                 });
                 // A due refresh that the rate limit holds back is answered here while the
-                // backend's registration is still valid.
-                let fallback = (reason == ForwardReason::BackendRefreshDue).then_some(binding.as_ref()).flatten();
+                // backend's registration is still valid, for all the phone is granted.
+                let fallback = binding.as_ref().filter(|b| {
+                    reason == ForwardReason::BackendRefreshDue
+                        && now.mono_ms + grant as u64 * 1000 <= b.backend_valid_until_ms
+                });
                 let incoming = Incoming { msg, raw, flow, now, request: &request };
                 let plan = Forwarding { active, candidate: candidate.map(|c| (c, grant)), fallback };
                 let outcome = self.forward(&incoming, plan, reply, sends);
@@ -786,7 +789,8 @@ impl Registrar {
                     } else {
                         binding.backend_granted = granted;
                         binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
-                        binding.phone_expires_at_ms = now.mono_ms + pending.grant as u64 * 1000;
+                        // The phone is told the smaller of its grant and the backend's.
+                        binding.phone_expires_at_ms = now.mono_ms + pending.grant.min(granted) as u64 * 1000;
                         let contact = binding.contact.clone();
                         let new_backend = binding.backend;
                         let previous = self.registry.get(&pending.device);
