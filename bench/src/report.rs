@@ -317,8 +317,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             );
             row(
                 "[failover](failover.md)",
-                "peak REGISTER rate at the secondary (1 s window)",
-                format!("{:.0}/s", f.peak_1s),
+                "peak REGISTER rate at the secondary, 1 s window (5 s window)",
+                format!("{:.0}/s ({:.0}/s)", f.peak_1s, f.peak_5s),
                 format!("limit {}/s", f.limit),
                 format!("{:.2}×", f.peak_1s / f64::from(f.limit)),
             );
@@ -348,8 +348,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             );
             row(
                 "[storm](storm.md)",
-                "peak REGISTER rate at the backend (1 s window)",
-                format!("{:.0}/s", s.peak_1s),
+                "peak REGISTER rate at the backend, 1 s window (5 s window); token bucket with 1 s of burst",
+                format!("{:.0}/s ({:.0}/s)", s.peak_1s, s.peak_5s),
                 format!("limit {}/s", s.limit),
                 format!("{:.2}×", s.peak_1s / f64::from(s.limit)),
             );
