@@ -65,6 +65,9 @@ pub fn lines(
     let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let y1 = all.iter().fold(f64::MIN, |a, p| a.max(p.1)) * 1.08;
     let y0 = all.iter().fold(f64::MAX, |a, p| a.min(p.1)).min(0.0);
+    if !log_x && x0 > 0.0 {
+        x0 = 0.0;
+    }
     if x1 - x0 < 1e-9 {
         x0 -= 1.0;
         x1 += 1.0;

@@ -352,22 +352,19 @@ fn plots(plan: &Plan, results: &[CaseResult]) -> String {
         let throughput: Vec<crate::plot::Series> = of_kind
             .iter()
             .map(|r| {
-                let mut points: Vec<(f64, f64)> = r
-                    .steps
-                    .iter()
-                    .map(|s| (s.result.offered_rate as f64, if s.passed() { s.answered_rate() } else { 0.0 }))
-                    .collect();
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                // Per offered rate, its last step (a step run again replaces the earlier one).
+                let mut by_rate: BTreeMap<u64, f64> = BTreeMap::new();
+                for s in &r.steps {
+                    by_rate.insert(s.result.offered_rate, s.answered_rate());
+                }
+                let points: Vec<(f64, f64)> = by_rate.into_iter().map(|(o, a)| (o as f64, a)).collect();
                 crate::plot::Series { name: r.case.label().to_owned(), points }
             })
             .collect();
         let file = format!("refresh-throughput-{}.svg", kind.short());
         match crate::plot::lines(
             &file,
-            &format!(
-                "{}: answered per second against offered (0 = step failed: loss ≥ 0.1% or generator behind)",
-                kind.label()
-            ),
+            &format!("{}: answered with success per second against offered (open loop)", kind.label()),
             "offered per second",
             "answered with success per second",
             &throughput,

@@ -397,6 +397,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         ("refresh-latency-stun.svg", "STUN keepalives: latency CDF"),
         ("registration-throughput.svg", "full registrations through the edge: achieved against offered"),
         ("failover-registers.svg", "failover: REGISTERs per second at each backend"),
+        ("failover-rehomed.svg", "failover: phones on the secondary over time"),
         ("storm-registered.svg", "storm: phones registered over time"),
     ] {
         if workspace_root().join("bench/report").join(file).is_file() {

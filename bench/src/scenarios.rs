@@ -445,21 +445,41 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
             .collect()
     };
     let plot_file = "failover-registers.svg";
+    let end = timeline.last().map_or(0.0, |t| t.0);
     let plotted = plot::lines(
         plot_file,
         "Failover: REGISTERs per second arriving at each backend (cm1 killed at 0 s)",
         "seconds since cm1 was killed",
         "REGISTERs/s (100 ms buckets)",
         &[
-            Series { name: "cm1 (primary, killed)".into(), points: series(&b1) },
             Series { name: "cm2 (secondary)".into(), points: series(&b2) },
+            Series { name: "cm1 (primary, killed at 0 s)".into(), points: series(&b1) },
             Series {
-                name: "phones on cm2 (regedge_backend_bindings) / s of period".into(),
-                points: timeline.iter().map(|(t, n, _)| (*t, *n / period)).collect(),
+                name: format!("cm2's max_register_rate ({limit}/s)"),
+                points: vec![(-2.0, f64::from(limit)), (end, f64::from(limit))],
             },
         ],
         false,
-    );
+    )
+    .and_then(|()| {
+        plot::lines(
+            "failover-rehomed.svg",
+            "Failover: phones on the secondary, and the primary's health, as regedge's /metrics said",
+            "seconds since cm1 was killed",
+            "phones",
+            &[
+                Series {
+                    name: "regedge_backend_bindings{backend=\"cm2\"}".into(),
+                    points: timeline.iter().map(|(t, n, _)| (*t, *n)).collect(),
+                },
+                Series {
+                    name: "regedge_backend_up{backend=\"cm1\"} × phones".into(),
+                    points: timeline.iter().map(|(t, _, up)| (*t, up * phones as f64)).collect(),
+                },
+            ],
+            false,
+        )
+    });
 
     let mut out = String::new();
     let _ = writeln!(out, "# Failover: a backend dies\n");
@@ -504,6 +524,7 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
     match plotted {
         Ok(()) => {
             let _ = writeln!(out, "\n![REGISTERs per second at each backend]({plot_file})");
+            let _ = writeln!(out, "\n![phones on the secondary over time](failover-rehomed.svg)");
         }
         Err(e) => {
             let _ = writeln!(out, "\nPlot not drawn: {e:#}");
