@@ -4,9 +4,10 @@
 //! on have no `sch_netem`, so `tc qdisc ... netem` is not available; the relay gives the
 //! same faults, per direction and switchable while traffic flows.
 //!
-//! The client is whoever sent the last datagram to the relay's front address (regedge
-//! talking to a backend, or sipp's single socket talking to regedge); the target sees
-//! the relay's back socket as its peer and, with `rport`, answers there.
+//! Each client address (regedge's SIP socket, each of its health probes' sockets, sipp's
+//! socket) gets a back socket of its own, so the target's answers, however late, go back
+//! to the client they belong to; the target sees the back socket as its peer and, with
+//! `rport`, answers there.
 
 use std::{
     collections::VecDeque,
@@ -44,13 +45,14 @@ pub struct PathCounts {
 struct State {
     /// Toward the target, toward the client.
     faults: Mutex<[Fault; 2]>,
-    client: Mutex<Option<SocketAddr>>,
     stop: AtomicBool,
     counts: [PathCounts; 2],
-    /// Datagrams waiting out a delay: (due, direction, bytes).
-    delayed: Mutex<VecDeque<(Instant, usize, Vec<u8>)>>,
+    /// Datagrams waiting out a delay: (due, direction, socket to send from, destination, bytes).
+    delayed: Mutex<VecDeque<Delayed>>,
     wake: Condvar,
 }
+
+type Delayed = (Instant, usize, Arc<UdpSocket>, SocketAddr, Vec<u8>);
 
 /// Direction index: toward the target.
 pub const TO_TARGET: usize = 0;
@@ -62,86 +64,96 @@ pub struct Impairment {
     pub front: SocketAddr,
     pub target: SocketAddr,
     state: Arc<State>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Impairment {
     /// A relay in `ns` listening on `front` (UDP) and passing to `target` from `back_ip`
-    /// (port chosen by the kernel), every datagram passed until [`set`](Self::set).
+    /// (a port per client, chosen by the kernel), every datagram passed until
+    /// [`set`](Self::set).
     pub fn start(ns: &NetNs, front: SocketAddr, back_ip: std::net::IpAddr, target: SocketAddr) -> Self {
-        let (front_socket, back_socket) = ns.run(|| {
-            let f = UdpSocket::bind(front).unwrap_or_else(|e| panic!("relay bind {front}: {e}"));
-            let b = UdpSocket::bind(SocketAddr::new(back_ip, 0)).unwrap_or_else(|e| panic!("relay bind {back_ip}: {e}"));
-            (f, b)
-        });
         let state = Arc::new(State {
             faults: Mutex::new([Fault::None; 2]),
-            client: Mutex::new(None),
             stop: AtomicBool::new(false),
             counts: Default::default(),
             delayed: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
         });
-        let sockets = [Arc::new(back_socket), Arc::new(front_socket)]; // indexed by direction: the socket that sends
-        for s in &sockets {
-            s.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
-        }
-        let mut threads = Vec::new();
-        // Readers: the front socket reads what goes to the target, the back socket what goes back.
-        for direction in [TO_TARGET, TO_CLIENT] {
-            let reader = Arc::clone(&sockets[1 - direction]);
-            let writer = Arc::clone(&sockets[direction]);
+        let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let netns = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("open netns");
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        // The front reader joins the namespace: it binds a back socket per new client there.
+        let front_reader = {
             let state = Arc::clone(&state);
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ direction as u64;
-            threads.push(std::thread::spawn(move || {
+            let threads = Arc::clone(&threads);
+            std::thread::spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a namespace fd for this thread only.
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                let socket = match UdpSocket::bind(front) {
+                    Ok(socket) => Arc::new(socket),
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+                let _ = bound_tx.send(Ok(()));
+                let mut backs: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> = Default::default();
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64;
                 let mut buf = vec![0u8; 65_535];
                 while !state.stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = reader.recv_from(&mut buf) else { continue };
-                    if direction == TO_TARGET {
-                        *state.client.lock().unwrap() = Some(from);
-                    }
-                    let fault = state.faults.lock().unwrap()[direction];
-                    let counts = &state.counts[direction];
-                    match fault {
-                        Fault::Blackhole => {
-                            counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    let Ok((n, client)) = socket.recv_from(&mut buf) else { continue };
+                    let back = match backs.get(&client) {
+                        Some(back) => Arc::clone(back),
+                        None => {
+                            let Ok(back) = UdpSocket::bind(SocketAddr::new(back_ip, 0)) else { continue };
+                            back.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+                            let back = Arc::new(back);
+                            backs.insert(client, Arc::clone(&back));
+                            let (state, reader, front) = (Arc::clone(&state), Arc::clone(&back), Arc::clone(&socket));
+                            let handle = std::thread::spawn(move || {
+                                let mut rng = 0x2545_f491_4f6c_dd1du64 ^ client.port() as u64;
+                                let mut buf = vec![0u8; 65_535];
+                                while !state.stop.load(Ordering::Relaxed) {
+                                    let Ok((n, _)) = reader.recv_from(&mut buf) else { continue };
+                                    pass(&state, TO_CLIENT, &front, client, &buf[..n], &mut rng);
+                                }
+                            });
+                            threads.lock().unwrap().push(handle);
+                            back
                         }
-                        Fault::Loss(p) if next_unit(&mut rng) < p => {
-                            counts.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Fault::Delay(d) => {
-                            state.delayed.lock().unwrap().push_back((Instant::now() + d, direction, buf[..n].to_vec()));
-                            state.wake.notify_all();
-                        }
-                        Fault::None | Fault::Loss(_) => {
-                            send(&state, &writer, direction, target, &buf[..n]);
-                        }
-                    }
+                    };
+                    pass(&state, TO_TARGET, &back, target, &buf[..n], &mut rng);
                 }
-            }));
-        }
+            })
+        };
+        bound_rx.recv().expect("relay thread").unwrap_or_else(|e| panic!("relay bind {front}: {e}"));
+        threads.lock().unwrap().push(front_reader);
         // The delay line: sends each delayed datagram when it is due, in arrival order.
         {
             let state = Arc::clone(&state);
-            threads.push(std::thread::spawn(move || {
+            let handle = std::thread::spawn(move || {
                 let mut queue = state.delayed.lock().unwrap();
                 while !state.stop.load(Ordering::Relaxed) {
                     let now = Instant::now();
                     match queue.front() {
-                        Some((due, _, _)) if *due <= now => {
-                            let (_, direction, bytes) = queue.pop_front().expect("front");
+                        Some((due, ..)) if *due <= now => {
+                            let (_, direction, socket, to, bytes) = queue.pop_front().expect("front");
                             drop(queue);
-                            send(&state, &sockets[direction], direction, target, &bytes);
+                            send(&state, direction, &socket, to, &bytes);
                             queue = state.delayed.lock().unwrap();
                         }
-                        Some((due, _, _)) => {
+                        Some((due, ..)) => {
                             let wait = (*due - now).min(Duration::from_millis(50));
                             queue = state.wake.wait_timeout(queue, wait).unwrap().0;
                         }
                         None => queue = state.wake.wait_timeout(queue, Duration::from_millis(50)).unwrap().0,
                     }
                 }
-            }));
+            });
+            threads.lock().unwrap().push(handle);
         }
         Self { front, target, state, threads }
     }
@@ -163,11 +175,27 @@ impl Impairment {
     }
 }
 
-fn send(state: &State, socket: &UdpSocket, direction: usize, target: SocketAddr, bytes: &[u8]) {
-    let to = if direction == TO_TARGET { Some(target) } else { *state.client.lock().unwrap() };
-    if let Some(to) = to
-        && socket.send_to(bytes, to).is_ok()
-    {
+/// One datagram read in `direction`: dropped, delayed or sent from `socket` to `to`.
+fn pass(state: &State, direction: usize, socket: &Arc<UdpSocket>, to: SocketAddr, bytes: &[u8], rng: &mut u64) {
+    let fault = state.faults.lock().unwrap()[direction];
+    match fault {
+        Fault::Blackhole => {
+            state.counts[direction].dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Fault::Loss(p) if next_unit(rng) < p => {
+            state.counts[direction].dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Fault::Delay(d) => {
+            let entry = (Instant::now() + d, direction, Arc::clone(socket), to, bytes.to_vec());
+            state.delayed.lock().unwrap().push_back(entry);
+            state.wake.notify_all();
+        }
+        Fault::None | Fault::Loss(_) => send(state, direction, socket, to, bytes),
+    }
+}
+
+fn send(state: &State, direction: usize, socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) {
+    if socket.send_to(bytes, to).is_ok() {
         state.counts[direction].passed.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -184,7 +212,12 @@ impl Drop for Impairment {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::Relaxed);
         self.state.wake.notify_all();
-        for t in self.threads.drain(..) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap());
+        for t in threads {
+            let _ = t.join();
+        }
+        // Threads the front reader started while these were joined.
+        for t in std::mem::take(&mut *self.threads.lock().unwrap()) {
             let _ = t.join();
         }
     }

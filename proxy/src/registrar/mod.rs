@@ -656,11 +656,10 @@ impl Registrar {
                 RegistrationOutcome::Rejected,
             );
         };
-        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
-        let branch = format!(
-            "{BRANCH_PREFIX}{:016x}",
-            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
-        );
+        // The whole request is in the hash: only a byte-for-byte retransmission finds the
+        // pending transaction (another REGISTER reusing the branch, Call-ID and CSeq must
+        // not have its answer stored as the first one's binding).
+        let branch = format!("{BRANCH_PREFIX}{:016x}", hash_of(&[raw, &backend.0.to_be_bytes()]));
         // A retransmission of a REGISTER still waiting at the backend takes no token: it
         // is dropped, or sent on again once RETRANSMIT_AFTER_MS have passed.
         let retransmission = match self.pending.get_mut(&branch) {
@@ -786,6 +785,22 @@ impl Registrar {
                         if let Some(ended) = self.registry.remove(&pending.device) {
                             self.unmirror(&pending.device, &ended);
                         }
+                    } else if let Some(newer) = self.registry.get(&pending.device).filter(|current| {
+                        current.backend != binding.backend
+                            && current.call_id == binding.call_id
+                            && current.cseq >= binding.cseq
+                    }) {
+                        // A late answer (a slow backend, after the phone's retransmission of
+                        // the same REGISTER went to the next one and was accepted there):
+                        // the binding the phone uses stands, and the late backend, which now
+                        // holds a contact regedge does not keep, is told to drop it. The
+                        // phone already has its answer.
+                        binding.backend_granted = granted;
+                        binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
+                        binding.cseq = binding.cseq.max(newer.cseq);
+                        tracing::info!(device = %pending.device, "late 2xx from a backend the phone left: de-registered there");
+                        self.deregister_at_backend(&pending.device, &binding, now, sends);
+                        return true;
                     } else {
                         binding.backend_granted = granted;
                         binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;

@@ -662,3 +662,38 @@ fn pending_registrations_are_capped() {
     // With the default caps nothing of this is refused.
     assert_eq!(registrar_from(CONFIG).limits().cap(Limit::PendingRegistrations), 10_000);
 }
+
+/// A slow backend answers after the phone's retransmission of the same REGISTER went to
+/// the next backend (the slow one was marked down meanwhile) and was accepted there: the
+/// late 2xx neither moves the binding back nor de-registers the phone where it is now; the
+/// late backend is told to drop the contact it stored, and the phone gets no second answer.
+#[test]
+fn a_late_answer_from_a_backend_the_phone_left_changes_nothing() {
+    let r = registrar_from(CONFIG);
+    let phone = Phone::new(400);
+    let request = phone.register(120, "");
+    let to_cm1 = send(&r, &phone, &request, now(0));
+    assert_eq!(to_cm1.outcome, RegistrationOutcome::Forwarded);
+    let cm1 = backend_of(&to_cm1);
+    r.routing.backend(cm1).set_state(BackendState::Down);
+    let to_cm2 = send(&r, &phone, &request, now(2));
+    assert_eq!(to_cm2.outcome, RegistrationOutcome::Forwarded, "the retransmission goes to the next backend");
+    let cm2 = backend_of(&to_cm2);
+    assert_ne!(cm1, cm2);
+    let relayed = answer(&r, &to_cm2.sends, "200 OK", 3600, now(2));
+    assert!(relayed.starts_with("SIP/2.0 200 OK\r\n"), "{relayed}");
+
+    let late = backend_answer(&to_cm1.sends[0].bytes, "200 OK", 3600);
+    let mut sends = Vec::new();
+    assert!(r.on_response(&Message::parse(&late).unwrap(), &late, now(3), &mut sends));
+    let binding = r.registry.get(&format!("dev:{}", phone.device)).expect("still registered");
+    assert_eq!(binding.backend, cm2, "the late answer moved the binding back");
+    assert_eq!(sends.len(), 1, "one request: the de-registration at the late backend, nothing to the phone");
+    assert!(matches!(sends[0].to, Destination::Backend(b) if b == cm1));
+    let dereg = String::from_utf8(sends[0].bytes.clone()).unwrap();
+    assert!(dereg.contains("\r\nExpires: 0\r\n") && dereg.contains("CSeq: 2 REGISTER"), "{dereg}");
+    // Its answer ends nothing at cm2.
+    let ok = backend_answer(&sends[0].bytes, "200 OK", 0);
+    assert!(r.on_response(&Message::parse(&ok).unwrap(), &ok, now(3), &mut Vec::new()));
+    assert_eq!(r.registry.get(&format!("dev:{}", phone.device)).map(|b| b.backend), Some(cm2));
+}
