@@ -360,9 +360,11 @@ impl Model {
         let mut out = crate::engine::Output::default();
         let outcome = self.engine.on_datagram(&answer, flow, self.now(), &mut out);
         assert!(out.reply.is_empty(), "a response was answered: {outcome:?}");
+        // A 2xx is the backend's acceptance (a binding may still not be stored: expires
+        // 0 for the contact; one the answer does not list is taken as granted the asked
+        // backend_expires).
         if !forged
             && status.starts_with('2')
-            && granted != Some(0)
             && outcome == Outcome::Relayed
             && let Some(origin) = origin
         {

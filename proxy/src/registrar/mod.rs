@@ -656,10 +656,11 @@ impl Registrar {
                 RegistrationOutcome::Rejected,
             );
         };
-        // The whole request is in the hash: only a byte-for-byte retransmission finds the
-        // pending transaction (another REGISTER reusing the branch, Call-ID and CSeq must
-        // not have its answer stored as the first one's binding).
-        let branch = format!("{BRANCH_PREFIX}{:016x}", hash_of(&[raw, &backend.0.to_be_bytes()]));
+        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
+        let branch = format!(
+            "{BRANCH_PREFIX}{:016x}",
+            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
+        );
         // A retransmission of a REGISTER still waiting at the backend takes no token: it
         // is dropped, or sent on again once RETRANSMIT_AFTER_MS have passed.
         let retransmission = match self.pending.get_mut(&branch) {
