@@ -64,6 +64,11 @@ struct LabOpts {
     state_dir: bool,
     /// A relay between sipp and regedge, in the phones' namespace.
     phone_relay: bool,
+    /// cm1's `max_register_rate` (0: 2000).
+    cm1_rate: u32,
+    /// Sections added to regedge's config (e.g. `[limits]`, `[sccp]`); `{EDGE_IP}` stands
+    /// for regedge's phone-side address.
+    extra: String,
 }
 
 /// Drop order: regedge, the relays, the registrars, the scratch dir, the namespaces.
@@ -127,11 +132,14 @@ impl Lab {
                  transaction_timeout = \"4s\"\n\n\
                  [health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\ndown_after = {DOWN_AFTER}\nup_after = {UP_AFTER}\n\n\
                  [metrics]\nlisten = \"{METRICS}\"\n\n[admin]\nlisten = \"\"\n\n[routing]\ndefault_group = \"default\"\n\n\
-                 [[backends]]\nname = \"cm1\"\naddress = \"{cm1_front}\"\nmax_register_rate = 2000\n\n\
+                 {}\n\
+                 [[backends]]\nname = \"cm1\"\naddress = \"{cm1_front}\"\nmax_register_rate = {}\n\n\
                  [[backends]]\nname = \"cm2\"\naddress = \"{}\"\nmax_register_rate = 2000\n\n\
                  [[groups]]\nname = \"default\"\nbackends = [\"cm1\", \"cm2\"]\n",
                 INTERVAL.as_millis(),
                 PROBE_TIMEOUT.as_millis(),
+                opts.extra.replace("{EDGE_IP}", &edge_ip.to_string()),
+                if opts.cm1_rate == 0 { 2000 } else { opts.cm1_rate },
                 cm2.sip_addr()
             ),
         );
@@ -658,4 +666,278 @@ fn regedge_sigkilled_under_load_restarts_from_its_snapshot() {
     assert_eq!(aors(&lab.cm1), want, "{test}: cm1's ul.dump");
     let deregs = deregistrations(&captured);
     assert!(deregs.is_empty(), "{test}: de-registrations went upstream: {deregs:?}");
+}
+
+/// Sends `total` REGISTERs of distinct phones (`flood<first>`...) from `socket` to `edge`
+/// at `flood_rate` per second; the answers, and (pending registrations, VmRSS) sampled
+/// every 100 ms until 2 s after the flood.
+fn flood(
+    lab: &Lab,
+    socket: &std::net::UdpSocket,
+    edge: SocketAddr,
+    first: u64,
+    total: u64,
+    flood_rate: u64,
+    pid: u32,
+) -> (FloodAnswers, Vec<(u64, u64)>) {
+    let phone_ip = lab.phone_ip;
+    let port = socket.local_addr().unwrap().port();
+    let seconds = total / flood_rate;
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut answers = FloodAnswers::default();
+            let mut buf = vec![0u8; 4096];
+            let mut quiet_since = Instant::now();
+            while quiet_since.elapsed() < Duration::from_secs(6) {
+                let Ok(n) = socket.recv(&mut buf) else { continue };
+                quiet_since = Instant::now();
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.starts_with("SIP/2.0 200 ") {
+                    answers.ok += 1;
+                } else if text.starts_with("SIP/2.0 503 ") {
+                    if !text.contains("\r\nRetry-After: ") {
+                        answers.without_retry_after += 1;
+                    }
+                    if text.starts_with("SIP/2.0 503 Registration Rate Limited") {
+                        answers.rate_limited += 1;
+                    } else if text.starts_with("SIP/2.0 503 Too Many Pending Registrations") {
+                        answers.pending_full += 1;
+                    } else {
+                        answers.other_503 += 1;
+                    }
+                } else {
+                    answers.other += 1;
+                }
+            }
+            answers
+        });
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            let until = Instant::now() + Duration::from_secs(seconds + 2);
+            while Instant::now() < until {
+                let m = lab.metrics();
+                samples.push((m.value("regedge_pending_registrations", &[]), rss_kib(pid)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        let flood_started = Instant::now();
+        for i in first..first + total {
+            let request = format!(
+                "REGISTER sip:{ip} SIP/2.0\r\nVia: SIP/2.0/UDP {phone_ip}:{port};branch=z9hG4bK-flood{i};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:flood{i}@{ip}>;tag=f{i}\r\nTo: <sip:flood{i}@{ip}>\r\n\
+                 Call-ID: flood-{i}@{phone_ip}\r\nCSeq: 1 REGISTER\r\nContact: <sip:flood{i}@{phone_ip}:{port}>\r\n\
+                 Expires: 120\r\nContent-Length: 0\r\n\r\n",
+                ip = edge.ip()
+            );
+            let _ = socket.send_to(request.as_bytes(), edge);
+            // Paced: request i leaves at i / flood_rate seconds.
+            let due = Duration::from_micros((i - first) * 1_000_000 / flood_rate);
+            if let Some(wait) = due.checked_sub(flood_started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        (reader.join().expect("reader"), sampler.join().expect("sampler"))
+    })
+}
+
+/// VmRSS of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// What came back for a flood of REGISTERs.
+#[derive(Debug, Default)]
+struct FloodAnswers {
+    ok: u64,
+    rate_limited: u64,
+    pending_full: u64,
+    other_503: u64,
+    without_retry_after: u64,
+    other: u64,
+}
+
+/// REGISTERs at 10x cm1's `max_register_rate` (2,000/s against 200/s, for 2 s), cm1
+/// answering 300 ms late, `max_pending_registrations = 40`: regedge forwards what the rate
+/// and the cap allow and answers the rest 503 with Retry-After; pending transactions stay
+/// at the cap, memory stays bounded, regedge stays up and a phone registers normally after.
+#[test]
+fn register_flood_at_ten_times_the_backend_limit_is_refused_with_retry_after() {
+    let test = "register_flood_at_ten_times_the_backend_limit_is_refused_with_retry_after";
+    if !require_peers(test, &["sipp"]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let (rate, flood_rate, seconds, cap) = (200u64, 2000u64, 2u64, 40u64);
+    let extra = format!("[limits]\nmax_pending_registrations = {cap}\n");
+    let mut lab = Lab::start(test, LabOpts { cm1_rate: rate as u32, extra, ..LabOpts::default() });
+    let pid = lab.regedge.as_ref().expect("regedge").pid();
+    let rss_before = rss_kib(pid);
+    let edge = SocketAddr::new(Ipv4Addr::from(u32::from(lab.phone_ip) - 1).into(), SIP_PORT);
+    let phone_ip = lab.phone_ip;
+    let socket = lab.phones.run(|| std::net::UdpSocket::bind(SocketAddr::new(phone_ip.into(), 0))).expect("bind");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let total = flood_rate * seconds;
+    let mut max_rss = 0;
+    // Phase 1: cm1 answers at once; the rate limit refuses what is beyond 200/s.
+    // Phase 2: cm1 answers 300 ms late; the pending cap (40) bites before the rate limit.
+    for (phase, delay) in [(1u64, Duration::ZERO), (2, Duration::from_millis(300))] {
+        lab.cm1_path.set(if delay.is_zero() { Fault::None } else { Fault::Delay(delay) });
+        let before = lab.metrics();
+        let refused_before = before.value("regedge_limit_refusals_total", &[("limit", "pending_registrations")]);
+        let (answers, samples) = flood(&lab, &socket, edge, phase * 1_000_000, total, flood_rate, pid);
+        let regedge = lab.regedge.as_mut().expect("regedge");
+        assert!(regedge.is_running(), "{test}: regedge died under the flood\n{}", regedge.log());
+        let m = lab.metrics();
+        let refused = m.value("regedge_limit_refusals_total", &[("limit", "pending_registrations")]) - refused_before;
+        let max_pending = samples.iter().map(|(p, _)| *p).max().unwrap_or(0);
+        max_rss = max_rss.max(samples.iter().map(|(_, r)| *r).max().unwrap_or(0));
+        let answered = answers.ok + answers.rate_limited + answers.pending_full + answers.other_503 + answers.other;
+        eprintln!(
+            "{test}: phase {phase} (cm1 answers {delay:?} late): {total} REGISTERs at {flood_rate}/s for {seconds} s \
+             against max_register_rate {rate}/s: {answers:?} ({answered} answered); pending refusals {refused}, \
+             pending at most {max_pending} (cap {cap}); VmRSS {rss_before} KiB before, at most {max_rss} KiB"
+        );
+        assert_eq!(answers.without_retry_after, 0, "{test}: 503 without Retry-After: {answers:?}");
+        assert_eq!(answers.other + answers.other_503, 0, "{test}: answers other than 200 and 503: {answers:?}");
+        assert!(answered * 100 >= total * 99, "{test}: {answered} of {total} REGISTERs answered");
+        assert!(
+            answers.rate_limited + answers.pending_full >= total * 3 / 4,
+            "{test}: at 10x the limit, most REGISTERs are refused: {answers:?}"
+        );
+        assert!(
+            answers.ok <= rate * (seconds + 1),
+            "{test}: more forwarded than max_register_rate allows: {answers:?}"
+        );
+        assert!(max_pending <= cap, "{test}: {max_pending} pending REGISTERs, cap {cap}");
+        assert_eq!(refused, answers.pending_full, "{test}: pending refusals counted");
+        if phase == 1 {
+            assert!(answers.rate_limited >= total / 2, "{test}: the rate limit did not bite: {answers:?}");
+        } else {
+            assert!(answers.pending_full >= total / 2, "{test}: the pending cap did not bite: {answers:?}");
+        }
+    }
+    assert!(max_rss < rss_before + 32 * 1024, "{test}: VmRSS grew from {rss_before} to {max_rss} KiB");
+    // Afterwards a fleet registers and refreshes as usual.
+    lab.cm1_path.set(Fault::None);
+    std::thread::sleep(Duration::from_secs(1));
+    let opts = FleetOpts {
+        users: 20,
+        first_user: 660_000,
+        refreshes: 2,
+        refresh_interval: REFRESH,
+        rate: 20,
+        timeout: Duration::from_secs(20),
+        ..FleetOpts::default()
+    };
+    let summary = lab.spawn_fleet(&opts).wait();
+    assert!(summary.all_ok(20), "{test}: phones after the flood: {summary:#?}\n{}", lab.log());
+    eprintln!("{test}: 20 phones registered normally after the flood; whole test {:?}", started.elapsed());
+}
+
+/// An SCCP connection flood: 400 connections against `max_sccp_sessions = 100`. The first
+/// 100 are held (slow senders: a byte of a Register every 200 ms), the rest are accepted
+/// and closed at once and counted; the slow senders are closed at `register_timeout`
+/// (2 s), which frees their slots for new connections; memory stays bounded.
+#[test]
+fn sccp_connection_flood_and_slow_senders_stay_bounded() {
+    let test = "sccp_connection_flood_and_slow_senders_stay_bounded";
+    if !require_peers(test, &["sipp"]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let (cap, flood) = (100usize, 400usize);
+    let extra = format!(
+        "[limits]\nmax_sccp_sessions = {cap}\n\n[sccp]\nlisten = [\"{{EDGE_IP}}:2000\"]\nregister_timeout = \"2s\"\n"
+    );
+    let lab = Lab::start(test, LabOpts { extra, ..LabOpts::default() });
+    let pid = lab.regedge.as_ref().expect("regedge").pid();
+    let rss_before = rss_kib(pid);
+    let edge = SocketAddr::new(Ipv4Addr::from(u32::from(lab.phone_ip) - 1).into(), 2000);
+    let sessions = |m: &MetricsText| -> u64 {
+        ["awaiting_register", "standby", "registering", "registered"]
+            .iter()
+            .map(|s| m.value("regedge_sccp_sessions", &[("state", s)]))
+            .sum()
+    };
+    let mut streams: Vec<std::net::TcpStream> = lab.phones.run(|| {
+        (0..flood)
+            .map(|_| {
+                let s = std::net::TcpStream::connect_timeout(&edge, Duration::from_secs(2)).expect("connect");
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect()
+    });
+    let connected_at = Instant::now();
+    // Which connections regedge closed at once: a read sees the end (or a reset).
+    std::thread::sleep(Duration::from_millis(500));
+    let is_closed = |s: &mut std::net::TcpStream| {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    };
+    let closed_at_once = streams.iter_mut().filter_map(|s| is_closed(s).then_some(())).count();
+    let m = lab.metrics();
+    let held = sessions(&m);
+    let refused = m.value("regedge_limit_refusals_total", &[("limit", "sccp_sessions")]);
+    eprintln!(
+        "{test}: {flood} connections against max_sccp_sessions {cap}: {held} sessions held, {closed_at_once} closed \
+         at once, {refused} refusals counted"
+    );
+    assert_eq!(held, cap as u64, "{test}: sessions held\n{}", lab.log());
+    assert_eq!(closed_at_once, flood - cap, "{test}: connections closed at once");
+    assert_eq!(refused, (flood - cap) as u64, "{test}: regedge_limit_refusals_total{{limit=\"sccp_sessions\"}}");
+    // The held ones send a Register one byte every 200 ms: never done before register_timeout.
+    let mut open: Vec<std::net::TcpStream> =
+        streams.into_iter().filter_map(|mut s| (!is_closed(&mut s)).then_some(s)).collect();
+    let mut max_rss = 0;
+    let mut max_held = 0;
+    let register_header = [0x40u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    for byte in register_header.iter().cycle().take(12) {
+        use std::io::Write;
+        for s in &mut open {
+            let _ = s.write_all(&[*byte]);
+        }
+        let m = lab.metrics();
+        max_held = max_held.max(sessions(&m));
+        max_rss = max_rss.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+        if connected_at.elapsed() > Duration::from_millis(3500) {
+            break;
+        }
+    }
+    let all_closed = wait_for(Duration::from_secs(3), || sessions(&lab.metrics()) == 0);
+    let m = lab.metrics();
+    let timed_out = m.value("regedge_sccp_sessions_closed_total", &[("reason", "register_timeout")]);
+    eprintln!(
+        "{test}: slow senders: at most {max_held} sessions held; closed for register_timeout: {timed_out}, all gone \
+         {all_closed:?} later; VmRSS {rss_before} KiB before, at most {max_rss} KiB"
+    );
+    assert!(max_held <= cap as u64, "{test}: {max_held} sessions held, cap {cap}");
+    assert!(all_closed.is_some(), "{test}: slow senders still held {:?} after connecting", connected_at.elapsed());
+    assert_eq!(timed_out, cap as u64, "{test}: slow senders closed at register_timeout");
+    assert!(max_rss < rss_before + 32 * 1024, "{test}: VmRSS grew from {rss_before} to {max_rss} KiB");
+    // The slots are free again.
+    let fresh =
+        lab.phones.run(|| std::net::TcpStream::connect_timeout(&edge, Duration::from_secs(2))).expect("connect");
+    let again = wait_for(Duration::from_secs(2), || sessions(&lab.metrics()) == 1);
+    assert!(again.is_some(), "{test}: a new connection is not held once the flood is gone");
+    drop(fresh);
+    drop(open);
+    let regedge_alive =
+        lab.regedge.as_ref().map(|r| r.pid()).is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    assert!(regedge_alive, "{test}: regedge died");
+    eprintln!("{test}: a new connection is held again; whole test {:?}", started.elapsed());
 }
