@@ -811,10 +811,9 @@ fn register_flood_at_ten_times_the_backend_limit_is_refused_with_retry_after() {
             answers.rate_limited + answers.pending_full >= total * 3 / 4,
             "{test}: at 10x the limit, most REGISTERs are refused: {answers:?}"
         );
-        assert!(
-            answers.ok <= rate * (seconds + 1),
-            "{test}: more forwarded than max_register_rate allows: {answers:?}"
-        );
+        // The token bucket holds one second of tokens, plus the flood's length, plus 250 ms slack.
+        let most = rate * (seconds + 1) + rate / 4;
+        assert!(answers.ok <= most, "{test}: more forwarded than max_register_rate allows (most {most}): {answers:?}");
         assert!(max_pending <= cap, "{test}: {max_pending} pending REGISTERs, cap {cap}");
         assert_eq!(refused, answers.pending_full, "{test}: pending refusals counted");
         if phase == 1 {
