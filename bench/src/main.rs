@@ -1,19 +1,27 @@
-//! regedge benchmarks, one subcommand each.
+//! regedge benchmarks, one subcommand each, and `report`, which runs them all.
+//!
+//! `report [--quick]` (module [`report`]) runs every scenario in turn and writes
+//! bench/report/README.md: the machine, the exact commands, the main table (every
+//! comparison a ratio measured in that run) and the plots (module [`plot`]).
 //!
 //! `registration` (module [`registration`]) measures REGISTER throughput, backend load and
 //! CPU through regedge and through Kamailio as edge proxies; see that module.
 //!
-//! `refresh` (module [`refresh`]) measures REGISTER refreshes per second answered by regedge
-//! with XDP native, XDP generic, in userspace, and by Kamailio as the registrar; see that module.
+//! `refresh` (module [`refresh`]) measures REGISTER refreshes, OPTIONS and STUN keepalives
+//! per second answered by regedge with XDP native, XDP generic, in userspace, and by
+//! Kamailio as the registrar and as a dispatcher edge; see that module.
 //!
 //! `sccp` (module [`sccp`]) measures SCCP KeepAlives per second answered by regedge's kernel
 //! keepalive offload and in userspace, and regedge's memory per SCCP session; see that module.
 //!
+//! `memory`, `failover`, `storm` (module [`scenarios`]) run regedge against fast fake
+//! backends ([`fakebackend`]): memory per binding, a backend's death, a registration storm.
+//!
 //! `keepalive-cost` measures what one keepalive costs on each path:
-//! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the cheapest pass
-//! it makes (a non-IP frame, its floor), and the userspace engine per datagram (the
-//! decision and reply only; socket syscalls come on top). It prints a table and writes
-//! bench/report/keepalive-cost.md.
+//! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the XDP_DROP floor
+//! (a two-instruction `return XDP_DROP` program run on the same frame the same way), and
+//! the userspace engine per datagram (the decision and reply only; socket syscalls come on
+//! top). It prints a table and writes bench/report/keepalive-cost.md.
 //!
 //! BPF_PROG_TEST_RUN's `repeat` re-runs the program on the frame the previous run left
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after

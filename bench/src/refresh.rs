@@ -1,4 +1,5 @@
-//! `refresh`: REGISTER refreshes per second answered at the edge, one generator, one run.
+//! `refresh`: REGISTER refreshes and keepalives (OPTIONS to the proxy, STUN) per second
+//! answered at the edge, one generator, one run.
 //!
 //! Topology: three network namespaces, phones (10.230.0.2–.5 on `rfc0`) — proxy
 //! (10.230.0.1 on `rfp0`, 10.231.0.1 on `rfp1`) — backend (10.231.0.11, the harness's
@@ -11,10 +12,14 @@
 //! regedge with `[fastpath] mode = "native"`, `"generic"`, `"off"` (release build,
 //! `workers = 1`, phone_expires 120, backend_expires 3600), then Kamailio as the
 //! registrar itself on 10.230.0.1 (`tests/kamailio/registrar.cfg`, `-x tlsf`, one child,
-//! debug 1). Each case registers every phone once (full REGISTERs at a moderate rate, every
-//! phone must get its 200), then measures: latency at a common moderate rate, and an open-
-//! loop sweep of rising refresh rates. A step passes with less than 0.1% of its refreshes
-//! without a 200 and the generator sending within 3% of the offered rate.
+//! debug 1), then Kamailio as a dispatcher edge on 10.230.0.1 in front of the same
+//! registrar (`bench/kamailio/dispatcher-edge.cfg`). Each case registers every phone once
+//! (full REGISTERs at a moderate rate, every phone must get its 200), then, for each kind
+//! it answers (refreshes, OPTIONS; STUN for regedge only), measures: latency at a common
+//! moderate rate, and an open-loop sweep of rising rates (halved when even the first
+//! fails, bisected after the first failure). A step passes with less than 0.1% of its
+//! requests without a success answer and the generator sending within 3% of the offered
+//! rate.
 //!
 //! CPU per step: the server's utime + stime (/proc/PID/stat; Kamailio: its whole process
 //! group), softirq and all busy time of the machine (/proc/stat), the generator's own.
@@ -430,7 +435,7 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
         _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
     };
     eprintln!("{}: pid {}", case.label(), server.pid());
-    let quiet = wait_for_quiet(&server, if plan.quick { Duration::ZERO } else { Duration::from_secs(30) });
+    let quiet = wait_for_quiet(&server, if plan.quick { Duration::ZERO } else { Duration::from_secs(10) });
     let spec = fleet_spec(case, plan, net.phone_mac, net.proxy_mac);
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
     let fleet = Fleet::new(spec, sockets)?;
@@ -558,7 +563,7 @@ fn sweep(
     // Nothing passed, the server (not the generator) being the limit: halve the lowest
     // rate, twice at most, so that a slow server still gets a figure.
     let mut low = plan.rates[0];
-    for _ in 0..2 {
+    for _ in 0..if plan.quick { 1 } else { 2 } {
         if steps.iter().any(Step::passed) || !steps.iter().all(Step::generator_kept_up) || !server.alive() {
             break;
         }

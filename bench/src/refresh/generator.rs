@@ -1026,6 +1026,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stun_answer_is_matched_to_its_phone_and_sequence() {
+        let request = stun_request(b'g', 1234, 77);
+        let mut answer = request.to_vec();
+        answer[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
+        answer[2..4].copy_from_slice(&12u16.to_be_bytes());
+        answer.extend_from_slice(&[0, 0x20, 0, 8, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17];
+        packet.resize(28, 0);
+        packet.extend_from_slice(&answer);
+        let r = parse_reply(&packet, b'g').expect("parsed");
+        assert_eq!((r.status, r.phone, r.cseq), (200, 1234, 77));
+        assert!(parse_reply(&packet, b'h').is_none());
+    }
+
+    #[test]
+    fn an_options_keepalive_parses_and_names_the_proxy() {
+        let spec = FleetSpec {
+            tag: b'o',
+            phones: 10,
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            first_port: 20_000,
+            server: Ipv4Addr::new(10, 0, 0, 1),
+            domain: "edge.example.net".into(),
+            first_user: 100,
+            expires: 120,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+        };
+        let text = options_payload(&spec, 3, 9);
+        assert!(regedge::sip::Message::parse(&text).is_ok(), "regedge's parser takes it");
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("OPTIONS sip:edge.example.net SIP/2.0\r\n"));
+        assert!(text.contains("\r\nCall-ID: o3-") && text.contains("\r\nCSeq: 9 OPTIONS\r\n"));
+    }
+
+    #[test]
     fn checksums_fold() {
         // RFC 1071 example.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
