@@ -362,18 +362,25 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 row(
                     "[SCCP](sccp.md)",
                     &format!("KeepAlives per second, {} phones, one outstanding each", s.phones),
-                    format!("{} {:.0}/s ({:.0}% in the kernel)", k.0, k.1, k.5 * 100.0),
-                    format!("{} {:.0}/s", u.0, u.1),
-                    format!("{:.2}×", k.1 / u.1.max(1e-9)),
+                    format!("{} {:.0}/s ({:.0}% in the kernel)", k.label, k.rate, k.kernel_share * 100.0),
+                    format!("{} {:.0}/s", u.label, u.rate),
+                    format!("{:.2}×", k.rate / u.rate.max(1e-9)),
                 );
                 row(
                     "[SCCP](sccp.md)",
                     "regedge CPU per 100k KeepAlives/s",
-                    format!("{:.2}", k.6),
-                    format!("{:.2}", u.6),
-                    format!("{:.2}×", k.6 / u.6.max(1e-9)),
+                    format!("{:.2}", k.cpu_per_100k),
+                    format!("{:.2}", u.cpu_per_100k),
+                    format!("{:.2}×", k.cpu_per_100k / u.cpu_per_100k.max(1e-9)),
                 );
-                if let Some(b) = k.4.or(u.4) {
+                row(
+                    "[SCCP](sccp.md)",
+                    "KeepAlive → KeepAliveAck latency unloaded, p50 / p99 µs",
+                    format!("{:.0} / {:.0}", k.p50_us, k.p99_us),
+                    format!("{:.0} / {:.0}", u.p50_us, u.p99_us),
+                    format!("{:.2}×", k.p50_us / u.p50_us.max(1e-9)),
+                );
+                if let Some(b) = k.bytes_per_session.or(u.bytes_per_session) {
                     row(
                         "[SCCP](sccp.md)",
                         "RSS bytes per session; sessions per GiB of RSS",

@@ -175,8 +175,19 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// What the main report quotes, per case (kernel offload, userspace).
 pub struct Summary {
     pub phones: usize,
-    /// (label, keepalives/s, p50 µs, p99 µs unloaded, bytes per session, kernel share, regedge CPU per 100k/s)
-    pub cases: Vec<(&'static str, f64, f64, f64, Option<f64>, f64, f64)>,
+    pub cases: Vec<SummaryCase>,
+}
+
+pub struct SummaryCase {
+    pub label: &'static str,
+    pub rate: f64,
+    /// Unloaded latency, µs.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub bytes_per_session: Option<f64>,
+    pub kernel_share: f64,
+    /// regedge CPU per 100k keepalives/s.
+    pub cpu_per_100k: f64,
 }
 
 /// Runs both cases and writes bench/report/sccp.md.
@@ -249,19 +260,17 @@ pub fn measure_all(quick: bool) -> anyhow::Result<Summary> {
         phones: plan.phones,
         cases: results
             .iter()
-            .map(|r| {
-                (
-                    match r.case {
-                        Case::Kernel => "kernel offload",
-                        Case::Userspace => "userspace",
-                    },
-                    r.rate(),
-                    r.light().percentile_us(0.5),
-                    r.light().percentile_us(0.99),
-                    r.bytes_per_session(),
-                    r.kernel_share(),
-                    r.per_100k(r.regedge_cpu_s),
-                )
+            .map(|r| SummaryCase {
+                label: match r.case {
+                    Case::Kernel => "kernel offload",
+                    Case::Userspace => "userspace",
+                },
+                rate: r.rate(),
+                p50_us: r.light().percentile_us(0.5),
+                p99_us: r.light().percentile_us(0.99),
+                bytes_per_session: r.bytes_per_session(),
+                kernel_share: r.kernel_share(),
+                cpu_per_100k: r.per_100k(r.regedge_cpu_s),
             })
             .collect(),
     })
