@@ -39,6 +39,9 @@ pub struct EdgeConfig {
     pub phone_expires: u32,
     /// XDP in generic mode on the phone-side veth, nothing pinned; else `mode = "off"`.
     pub xdp: bool,
+    /// Both Kamailio require digest authentication with this password
+    /// ([`KamailioOpts::with_auth`]); `None`: none.
+    pub backend_password: Option<String>,
 }
 
 impl Default for EdgeConfig {
@@ -50,6 +53,7 @@ impl Default for EdgeConfig {
             shutdown_timeout: "5s",
             phone_expires: 30,
             xdp: false,
+            backend_password: None,
         }
     }
 }
@@ -88,7 +92,7 @@ impl EdgeLab {
         backends.ip(&["addr", "add", &format!("{cm2_ip}/24"), "dev", "rgbk0"]);
         // regedge forwards from its phone-side socket: answers come back through it.
         backends.route(&format!("10.222.{n}.0/24"), &edge_backend_side.to_string());
-        let opts = KamailioOpts { children: 2, ..KamailioOpts::default() };
+        let opts = KamailioOpts { children: 2, password: config.backend_password.clone(), ..KamailioOpts::default() };
         let cm1 = Kamailio::start(&backends, cm1_ip, opts.clone());
         let cm2 = Kamailio::start(&backends, cm2_ip, opts);
         let dir = TempDir::new(test);
