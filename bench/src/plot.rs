@@ -99,14 +99,19 @@ pub fn lines(
         let color = COLORS[k % COLORS.len()];
         let pts: Vec<(f64, f64)> =
             s.points.iter().map(|&(x, y)| (tx(x), y)).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
-        let style = ShapeStyle { color: color.to_rgba(), filled: true, stroke_width: 2 };
+        // Earlier series drawn wider, so that a series hidden under a later one with the
+        // same values still shows at its edges.
+        let width = 2 + (2 * (series.len() - 1 - k) as u32).min(6);
+        let style = ShapeStyle { color: color.to_rgba(), filled: true, stroke_width: width };
         chart
             .draw_series(LineSeries::new(pts.clone(), style))
             .map_err(|e| anyhow!("{e:?}"))?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         if pts.len() <= 40 {
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| anyhow!("{e:?}"))?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 1 + width, color.filled())))
+                .map_err(|e| anyhow!("{e:?}"))?;
         }
     }
     chart
