@@ -74,6 +74,13 @@ mode = "auto"
 # is its parent, and refuses to start otherwise. "" pins nothing: the program detaches
 # when regedge exits.
 pin_path = "/sys/fs/bpf/regedge"
+# Replies the kernel gives one source address per second (and in a burst: one second's
+# worth). Requests beyond it go to userspace, which answers at its own pace: the fast
+# path cannot be turned into a line-rate reflector toward a spoofed source. Phones
+# behind one NAT address share the budget (1000 phones refreshing every 120 s with a
+# keepalive every 30 s make about 42 requests per second), so leave room: e.g. 1000 on
+# a node reachable from untrusted networks. 0 means no limit; at most 1000000.
+reply_rate_per_source = 0
 
 [metrics]
 # Address of the Prometheus /metrics HTTP endpoint. Must differ from every sip.listen.
@@ -326,11 +333,20 @@ pub struct FastpathConfig {
     /// `/sys/fs/bpf`, otherwise starting fails. Empty: nothing is pinned and the program
     /// detaches at exit. Default: `"/sys/fs/bpf/regedge"`.
     pub pin_path: PathBuf,
+    /// Replies the kernel gives one source address per second (a burst of one second's
+    /// worth); beyond, its requests go to userspace (`rate_limited` in
+    /// `regedge_fastpath_passed_total`). 0: no limit. At most 1000000. Default: 0.
+    pub reply_rate_per_source: u32,
 }
 
 impl Default for FastpathConfig {
     fn default() -> Self {
-        Self { interfaces: Vec::new(), mode: FastpathMode::default(), pin_path: PathBuf::from("/sys/fs/bpf/regedge") }
+        Self {
+            interfaces: Vec::new(),
+            mode: FastpathMode::default(),
+            pin_path: PathBuf::from("/sys/fs/bpf/regedge"),
+            reply_rate_per_source: 0,
+        }
     }
 }
 

@@ -380,6 +380,7 @@ fn live_part(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         fastpath.interfaces,
         fastpath.mode,
         fastpath.pin_path,
+        fastpath.reply_rate_per_source,
         metrics.listen,
         admin.listen,
         registration.date_header,
@@ -623,6 +624,7 @@ fn start_fastpath(
             None => Fastpath::load()?,
         };
         fastpath.configure(&config.sip.listen, names, tag, answer)?;
+        fastpath.set_reply_rate_per_source(fp.reply_rate_per_source)?;
         fastpath.attach_all(&fp.interfaces, fp.mode)?;
         Ok(fastpath)
     };

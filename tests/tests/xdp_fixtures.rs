@@ -520,6 +520,11 @@ fn fixture_table() {
                     if reply.payload.len() > row.payload.len() && *kind != ReplyKind::Stun {
                         return Err("reply larger than the request".into());
                     }
+                    // STUN's fixed growth: one XOR-MAPPED-ADDRESS (12 bytes for IPv4, 24 for IPv6).
+                    let stun_growth = if row.phone.is_ipv4() { 12 } else { 24 };
+                    if *kind == ReplyKind::Stun && reply.payload.len() > row.payload.len() + stun_growth {
+                        return Err(format!("STUN reply grew by more than {stun_growth} bytes"));
+                    }
                 }
                 Expect::Absorb(kind) => {
                     expect_replies[*kind as usize] = 1;
@@ -570,4 +575,54 @@ fn verified_instruction_count_stays_within_budget() {
         count <= VERIFIED_INSTRUCTIONS_BUDGET,
         "verified instructions {count} exceed the budget {VERIFIED_INSTRUCTIONS_BUDGET}"
     );
+}
+
+/// `[fastpath] reply_rate_per_source`: each source address gets at most that many kernel
+/// replies per second (a burst of one second's worth); beyond, its requests are passed to
+/// userspace untouched, counted as `rate_limited`, while other sources are still answered.
+/// With no limit (0) nothing is passed for it.
+#[test]
+fn reply_rate_per_source_passes_what_is_over_the_budget() {
+    if !require_root("reply_rate_per_source_passes_what_is_over_the_budget") {
+        return;
+    }
+    let mut fastpath = load();
+    let tx = *b"ratelimit-tx";
+    let (p4, x4, p6, x6) = (phone_v4(), proxy_v4(), phone_v6(), proxy_v6());
+    let other: SocketAddr = "10.0.0.3:40000".parse().unwrap();
+    let frame = |phone: SocketAddr, proxy: SocketAddr| udp_frame(phone, proxy, &stun_request(tx, &[]));
+    let options = udp_frame(p4, x4, &options_request("sip:edge.example.net", p4, "rl-1", ""));
+    let run = |fastpath: &Fastpath, frame: &[u8]| {
+        let before = fastpath.counters().passes(PassReason::RateLimited);
+        let run = fastpath.test_run(frame, 1).expect("BPF_PROG_TEST_RUN");
+        let limited = fastpath.counters().passes(PassReason::RateLimited) - before;
+        (run.action, limited, run.frame == frame)
+    };
+    // Unlimited: ten in a row are all answered.
+    for _ in 0..10 {
+        assert_eq!(run(&fastpath, &frame(p4, x4)).0, XDP_TX, "no limit configured");
+    }
+    fastpath.set_reply_rate_per_source(3).expect("set the limit");
+    let mut actions = Vec::new();
+    for _ in 0..5 {
+        actions.push(run(&fastpath, &frame(p4, x4)));
+    }
+    // OPTIONS from the same source draws on the same budget.
+    actions.push(run(&fastpath, &options));
+    let want = [(XDP_TX, 0, false), (XDP_TX, 0, false), (XDP_TX, 0, false)];
+    assert_eq!(&actions[..3], &want, "the first 3 (one second's worth) are answered");
+    for (i, a) in actions[3..].iter().enumerate() {
+        assert_eq!(*a, (XDP_PASS, 1, true), "request {} over the budget is passed untouched and counted", i + 4);
+    }
+    // Other sources have budgets of their own.
+    assert_eq!(run(&fastpath, &frame(other, x4)).0, XDP_TX, "another IPv4 source");
+    assert_eq!(run(&fastpath, &frame(p6, x6)).0, XDP_TX, "an IPv6 source");
+    // The budget refills: a third of a second buys one more reply.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(run(&fastpath, &frame(p4, x4)).0, XDP_TX, "refilled after 400 ms");
+    assert_eq!(run(&fastpath, &frame(p4, x4)).0, XDP_PASS, "and empty again");
+    // Back to no limit.
+    fastpath.set_reply_rate_per_source(0).expect("clear the limit");
+    assert_eq!(run(&fastpath, &frame(p4, x4)).0, XDP_TX, "limit removed");
+    eprintln!("reply_rate_per_source 3: {actions:?}");
 }

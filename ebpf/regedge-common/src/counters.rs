@@ -97,10 +97,14 @@ pub enum PassReason {
     /// headers, unusual syntax, too many lines, a reply that would be larger than the
     /// request): userspace decides.
     RegisterUnsupported = 22,
+    /// A request the kernel would answer, from a source over its reply budget
+    /// (`[fastpath] reply_rate_per_source`): userspace decides, at its own pace, so the
+    /// fast path cannot be used as a line-rate reflector.
+    RateLimited = 23,
 }
 
 impl PassReason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     pub const ALL: [PassReason; Self::COUNT as usize] = [
         Self::NotIp,
         Self::NotUdp,
@@ -125,6 +129,7 @@ impl PassReason {
         Self::RegisterBody,
         Self::RegisterTruncated,
         Self::RegisterUnsupported,
+        Self::RateLimited,
     ];
 
     /// Value of the `reason` metric label.
@@ -153,6 +158,7 @@ impl PassReason {
             Self::RegisterBody => "register_body",
             Self::RegisterTruncated => "register_truncated",
             Self::RegisterUnsupported => "register_unsupported",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -112,10 +112,26 @@ pub struct FastpathSettings {
     pub to_tag: [u8; crate::sip::TO_TAG_LEN],
     /// `SETTING_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Replies a source address may get from the kernel per second (and in a burst);
+    /// beyond, its requests go to userspace (`PassReason::RateLimited`). 0: no limit.
+    pub reply_rate_per_source: u32,
     /// CLOCK_REALTIME minus CLOCK_TAI in nanoseconds, kept current by userspace: the
     /// kernel reads `bpf_ktime_get_tai_ns` and adds this to write the Date header.
     pub realtime_minus_tai_ns: i64,
+}
+
+/// Source addresses whose reply budget the kernel tracks at once (an LRU map: the least
+/// recently seen source is forgotten first, and starts again with a full budget).
+pub const SOURCE_BUDGETS_MAX: u32 = 65_536;
+
+/// A source address's reply budget (`SOURCE_BUDGETS`), a token bucket: `tokens` in
+/// thousandths of a reply, refilled at `reply_rate_per_source` per second up to one
+/// second's worth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBudget {
+    pub tokens_milli: u64,
+    pub last_ns: u64,
 }
 
 /// [`FastpathSettings::flags`]: answers to REGISTER carry a `Date` header
@@ -193,6 +209,7 @@ mod pod {
     unsafe impl aya::Pod for super::FastpathSettings {}
     unsafe impl aya::Pod for super::BindingEntry {}
     unsafe impl aya::Pod for super::AbsorbedRefresh {}
+    unsafe impl aya::Pod for super::SourceBudget {}
 }
 
 /// `SockHash<SccpSocketKey>`: the phones' SCCP TCP sockets the KeepAlive program

@@ -65,6 +65,11 @@ fn try_regedge_xdp(ctx: &XdpContext) -> Result<u32, PassReason> {
     if plen > MAX_PAYLOAD {
         return Err(PassReason::TooBig);
     }
+    // One reply budget per source address for whatever the kernel may answer (before the
+    // work of judging it): over it, userspace decides at its own pace.
+    if !maps::admit_source(&udp.saddr) {
+        return Err(PassReason::RateLimited);
+    }
     let scratch = maps::scratch().ok_or(PassReason::HelperFailed)?;
     frame::load_payload(ctx, &udp, scratch)?;
     if kind == ReplyKind::Register {

@@ -1,14 +1,15 @@
 //! The maps of the XDP program. Layouts and names come from `regedge_common::maps`.
 
 use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use regedge_common::{
     PassReason, ReplyKind,
     maps::{
         ABSORBED_RING_BYTES, AbsorbedRefresh, BINDINGS_MAX, BindingEntry, FastpathSettings, LISTENERS_MAX,
-        LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey,
+        LOCAL_NAMES_MAX, ListenerKey, ListenerValue, LocalNameKey, SOURCE_BUDGETS_MAX, SourceBudget,
     },
 };
 
@@ -42,6 +43,49 @@ static BINDINGS: HashMap<u64, BindingEntry> = HashMap::with_max_entries(BINDINGS
 /// One `AbsorbedRefresh` per refresh answered here, for userspace to fold into its registry.
 #[map]
 static ABSORBED: RingBuf = RingBuf::with_byte_size(ABSORBED_RING_BYTES, 0);
+
+/// Reply budgets of the sources the kernel answered lately, keyed by source address
+/// (IPv4 in the first four bytes), for `[fastpath] reply_rate_per_source`.
+#[map]
+static SOURCE_BUDGETS: LruHashMap<[u8; 16], SourceBudget> = LruHashMap::with_max_entries(SOURCE_BUDGETS_MAX, 0);
+
+/// Whether `udp`'s source may get one more reply from the kernel now; takes the token.
+/// Concurrent updates from two CPUs may lose a token's bookkeeping: the limit is
+/// approximate, never unbounded. Not inlined: a BPF-to-BPF call, so that the verifier
+/// follows one state (admitted) into the rest of the program, not one per path in here.
+#[inline(never)]
+pub fn admit_source(saddr: &[u8; 16]) -> bool {
+    let rate = match settings() {
+        Some(s) => s.reply_rate_per_source as u64,
+        None => 0,
+    };
+    if rate == 0 {
+        return true;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let full = rate * 1000;
+    match SOURCE_BUDGETS.get_ptr_mut(saddr) {
+        Some(budget) => unsafe {
+            let elapsed = now.saturating_sub((*budget).last_ns);
+            // Thousandths of a reply earned since the last look, capped at one second's worth.
+            let earned = if elapsed >= 1_000_000_000 { full } else { elapsed * rate / 1_000_000 };
+            let tokens = (*budget).tokens_milli.saturating_add(earned);
+            let tokens = if tokens > full { full } else { tokens };
+            (*budget).last_ns = now;
+            if tokens < 1000 {
+                (*budget).tokens_milli = tokens;
+                return false;
+            }
+            (*budget).tokens_milli = tokens - 1000;
+            true
+        },
+        None => {
+            let budget = SourceBudget { tokens_milli: full - 1000, last_ns: now };
+            let _ = SOURCE_BUDGETS.insert(saddr, &budget, 0);
+            true
+        }
+    }
+}
 
 /// Per-CPU working memory: the request payload, the reply under construction, the
 /// OPTIONS scanner's state, the Request-URI host key and the REGISTER scanner's tables

@@ -98,6 +98,7 @@ listen = "0.0.0.0:9100"
             interfaces: vec!["eth0".to_owned(), "bond0.100".to_owned()],
             mode: FastpathMode::Native,
             pin_path: PathBuf::from("/sys/fs/bpf/edge-1"),
+            ..FastpathConfig::default()
         },
         metrics: MetricsConfig { listen: addr("0.0.0.0:9100") },
         ..Config::default()
@@ -884,4 +885,14 @@ fn limits_out_of_range_are_reported_with_their_line() {
     assert!(shown.contains("limits.toml:3") && shown.contains("limits.max_sip_tcp_connections = 2000000"), "{shown}");
     let ok = Config::from_toml("[limits]\nmax_sccp_sessions = 7\n", "limits.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ok.limits, LimitsConfig { max_sccp_sessions: 7, ..LimitsConfig::default() });
+}
+
+#[test]
+fn reply_rate_per_source_is_bounded() {
+    assert_eq!(Config::default().fastpath.reply_rate_per_source, 0, "no limit unless configured");
+    let ok = parse_ok("[fastpath]\nreply_rate_per_source = 1000\n");
+    assert_eq!(ok.fastpath.reply_rate_per_source, 1000);
+    let errors = parse_err("[fastpath]\nmode = \"off\"\nreply_rate_per_source = 2000000\n");
+    let shown = errors.to_string();
+    assert!(shown.contains("regedge.toml:3") && shown.contains("fastpath.reply_rate_per_source = 2000000"), "{shown}");
 }

@@ -196,6 +196,12 @@ fn check_fastpath(fastpath: &FastpathConfig, issues: &mut Vec<Issue>) {
         let kind = ConfigErrorKind::PinPathRelative { path: fastpath.pin_path.clone() };
         issues.push(Issue::new(KeyPath::field("fastpath", "pin_path"), kind));
     }
+    let rate = fastpath.reply_rate_per_source as usize;
+    if rate > MAX_LIMIT {
+        let key = "fastpath.reply_rate_per_source";
+        let kind = ConfigErrorKind::LimitOutOfRange { key, value: rate, min: 0, max: MAX_LIMIT };
+        issues.push(Issue::new(KeyPath::dotted(key), kind));
+    }
 }
 
 fn check_metrics(metrics: &MetricsConfig, sip: &SipConfig, issues: &mut Vec<Issue>) {

@@ -284,9 +284,20 @@ impl Fastpath {
         let value = FastpathSettings {
             to_tag: tag.bytes(),
             flags: if answer.date_header { SETTING_DATE_HEADER } else { 0 },
-            _pad: 0,
+            reply_rate_per_source: 0,
             realtime_minus_tai_ns: realtime_minus_tai_ns(),
         };
+        settings.set(0, value, 0).map_err(map_error(maps::SETTINGS))
+    }
+
+    /// Sets how many replies per second (and in a burst) the kernel gives one source
+    /// address (`[fastpath] reply_rate_per_source`; 0: no limit). Beyond, its requests go
+    /// to userspace, counted as `PassReason::RateLimited`. After [`Fastpath::configure`].
+    pub fn set_reply_rate_per_source(&mut self, rate: u32) -> Result<(), DatapathError> {
+        let mut settings: Array<_, FastpathSettings> =
+            Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_error(maps::SETTINGS))?;
+        let mut value = settings.get(&0, 0).map_err(map_error(maps::SETTINGS))?;
+        value.reply_rate_per_source = rate;
         settings.set(0, value, 0).map_err(map_error(maps::SETTINGS))
     }
 
