@@ -406,3 +406,75 @@ fn admin_api_is_local_by_default_and_takes_the_token_off_loopback() {
     assert!(warning.is_some_and(|l| l.contains("WARN")), "{test}: no warning at start:\n{log}");
     regedge.terminate(Duration::from_secs(5));
 }
+
+/// `[fastpath] reply_rate_per_source = 20` on a running regedge with XDP: 200 STUN
+/// keepalives from one source in a burst get at most a second's worth of kernel replies
+/// (plus what the budget earns meanwhile); the rest go to userspace, counted as
+/// `rate_limited`, and are still answered; another source has a budget of its own.
+#[test]
+fn kernel_replies_are_limited_per_source() {
+    let test = "kernel_replies_are_limited_per_source";
+    if !require_peers(test, &[]) {
+        return;
+    }
+    let mut lab = EdgeLab::start(test, &EdgeConfig { xdp: true, ..EdgeConfig::default() });
+    let text = lab.config_text(&EdgeConfig { xdp: true, ..EdgeConfig::default() });
+    let limited = text.replace("pin_path = \"\"\n", "pin_path = \"\"\nreply_rate_per_source = 20\n");
+    assert_ne!(limited, text, "{test}: no [fastpath] pin_path line to add the limit after");
+    lab.regedge().terminate(Duration::from_secs(5));
+    let dir = TempDir::new(test);
+    let config = dir.write("regedge.toml", &limited);
+    let mut regedge = Regedge::start(Some(&lab.proxy), &config, dir.0.join("regedge.log"));
+    regedge
+        .wait_ready("127.0.0.1:9100".parse().unwrap(), Some(&lab.proxy), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{test}: {e}"));
+    let metrics = || {
+        let m = lab.metrics();
+        let stun = |name| m.get(name, &[("kind", "stun")]).unwrap_or(0);
+        (stun("regedge_fastpath_replies_total"), stun("regedge_userspace_replies_total"), passed(&m, "rate_limited"))
+    };
+    let burst = |s: &UdpSocket, count: u32| -> u32 {
+        let started = Instant::now();
+        for i in 0..count {
+            let mut tx = *b"rate-limit-0";
+            tx[8..].copy_from_slice(&i.to_be_bytes());
+            s.send_to(&regedge_tests::fixtures::stun_request(tx, &[]), lab.edge).expect("send");
+        }
+        let mut answers = 0;
+        let mut buf = [0u8; 512];
+        while started.elapsed() < Duration::from_secs(3) && answers < count {
+            if s.recv(&mut buf).is_ok_and(|n| n >= 20 && buf[0] == 0x01 && buf[1] == 0x01) {
+                answers += 1;
+            }
+        }
+        answers
+    };
+    let one = socket(&lab.phones, SocketAddr::new(lab.phone_ip.into(), 17061));
+    let other_ip = phone_subnet_addr(&lab, 4);
+    lab.phones.ip(&["addr", "add", &format!("{other_ip}/24"), "dev", "rgph0"]);
+    let two = socket(&lab.phones, SocketAddr::new(other_ip.into(), 17061));
+    let before = metrics();
+    let started = Instant::now();
+    let answered = burst(&one, 200);
+    let elapsed = started.elapsed();
+    let after_one = metrics();
+    let answered_two = burst(&two, 10);
+    let after_two = metrics();
+    let (kernel, user, limited) = (after_one.0 - before.0, after_one.1 - before.1, after_one.2 - before.2);
+    eprintln!(
+        "{test}: 200 STUN requests from one source in {elapsed:?}: {answered} answered, {kernel} by the kernel, {user} in \
+         userspace, {limited} passed as rate_limited; another source: {answered_two} answered, {} by the kernel",
+        after_two.0 - after_one.0
+    );
+    assert_eq!(answered, 200, "{test}: every request is answered, in the kernel or in userspace");
+    let most = 20 + (20.0 * elapsed.as_secs_f64()).ceil() as u64 + 1;
+    assert!(
+        kernel >= 20 && kernel <= most,
+        "{test}: {kernel} kernel replies to one source (budget 20/s, at most {most})"
+    );
+    assert_eq!(kernel + limited, 200, "{test}: what the kernel did not answer it passed as rate_limited");
+    assert_eq!(user, limited, "{test}: userspace answered what was passed");
+    assert_eq!(answered_two, 10, "{test}: the other source");
+    assert_eq!(after_two.0 - after_one.0, 10, "{test}: the other source has its own budget");
+    regedge.terminate(Duration::from_secs(5));
+}
