@@ -104,9 +104,9 @@ impl Plan {
                 quick,
                 rates: QUICK_RATES,
                 phones: 2000,
-                step: Duration::from_millis(400),
+                step: Duration::from_millis(300),
                 latency_rate: 10_000,
-                latency_window: Duration::from_millis(400),
+                latency_window: Duration::from_millis(300),
                 bisections: 0,
             }
         } else {

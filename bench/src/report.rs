@@ -113,6 +113,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         command_output("uname", &["-r"]),
         command_output("sh", &["-c", ". /etc/os-release && echo $PRETTY_NAME"]),
     );
+    let _ = writeln!(
+        out,
+        "Kamailio as the baseline, set up fairly (shared BENCH-NOTES): Debian's package, installed by `./.ci/setup`; \
+         TLSF allocator (`-x tlsf`), one child (`-n 1`) as regedge runs one worker (`workers = 1`), debug=1, shared \
+         memory sized for the load. As a registrar it runs the end-to-end tests' registrar config \
+         (tests/kamailio/registrar.cfg, usrloc in memory), as an edge bench/kamailio/dispatcher-edge.cfg \
+         (dispatcher, tm, add_path(), failure_route) in front of that registrar. The same phones, addresses and \
+         generator drive both in the same invocation.\n"
+    );
     let _ = writeln!(out, "Scenario run times: {}.\n", {
         let t = |name: &str, took: Duration, ok: bool| {
             format!("{name} {:.0} s{}", took.as_secs_f64(), if ok { "" } else { " (failed)" })
