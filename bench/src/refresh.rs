@@ -69,7 +69,7 @@ pub(crate) const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub(crate) const WORKERS: u32 = 1;
 /// Generator threads that send (each paces its share of the rate); one more receives.
 const SENDERS: usize = 2;
-/// A failing step is run again (at most [`RETRIES`] times) when other processes used more
+/// A failing step is run again (at most [`RETRIES`] times per sweep) when other processes used more
 /// than this many CPUs during it: other work on the machine, not the server, may have
 /// caused the loss.
 const OTHERS_BUSY: f64 = 0.15;
@@ -525,6 +525,7 @@ fn sweep(
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut failures = 0;
+    let mut retries = 0;
     let max_failures = if plan.quick { 1 } else { 2 };
     for &rate in plan.rates {
         if failures >= max_failures {
@@ -532,7 +533,8 @@ fn sweep(
         }
         let mut step = measure(net, fleet, server, rate, plan.step, stop);
         eprintln!("{label}: {}", describe(&step));
-        let mut retries = 0;
+        // At most RETRIES runs again per sweep (not per step), so that a busy machine
+        // cannot stretch the run without bound.
         let max_retries = if plan.quick { 0 } else { RETRIES };
         while !step.passed() && step.others_busy() > OTHERS_BUSY && retries < max_retries && server.alive() {
             retries += 1;
@@ -1067,7 +1069,8 @@ fn render(
          *generator CPU* holds most of the server's work, and a sweep stopped by \"generator\" means the two CPUs \
          were full with sending and answering together. *Other processes* is every process but this benchmark and \
          the server (other work on the machine, e.g. builds); a failed step with other processes above {others} \
-         CPUs is run again up to {retries} times, and each case first waits for a quiet second.\n",
+         CPUs is run again, {retries} times at most per sweep (none with --quick), and each case first waits for a \
+         quiet second (10 s at most; none with --quick).\n",
         others = OTHERS_BUSY,
         retries = RETRIES,
     );

@@ -82,8 +82,13 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         total.as_secs_f64(),
         build_s
     );
-    let kamailio =
-        command_output("kamailio", &["-v"]).lines().next().unwrap_or("").trim_start_matches("version: ").to_owned();
+    let kamailio = command_output("kamailio", &["-v"])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("version: ")
+        .trim()
+        .to_owned();
     let sipp = std::process::Command::new("sipp")
         .arg("-v")
         .output()
