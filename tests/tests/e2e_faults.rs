@@ -940,3 +940,53 @@ fn sccp_connection_flood_and_slow_senders_stay_bounded() {
     assert!(regedge_alive, "{test}: regedge died");
     eprintln!("{test}: a new connection is held again; whole test {:?}", started.elapsed());
 }
+
+/// `[limits] max_sip_tcp_connections = 5`: of 8 TCP connections to the SIP port, 5 are
+/// held and 3 accepted and closed at once (counted); closing held ones frees their slots.
+#[test]
+fn sip_tcp_connections_beyond_the_cap_are_closed_at_once() {
+    let test = "sip_tcp_connections_beyond_the_cap_are_closed_at_once";
+    if !require_peers(test, &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let extra = "[limits]\nmax_sip_tcp_connections = 5\n".to_owned();
+    let lab = Lab::start(test, LabOpts { extra, ..LabOpts::default() });
+    let edge = SocketAddr::new(Ipv4Addr::from(u32::from(lab.phone_ip) - 1).into(), SIP_PORT);
+    let connect = || {
+        lab.phones.run(|| {
+            let s = std::net::TcpStream::connect_timeout(&edge, Duration::from_secs(2)).expect("connect");
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+    };
+    let is_closed = |s: &mut std::net::TcpStream| {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    };
+    let mut streams: Vec<_> = (0..8).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed: Vec<bool> = streams.iter_mut().map(is_closed).collect();
+    let m = lab.metrics();
+    let refused = m.value("regedge_limit_refusals_total", &[("limit", "sip_tcp_connections")]);
+    let open = m.value("regedge_sip_tcp_connections", &[]);
+    eprintln!("{test}: 8 connections, cap 5: closed at once {closed:?}; open {open}, refusals {refused}");
+    assert_eq!(closed.iter().filter(|c| **c).count(), 3, "{test}: {closed:?}");
+    assert_eq!((open, refused), (5, 3), "{test}: open connections and refusals\n{}", lab.log());
+    // Two held ones close: two new ones are held.
+    let mut held: Vec<_> = streams.into_iter().zip(&closed).filter(|(_, c)| !**c).map(|(s, _)| s).collect();
+    held.truncate(3);
+    let freed = wait_for(Duration::from_secs(2), || lab.metrics().value("regedge_sip_tcp_connections", &[]) == 3);
+    assert!(freed.is_some(), "{test}: closed connections still counted");
+    let mut more: Vec<_> = (0..2).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(more.iter_mut().all(|s| !is_closed(s)), "{test}: a freed slot was not reused");
+    let m = lab.metrics();
+    assert_eq!(m.value("regedge_sip_tcp_connections", &[]), 5, "{test}");
+    assert_eq!(m.value("regedge_limit_refusals_total", &[("limit", "sip_tcp_connections")]), 3, "{test}");
+}
