@@ -430,7 +430,7 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
             KamailioOpts { children: WORKERS, shm_mb: 512, pkg_mb: 64, debug: 1, ..KamailioOpts::default() },
         )),
         Case::KamailioEdge => {
-            Server::KamailioEdge(crate::registration::Edge::kamailio_at(&net.proxy, PROXY_IP, BACKEND_IP)?)
+            Server::KamailioEdge(crate::registration::Edge::kamailio_at(&net.proxy, PROXY_IP, &[BACKEND_IP])?)
         }
         _ => Server::Regedge(Regedge::start(&net.proxy, binary, case)?),
     };

@@ -688,11 +688,12 @@ impl Edge {
     }
 
     fn kamailio(ns: &NetNs) -> anyhow::Result<Self> {
-        Self::kamailio_at(ns, EDGE_IP, BACKEND_IP)
+        Self::kamailio_at(ns, EDGE_IP, &[BACKEND_IP])
     }
 
-    /// Kamailio as the edge on `edge_ip`, relaying to the registrar at `backend_ip`.
-    pub(crate) fn kamailio_at(ns: &NetNs, edge_ip: Ipv4Addr, backend_ip: Ipv4Addr) -> anyhow::Result<Self> {
+    /// Kamailio as the edge on `edge_ip`, relaying to the registrars at `backends` (one
+    /// dispatcher set, in priority order: the first while it is up).
+    pub(crate) fn kamailio_at(ns: &NetNs, edge_ip: Ipv4Addr, backends: &[Ipv4Addr]) -> anyhow::Result<Self> {
         let dir = TempDir::new("bench-kamedge");
         let ctl = dir.0.join("ctl.sock");
         // sun_path holds 108 bytes.
@@ -700,7 +701,9 @@ impl Edge {
         std::fs::create_dir_all(dir.0.join("run"))?;
         let ds_list = dir.write(
             "dispatcher.list",
-            &format!("# setid destination flags priority\n1 sip:{backend_ip}:{SIP_PORT} 0 10\n"),
+            &backends.iter().enumerate().fold("# setid destination flags priority\n".to_owned(), |text, (i, ip)| {
+                text + &format!("1 sip:{ip}:{SIP_PORT} 0 {}\n", 10 - i.min(9))
+            }),
         );
         let template_path = workspace_root().join("bench/kamailio/dispatcher-edge.cfg");
         let template =
@@ -809,7 +812,7 @@ impl Edge {
         }
     }
 
-    fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn kamcmd(&self, args: &[&str]) -> Result<String, String> {
         regedge_tests::kamailio::kamcmd(&self.ctl, args)
     }
 

@@ -315,27 +315,40 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     match &failover.result {
         Ok(f) => {
             let s = |v: Option<f64>| v.map_or("not within the window".to_owned(), |v| format!("{v:.2} s"));
+            let r = f.variants.iter().find(|v| v.edge == "regedge");
+            let k = f.variants.iter().find(|v| v.edge != "regedge");
+            let pair = |get: &dyn Fn(&scenarios::FailoverVariant) -> Option<f64>,
+                        fmt: &dyn Fn(Option<f64>) -> String| {
+                let a = r.and_then(get);
+                let b = k.and_then(get);
+                let ratio = match (a, b) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                    _ => "-".to_owned(),
+                };
+                (fmt(a), format!("Kamailio edge {}", fmt(b)), ratio)
+            };
+            let (a, b, c) = pair(&|v| v.detect_s, &s);
             row(
                 "[failover](failover.md)",
                 &format!("{} phones: time to detect the primary's death", f.phones),
-                s(f.detect_s),
-                "health: 2 × 2 s probes, 1 s timeout".to_owned(),
-                dash(),
+                a,
+                b,
+                c,
             );
+            let (a, b, c) = pair(&|v| v.rehome_s, &s);
             row(
                 "[failover](failover.md)",
-                &format!("time until every phone was re-homed (each refreshes every {:.0} s)", f.refresh_period_s),
-                s(f.rehome_s),
-                format!("{} phones on the secondary", f.secondary_distinct),
-                dash(),
+                &format!(
+                    "time until every phone was on the secondary (each refreshes every {:.0} s; regedge paced at {}/s)",
+                    f.refresh_period_s, f.limit
+                ),
+                a,
+                b,
+                c,
             );
-            row(
-                "[failover](failover.md)",
-                "peak REGISTER rate at the secondary, 1 s window (5 s window)",
-                format!("{:.0}/s ({:.0}/s)", f.peak_1s, f.peak_5s),
-                format!("limit {}/s", f.limit),
-                format!("{:.2}×", f.peak_1s / f64::from(f.limit)),
-            );
+            let rate = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}/s"));
+            let (a, b, c) = pair(&|v| Some(v.peak_1s), &rate);
+            row("[failover](failover.md)", "peak REGISTER rate at the secondary, 1 s window", a, b, c);
         }
         Err(e) => row("[failover](failover.md)", "failed", e.clone(), dash(), dash()),
     }

@@ -325,78 +325,139 @@ pub fn memory(quick: bool, command: &str, binary: &std::path::Path, build: &str)
 // ---------------------------------------------------------------------------------------
 // failover
 
-pub struct FailoverResult {
-    pub phones: usize,
-    pub limit: u32,
-    pub refresh_period_s: f64,
+/// The edge a failover is measured through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FailoverEdge {
+    Regedge,
+    Kamailio,
+}
+
+impl FailoverEdge {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Regedge => "regedge",
+            Self::Kamailio => "Kamailio dispatcher edge",
+        }
+    }
+}
+
+pub struct FailoverVariant {
+    pub edge: &'static str,
     pub detect_s: Option<f64>,
     pub rehome_s: Option<f64>,
     pub secondary_distinct: usize,
     pub peak_1s: f64,
     pub peak_5s: f64,
     pub peak_100ms: f64,
-    pub notes: Vec<String>,
+    /// REGISTERs the secondary received from the kill to the end of the window.
+    pub secondary_registers: u64,
+    pub window_s: f64,
+    step: Option<generator::StepResult>,
+    /// (seconds since the kill, phones the secondary accepted, primary up 1/0)
+    timeline: Vec<(f64, f64, f64)>,
+    buckets: Vec<u32>,
+    killed_at_s: f64,
+    problems: Vec<String>,
 }
 
-pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<FailoverResult> {
-    let (phones, period, limit): (usize, f64, u32) = if quick { (2_000, 2.0, 500) } else { (20_000, 10.0, 1_000) };
-    let started = Instant::now();
+pub struct FailoverResult {
+    pub phones: usize,
+    pub limit: u32,
+    pub refresh_period_s: f64,
+    pub variants: Vec<FailoverVariant>,
+}
+
+/// Whether cm1 (`uri`) is active in `kamcmd dispatcher.list` output: its `FLAGS` start
+/// with `A` (active; `I` inactive, `D` disabled, `P` probing follows).
+fn dispatcher_active(list: &str, uri: &str) -> Option<bool> {
+    let mut lines = list.lines().skip_while(|l| !l.contains(uri));
+    lines.next()?;
+    let flags = lines.find_map(|l| l.trim().strip_prefix("FLAGS:"))?.trim();
+    Some(flags.starts_with('A'))
+}
+
+fn failover_variant(
+    edge: FailoverEdge,
+    phones: usize,
+    period: f64,
+    limit: u32,
+    binary: &std::path::Path,
+) -> anyhow::Result<FailoverVariant> {
     let net = Topology::with(&phone_ips(phones), &[BACKEND_IP, BACKEND2_IP])?;
     let epoch = Instant::now();
     let cm1 = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND_IP.into(), SIP_PORT), epoch)?;
     let cm2 = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND2_IP.into(), SIP_PORT), epoch)?;
-    let regedge = Regedge::start_config(
-        &net.proxy,
-        binary,
-        &config(&[("cm1", BACKEND_IP, 100_000), ("cm2", BACKEND2_IP, limit)], 120, 3600),
-    )?;
-    let up = wait_until(Duration::from_secs(10), || {
-        let m = metrics(&net);
-        metric(&m, "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
-            && metric(&m, "regedge_backend_up{backend=\"cm2\"}") == Some(1.0)
-    });
-    ensure!(up, "the fake backends never came up in regedge");
+    let (regedge, kamailio) = match edge {
+        FailoverEdge::Regedge => {
+            let r = Regedge::start_config(
+                &net.proxy,
+                binary,
+                &config(&[("cm1", BACKEND_IP, 100_000), ("cm2", BACKEND2_IP, limit)], 120, 3600),
+            )?;
+            let up = wait_until(Duration::from_secs(10), || {
+                let m = metrics(&net);
+                metric(&m, "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
+                    && metric(&m, "regedge_backend_up{backend=\"cm2\"}") == Some(1.0)
+            });
+            ensure!(up, "the fake backends never came up in regedge");
+            (Some(r), None)
+        }
+        FailoverEdge::Kamailio => {
+            let k = crate::registration::Edge::kamailio_at(&net.proxy, PROXY_IP, &[BACKEND_IP, BACKEND2_IP])?;
+            std::thread::sleep(Duration::from_millis(500));
+            (None, Some(k))
+        }
+    };
+    let cm1_uri = format!("sip:{BACKEND_IP}:{SIP_PORT}");
+    let primary_up = || -> Option<bool> {
+        match (&regedge, &kamailio) {
+            (Some(_), _) => metric(&metrics(&net), "regedge_backend_up{backend=\"cm1\"}").map(|v| v == 1.0),
+            (_, Some(k)) => dispatcher_active(&k.kamcmd(&["dispatcher.list"]).ok()?, &cm1_uri),
+            _ => None,
+        }
+    };
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
     let fleet = Fleet::new(spec(b'f', phones, &net), sockets)?;
     let stop = AtomicBool::new(false);
-    let mut notes = Vec::new();
     let rate = (phones as f64 / period).round() as u64;
     let mut detect_s = None;
     let mut rehome_s = None;
     let mut killed_at_s = 0.0;
     let mut step = None;
     let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
+    let mut registers_at_kill = 0;
+    // Phones refresh round-robin, each every `period`, for long enough to be re-homed.
+    let window = Duration::from_secs_f64(2.0 + 5.0 + period * 2.0 + phones as f64 / f64::from(limit));
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let receiver = scope.spawn(|| fleet.receive(&stop));
         let result = (|| -> anyhow::Result<()> {
             let o = fleet.register_paced(0..phones, 5_000, Duration::from_secs(1), Duration::from_secs(60));
             ensure!(o.registered == phones, "only {} of {phones} phones registered", o.registered);
-            let on_cm1 = wait_until(Duration::from_secs(10), || {
-                metric(&metrics(&net), "regedge_backend_bindings{backend=\"cm1\"}") == Some(phones as f64)
-            });
-            ensure!(on_cm1, "not every phone was on cm1");
-            // Phones refresh round-robin, each every `period`, for long enough to be re-homed.
-            let window = Duration::from_secs_f64(2.0 + 5.0 + period * 2.0 + phones as f64 / f64::from(limit));
+            ensure!(
+                wait_until(Duration::from_secs(5), || cm1.distinct_registered() == phones),
+                "cm1 holds {} of {phones} phones",
+                cm1.distinct_registered()
+            );
             let (fleet, stop) = (&fleet, &stop);
             let loop_handle = scope.spawn(move || fleet.run_step(rate, window, 2, Duration::from_millis(300), stop));
             std::thread::sleep(Duration::from_secs(2));
             let t0 = Instant::now();
+            registers_at_kill = cm2.stats.registers.load(Ordering::Relaxed);
             cm1.kill();
             killed_at_s = epoch.elapsed().as_secs_f64();
-            eprintln!("failover: cm1 killed");
+            eprintln!("failover ({}): cm1 killed", edge.label());
             while t0.elapsed() < window {
-                let m = metrics(&net);
                 let t = t0.elapsed().as_secs_f64();
-                let on_cm2 = metric(&m, "regedge_backend_bindings{backend=\"cm2\"}").unwrap_or(0.0);
-                let up = metric(&m, "regedge_backend_up{backend=\"cm1\"}").unwrap_or(1.0);
-                timeline.push((t, on_cm2, up));
-                if detect_s.is_none() && up == 0.0 {
+                let up = primary_up().unwrap_or(true);
+                let on_cm2 = cm2.distinct_registered();
+                timeline.push((t, on_cm2 as f64, if up { 1.0 } else { 0.0 }));
+                if detect_s.is_none() && !up {
                     detect_s = Some(t);
-                    eprintln!("failover: cm1 down after {t:.2} s");
+                    eprintln!("failover ({}): cm1 down after {t:.2} s", edge.label());
                 }
-                if rehome_s.is_none() && on_cm2 >= phones as f64 {
+                if rehome_s.is_none() && on_cm2 >= phones {
                     rehome_s = Some(t);
-                    eprintln!("failover: every phone on cm2 after {t:.2} s");
+                    eprintln!("failover ({}): every phone on cm2 after {t:.2} s", edge.label());
                 }
                 if rehome_s.is_some() && detect_s.is_some() {
                     stop.store(true, Ordering::Relaxed);
@@ -411,72 +472,106 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
         let _ = receiver.join();
         result
     })?;
-    let secondary_distinct = cm2.distinct_registered();
-    let b1 = cm1.buckets();
-    let b2 = cm2.buckets();
-    let result = FailoverResult {
-        phones,
-        limit,
-        refresh_period_s: period,
+    let window_s = timeline.last().map_or(0.0, |t| t.0);
+    let problems: Vec<String> = match (&regedge, &kamailio) {
+        (Some(r), _) => r
+            .process
+            .log()
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+            .map(str::to_owned)
+            .collect(),
+        (_, Some(k)) => {
+            k.log_problems().into_iter().filter(|l| l.contains("ERROR") || l.contains("CRITICAL")).collect()
+        }
+        _ => Vec::new(),
+    };
+    let variant = FailoverVariant {
+        edge: edge.label(),
         detect_s,
         rehome_s,
-        secondary_distinct,
+        secondary_distinct: cm2.distinct_registered(),
         peak_1s: cm2.peak_rate(10),
         peak_5s: cm2.peak_rate(50),
         peak_100ms: cm2.peak_rate(1),
-        notes: std::mem::take(&mut notes),
+        secondary_registers: cm2.stats.registers.load(Ordering::Relaxed).saturating_sub(registers_at_kill),
+        window_s,
+        step,
+        timeline,
+        buckets: cm2.buckets(),
+        killed_at_s,
+        problems,
     };
-    let log_problems: Vec<String> = regedge
-        .process
-        .log()
-        .lines()
-        .filter(|l| l.contains("ERROR") || l.contains("panicked"))
-        .map(str::to_owned)
-        .collect();
-    drop(regedge);
+    drop((regedge, kamailio));
     drop((cm1, cm2, fleet, net));
+    Ok(variant)
+}
 
-    // REGISTERs per second at each backend over time (100 ms buckets), from the kill.
-    let series = |b: &[u32]| -> Vec<(f64, f64)> {
-        b.iter()
+pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<FailoverResult> {
+    let (phones, period, limit): (usize, f64, u32) = if quick { (2_000, 2.0, 500) } else { (20_000, 10.0, 1_000) };
+    let started = Instant::now();
+    let mut variants = Vec::new();
+    let mut failures = Vec::new();
+    for edge in [FailoverEdge::Regedge, FailoverEdge::Kamailio] {
+        match failover_variant(edge, phones, period, limit, binary) {
+            Ok(v) => variants.push(v),
+            Err(e) => {
+                eprintln!("failover ({}) failed: {e:#}", edge.label());
+                failures.push(format!("{}: {e:#}", edge.label()));
+            }
+        }
+    }
+    ensure!(!variants.is_empty(), "failover failed: {}", failures.join("; "));
+    let result = FailoverResult { phones, limit, refresh_period_s: period, variants };
+
+    // REGISTERs per second at the secondary over time (100 ms buckets), from the kill.
+    let series = |v: &FailoverVariant| -> Vec<(f64, f64)> {
+        v.buckets
+            .iter()
             .enumerate()
-            .map(|(i, &c)| ((i as f64 + 0.5) * 0.1 - killed_at_s, f64::from(c) * 10.0))
-            .filter(|(t, _)| *t >= -2.0)
+            .map(|(i, &c)| ((i as f64 + 0.5) * 0.1 - v.killed_at_s, f64::from(c) * 10.0))
+            .filter(|(t, _)| *t >= -2.0 && *t <= v.window_s + 1.0)
             .collect()
     };
+    let end = result.variants.iter().map(|v| v.window_s).fold(0.0, f64::max);
+    let mut rate_series: Vec<Series> = result
+        .variants
+        .iter()
+        .map(|v| Series { name: format!("cm2 (secondary) behind {}", v.edge), points: series(v) })
+        .collect();
+    rate_series.push(Series {
+        name: format!("cm2's max_register_rate in regedge ({limit}/s)"),
+        points: vec![(-2.0, f64::from(limit)), (end, f64::from(limit))],
+    });
     let plot_file = "failover-registers.svg";
-    let end = timeline.last().map_or(0.0, |t| t.0);
     let plotted = plot::lines(
         plot_file,
-        "Failover: REGISTERs per second arriving at each backend (cm1 killed at 0 s)",
+        "Failover: REGISTERs per second arriving at the secondary (cm1 killed at 0 s)",
         "seconds since cm1 was killed",
         "REGISTERs/s (100 ms buckets)",
-        &[
-            Series { name: "cm2 (secondary)".into(), points: series(&b2) },
-            Series { name: "cm1 (primary, killed at 0 s)".into(), points: series(&b1) },
-            Series {
-                name: format!("cm2's max_register_rate ({limit}/s)"),
-                points: vec![(-2.0, f64::from(limit)), (end, f64::from(limit))],
-            },
-        ],
+        &rate_series,
         false,
     )
     .and_then(|()| {
+        let mut s = Vec::new();
+        for v in &result.variants {
+            s.push(Series {
+                name: format!("phones cm2 accepted, behind {}", v.edge),
+                points: v.timeline.iter().map(|(t, n, _)| (*t, *n)).collect(),
+            });
+        }
+        for v in &result.variants {
+            s.push(Series {
+                name: format!("cm1 up in {}'s view × phones", v.edge),
+                points: v.timeline.iter().map(|(t, _, up)| (*t, up * phones as f64)).collect(),
+            });
+        }
         plot::lines(
             "failover-rehomed.svg",
-            "Failover: phones on the secondary, and the primary's health, as regedge's /metrics said",
+            "Failover: phones on the secondary, and the primary's health as each edge saw it",
             "seconds since cm1 was killed",
             "phones",
-            &[
-                Series {
-                    name: "regedge_backend_bindings{backend=\"cm2\"}".into(),
-                    points: timeline.iter().map(|(t, n, _)| (*t, *n)).collect(),
-                },
-                Series {
-                    name: "regedge_backend_up{backend=\"cm1\"} × phones".into(),
-                    points: timeline.iter().map(|(t, _, up)| (*t, up * phones as f64)).collect(),
-                },
-            ],
+            &s,
             false,
         )
     });
@@ -489,57 +584,84 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
         started.elapsed().as_secs_f64()
     );
     let _ = writeln!(out, "Measured: {build}.\n");
+    let rate = (phones as f64 / period).round() as u64;
     let _ = writeln!(
         out,
-        "Setup: {phones} phones (AF_PACKET generator, each its own source address and port) register through regedge \
-         (release, `workers = {WORKERS}`, XDP native, group `[cm1, cm2]`, `[health] interval = \"2s\" timeout = \"1s\" \
-         down_after = 2` — the defaults — and cm2's `max_register_rate = {limit}`) to two fake registrars \
-         (bench/src/fakebackend.rs, 200 at once). Every phone is on cm1. Then the phones refresh round-robin, each \
-         every {period:.0} s ({rate}/s, answered by the XDP program while cm1 is up); 2 s into that, cm1 stops \
-         answering anything (its socket drops every datagram, as a dead host). regedge's /metrics is read every 50 ms: \
-         *detected* = cm1's `regedge_backend_up` turned 0; *re-homed* = `regedge_backend_bindings{{backend=\"cm2\"}}` \
-         reached {phones}. A phone moves at its next REGISTER after the detection (its kernel entry is flagged, the \
-         refresh goes to userspace and on to cm2 as a full registration, paced by cm2's limit with 503 and \
-         Retry-After), so re-homing takes the detection, up to one refresh period, and the pacing. The refresh \
-         rate ({rate}/s) is above cm2's limit ({limit}/s) on purpose: the pacing is what is measured. A phone answered \
-         503 here comes back at its next round-robin refresh (one period later), not after its Retry-After.\n"
+        "Setup, the same for both edges, each in a topology of its own: {phones} phones (AF_PACKET generator, each \
+         its own source address and port) register through the edge to two fake registrars (bench/src/fakebackend.rs, \
+         200 at once), cm1 first and cm2 second in priority; every phone is on cm1 (cm1 accepted every Call-ID). Then \
+         the phones refresh round-robin, each every {period:.0} s ({rate}/s); 2 s into that, cm1 stops answering \
+         anything (its socket drops every datagram, as a dead host). *Detected* = the edge's own view of cm1 turned \
+         down, read every 50 ms: regedge's `regedge_backend_up{{backend=\"cm1\"}}` (/metrics), Kamailio's \
+         `dispatcher.list` flags (kamcmd). *Re-homed* = cm2 has accepted a REGISTER of every phone (distinct \
+         Call-IDs at cm2).\n\n\
+         - regedge (release, `workers = {WORKERS}`, XDP native): group `[cm1, cm2]`, `[health] interval = \"2s\" \
+         timeout = \"1s\" down_after = 2` (the defaults), cm2's `max_register_rate = {limit}`. Refreshes are answered \
+         at the edge (the XDP program) while cm1 is up; after the detection a phone's entry is flagged, its next \
+         refresh goes to userspace and on to cm2 as a full registration, paced by cm2's limit (503 with \
+         Retry-After beyond it). The refresh rate is above the limit on purpose: the pacing is what is measured. A \
+         phone answered 503 here comes back at its next round-robin refresh (one period later).\n\
+         - Kamailio (`bench/kamailio/dispatcher-edge.cfg`: dispatcher algorithm 8 over cm1 then cm2, OPTIONS \
+         probes every 2 s, 2 failures mark a destination down, tm with a 4 s final-response timer and a \
+         failure_route that marks the destination down and tries the next; `-x tlsf -n {WORKERS}`, debug=1): it \
+         relays every refresh (it has no registration cache), so a phone moves at its first refresh after the \
+         detection, unpaced.\n"
     );
     let fmt = |v: Option<f64>| v.map_or("not within the window".to_owned(), |s| format!("{s:.2} s"));
-    let _ = writeln!(out, "| measure | value |");
-    let _ = writeln!(out, "| --- | ---: |");
-    let _ = writeln!(out, "| phones | {phones} |");
-    let _ = writeln!(out, "| time to detect cm1's death | {} |", fmt(result.detect_s));
-    let _ = writeln!(out, "| time until every phone was on cm2 | {} |", fmt(result.rehome_s));
-    let _ = writeln!(out, "| phones cm2 accepted (distinct Call-IDs) | {secondary_distinct} |");
-    let _ = writeln!(out, "| peak REGISTER rate at cm2, 1 s window | {:.0}/s (limit {limit}/s) |", result.peak_1s);
-    let _ = writeln!(out, "| peak REGISTER rate at cm2, 5 s window | {:.0}/s |", result.peak_5s);
-    let _ = writeln!(out, "| peak REGISTER rate at cm2, 100 ms bucket | {:.0}/s |", result.peak_100ms);
-    if let Some(s) = &step {
-        let _ = writeln!(
-            out,
-            "| refreshes during the window: sent / 200 / other answers (503) | {} / {} / {} |",
-            s.sent, s.ok, s.not_ok
-        );
-    }
+    let _ = writeln!(
+        out,
+        "| measure | {} |{}",
+        result.variants.iter().map(|v| v.edge).collect::<Vec<_>>().join(" | "),
+        if result.variants.len() == 2 { " regedge / Kamailio |" } else { "" }
+    );
+    let _ =
+        writeln!(out, "| --- |{}", " ---: |".repeat(result.variants.len() + usize::from(result.variants.len() == 2)));
+    let ratio = |f: &dyn Fn(&FailoverVariant) -> Option<f64>| -> String {
+        match &result.variants[..] {
+            [a, b] => match (f(a), f(b)) {
+                (Some(x), Some(y)) if y > 0.0 => format!(" {:.2}× |", x / y),
+                _ => " - |".to_owned(),
+            },
+            _ => String::new(),
+        }
+    };
+    let mut line =
+        |name: &str, cell: &dyn Fn(&FailoverVariant) -> String, num: &dyn Fn(&FailoverVariant) -> Option<f64>| {
+            let cells: Vec<String> = result.variants.iter().map(cell).collect();
+            let _ = writeln!(out, "| {name} | {} |{}", cells.join(" | "), ratio(num));
+        };
+    line("time to detect cm1's death", &|v| fmt(v.detect_s), &|v| v.detect_s);
+    line("time until every phone was on cm2", &|v| fmt(v.rehome_s), &|v| v.rehome_s);
+    line("phones cm2 accepted", &|v| v.secondary_distinct.to_string(), &|v| Some(v.secondary_distinct as f64));
+    line("peak REGISTER rate at cm2, 1 s window", &|v| format!("{:.0}/s", v.peak_1s), &|v| Some(v.peak_1s));
+    line("peak REGISTER rate at cm2, 5 s window", &|v| format!("{:.0}/s", v.peak_5s), &|v| Some(v.peak_5s));
+    line("peak REGISTER rate at cm2, 100 ms bucket", &|v| format!("{:.0}/s", v.peak_100ms), &|v| Some(v.peak_100ms));
+    line(
+        "REGISTERs cm2 received from the kill to the end of the window (window length)",
+        &|v| format!("{} ({:.1} s)", v.secondary_registers, v.window_s),
+        &|v| Some(v.secondary_registers as f64),
+    );
+    line(
+        "refreshes during the window: sent / answered 200 / other answers",
+        &|v| v.step.as_ref().map_or("-".to_owned(), |s| format!("{} / {} / {}", s.sent, s.ok, s.not_ok)),
+        &|_| None,
+    );
     match plotted {
         Ok(()) => {
-            let _ = writeln!(out, "\n![REGISTERs per second at each backend]({plot_file})");
+            let _ = writeln!(out, "\n![REGISTERs per second at the secondary]({plot_file})");
             let _ = writeln!(out, "\n![phones on the secondary over time](failover-rehomed.svg)");
         }
         Err(e) => {
             let _ = writeln!(out, "\nPlot not drawn: {e:#}");
         }
     }
-    if !log_problems.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nregedge logged {} error lines; the last: `{}`",
-            log_problems.len(),
-            log_problems[log_problems.len() - 1]
-        );
+    for v in &result.variants {
+        if let Some(last) = v.problems.last() {
+            let _ = writeln!(out, "\n- note: {} logged {} error lines; the last: `{last}`", v.edge, v.problems.len());
+        }
     }
-    for n in &result.notes {
-        let _ = writeln!(out, "\n- note: {n}");
+    for f in &failures {
+        let _ = writeln!(out, "\n- failed: {f}");
     }
     write_report("failover", &out)?;
     Ok(result)
