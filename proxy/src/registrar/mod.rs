@@ -656,11 +656,11 @@ impl Registrar {
                 RegistrationOutcome::Rejected,
             );
         };
-        let phone_branch = forward::top_via_branch(msg).unwrap_or_default();
-        let branch = format!(
-            "{BRANCH_PREFIX}{:016x}",
-            hash_of(&[phone_branch, request.call_id, &request.cseq.to_be_bytes(), &backend.0.to_be_bytes()])
-        );
+        // The whole request is in the branch: only a byte-for-byte retransmission finds
+        // the pending transaction. A REGISTER that only reuses the phone's branch, Call-ID
+        // and CSeq is another transaction, so a late answer to the first (one that timed
+        // out) cannot store the second's binding, which the backend never saw.
+        let branch = format!("{BRANCH_PREFIX}{:016x}", hash_of(&[raw, &backend.0.to_be_bytes()]));
         // A retransmission of a REGISTER still waiting at the backend takes no token: it
         // is dropped, or sent on again once RETRANSMIT_AFTER_MS have passed.
         let retransmission = match self.pending.get_mut(&branch) {
