@@ -282,6 +282,14 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// A figure that moves whenever the registry may have changed: registration outcomes,
 /// lapses, refreshes the kernel answered, and the number of bindings.
 fn generation(registrar: &Registrar, mirror: Option<&MirrorStats>) -> u64 {
@@ -295,8 +303,8 @@ fn generation(registrar: &Registrar, mirror: Option<&MirrorStats>) -> u64 {
 }
 
 /// The thread that writes the snapshot every [`INTERVAL`] while the registry changes (at
-/// most once per ten times the last write took, so a large registry does not keep a core
-/// busy), and once more when it is dropped (at shutdown, after the event loops stopped).
+/// most once per ten times the CPU the last write used, so a large registry does not keep
+/// a core busy), and once more when it is dropped (at shutdown, after the event loops stopped).
 pub struct SnapshotWriter {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -317,6 +325,7 @@ impl SnapshotWriter {
             let mut next_allowed = std::time::Instant::now();
             let mut save = |why: &str| {
                 let started = std::time::Instant::now();
+                let cpu_before = thread_cpu_time();
                 match state.save(registrar, &node) {
                     Ok(bindings) => tracing::debug!(bindings, why, took = ?started.elapsed(), "registry snapshot written"),
                     Err(error) => {
@@ -326,7 +335,9 @@ impl SnapshotWriter {
                         }
                     }
                 }
-                started + started.elapsed() * 10
+                // The pause counts the CPU the write used, not the time spent waiting for
+                // the disk: a slow fsync on a busy machine must not hold snapshots back.
+                std::time::Instant::now() + thread_cpu_time().saturating_sub(cpu_before) * 10
             };
             loop {
                 match stopped.recv_timeout(INTERVAL) {
