@@ -353,33 +353,53 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         Err(e) => row("[failover](failover.md)", "failed", e.clone(), dash(), dash()),
     }
     match &storm.result {
-        Ok(s) => {
-            row(
-                "[storm](storm.md)",
-                &format!("{} phones at once, backend limit {}/s: time until all registered", s.phones, s.limit),
-                s.all_registered_s.map_or(format!("{} registered", s.registered), |t| format!("{t:.1} s")),
-                format!("the limit alone: {:.1} s", s.phones as f64 / f64::from(s.limit)),
-                s.all_registered_s.map_or(dash(), |t| format!("{:.2}×", t / (s.phones as f64 / f64::from(s.limit)))),
-            );
-            row(
-                "[storm](storm.md)",
-                "503s sent; phones lost (no 200 / not at the backend / not in regedge)",
-                format!("{}", s.unavailable),
-                format!(
-                    "{} / {} / {}",
-                    s.phones - s.registered,
-                    s.phones.saturating_sub(s.backend_distinct),
-                    (s.phones as u64).saturating_sub(s.bindings)
-                ),
-                dash(),
-            );
-            row(
-                "[storm](storm.md)",
-                "peak REGISTER rate at the backend, 1 s window (5 s window); token bucket with 1 s of burst",
-                format!("{:.0}/s ({:.0}/s)", s.peak_1s, s.peak_5s),
-                format!("limit {}/s", s.limit),
-                format!("{:.2}×", s.peak_1s / f64::from(s.limit)),
-            );
+        Ok(st) => {
+            let r = st.variants.iter().find(|v| v.edge == "regedge");
+            let k = st.variants.iter().find(|v| v.edge != "regedge");
+            let kam = |f: &dyn Fn(&scenarios::StormVariant) -> String| {
+                k.map_or("Kamailio edge: not run".to_owned(), |k| format!("Kamailio edge {}", f(k)))
+            };
+            if let Some(r) = r {
+                let all = |v: &scenarios::StormVariant| {
+                    v.all_registered_s.map_or(format!("{} registered", v.registered), |t| format!("{t:.1} s"))
+                };
+                row(
+                    "[storm](storm.md)",
+                    &format!(
+                        "{} phones at once: time until all registered (regedge: backend limit {}/s, {:.1} s by the limit alone)",
+                        st.phones,
+                        st.limit,
+                        st.phones as f64 / f64::from(st.limit)
+                    ),
+                    all(r),
+                    kam(&all),
+                    match (r.all_registered_s, k.and_then(|k| k.all_registered_s)) {
+                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                        _ => dash(),
+                    },
+                );
+                let lost = |v: &scenarios::StormVariant| {
+                    format!(
+                        "{} / {}",
+                        st.phones - v.registered.min(st.phones),
+                        st.phones.saturating_sub(v.backend_distinct)
+                    )
+                };
+                row(
+                    "[storm](storm.md)",
+                    "503s sent to phones; phones lost (no 200 / not at the backend)",
+                    format!("{}; {}", r.unavailable, lost(r)),
+                    kam(&|v| format!("{}; {}", v.unavailable, lost(v))),
+                    dash(),
+                );
+                row(
+                    "[storm](storm.md)",
+                    "peak REGISTER rate at the backend, 1 s window (5 s window)",
+                    format!("{:.0}/s ({:.0}/s)", r.peak_1s, r.peak_5s),
+                    kam(&|v| format!("{:.0}/s ({:.0}/s)", v.peak_1s, v.peak_5s)),
+                    k.map_or(dash(), |k| format!("{:.2}×", r.peak_1s / k.peak_1s.max(1e-9))),
+                );
+            }
         }
         Err(e) => row("[storm](storm.md)", "failed", e.clone(), dash(), dash()),
     }
@@ -454,8 +474,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
          - [sccp.md](sccp.md): SCCP KeepAlives answered by the sk_skb program against userspace; memory per session.\n\
          - [memory.md](memory.md): RSS and BPF map memory at rising binding counts, bindings made by registering \
          through regedge.\n\
-         - [failover.md](failover.md): a backend stops answering under refreshing phones.\n\
-         - [storm.md](storm.md): every phone registers at once behind `max_register_rate`.\n"
+         - [failover.md](failover.md): a backend stops answering under refreshing phones, through regedge and \
+         through Kamailio as dispatcher edge (fast fake backends).\n\
+         - [storm.md](storm.md): every phone registers at once, through regedge behind `max_register_rate` and \
+         through Kamailio as dispatcher edge (no limit).\n"
     );
     let failed: Vec<String> = [
         (cost.name, cost.result.as_ref().err()),

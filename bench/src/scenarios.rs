@@ -670,35 +670,50 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
 // ---------------------------------------------------------------------------------------
 // storm
 
-pub struct StormResult {
-    pub phones: usize,
-    pub limit: u32,
+/// One edge's storm.
+pub struct StormVariant {
+    pub edge: &'static str,
     pub registered: usize,
     pub all_registered_s: Option<f64>,
     pub sent: u64,
     pub retransmissions: u64,
     pub unavailable: u64,
+    pub other_failures: u64,
     pub backend_distinct: usize,
-    pub bindings: u64,
+    /// regedge's `regedge_bindings` after the storm (regedge only).
+    pub bindings: Option<u64>,
     pub peak_1s: f64,
     pub peak_5s: f64,
-    /// REGISTERs the backend received (each phone's accepted one, and any regedge sent again).
+    /// REGISTERs the backend received.
     pub backend_registers: u64,
+    completions_s: Vec<f64>,
 }
 
-pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<StormResult> {
-    let (phones, limit): (usize, u32) = if quick { (3_000, 1_000) } else { (100_000, 5_000) };
-    let started = Instant::now();
+pub struct StormResult {
+    pub phones: usize,
+    pub limit: u32,
+    /// regedge first, then Kamailio as dispatcher edge when it ran.
+    pub variants: Vec<StormVariant>,
+}
+
+fn storm_variant(kamailio: bool, phones: usize, limit: u32, binary: &std::path::Path) -> anyhow::Result<StormVariant> {
     let net = Topology::with(&phone_ips(phones), &[BACKEND_IP])?;
     let epoch = Instant::now();
     let backend = FakeBackend::start(&net.backend, SocketAddr::new(BACKEND_IP.into(), SIP_PORT), epoch)?;
-    let regedge = Regedge::start_config(&net.proxy, binary, &config(&[("cm1", BACKEND_IP, limit)], 3600, 7200))?;
-    let up = wait_until(Duration::from_secs(10), || {
-        metric(&metrics(&net), "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
-    });
-    ensure!(up, "the fake backend never came up in regedge");
+    let (regedge, kam) = if kamailio {
+        let k = crate::registration::Edge::kamailio_at(&net.proxy, PROXY_IP, &[BACKEND_IP])?;
+        std::thread::sleep(Duration::from_millis(500));
+        (None, Some(k))
+    } else {
+        let r = Regedge::start_config(&net.proxy, binary, &config(&[("cm1", BACKEND_IP, limit)], 3600, 7200))?;
+        let up = wait_until(Duration::from_secs(10), || {
+            metric(&metrics(&net), "regedge_backend_up{backend=\"cm1\"}") == Some(1.0)
+        });
+        ensure!(up, "the fake backend never came up in regedge");
+        (Some(r), None)
+    };
     let sockets = net.phones.run(|| generator::open_sockets(net.phone_ifindex))?;
-    let fleet = Fleet::new(spec(b's', phones, &net), sockets)?;
+    let fleet = Fleet::new(spec(if kamailio { b'S' } else { b's' }, phones, &net), sockets)?;
     let stop = AtomicBool::new(false);
     // Every phone at once: as fast as the generator sends (offered far above any limit).
     let offered: u64 = 1_000_000;
@@ -711,41 +726,63 @@ pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) 
         o
     });
     std::thread::sleep(Duration::from_millis(500));
-    let m = metrics(&net);
-    let bindings = metric(&m, "regedge_bindings{protocol=\"sip\"}").unwrap_or(0.0) as u64;
-    let backend_distinct = backend.distinct_registered();
-    let result = StormResult {
-        phones,
-        limit,
+    let bindings =
+        regedge.as_ref().map(|_| metric(&metrics(&net), "regedge_bindings{protocol=\"sip\"}").unwrap_or(0.0) as u64);
+    let variant = StormVariant {
+        edge: if kamailio { "Kamailio dispatcher edge" } else { "regedge" },
         registered: outcome.registered,
         all_registered_s: (outcome.registered == phones)
             .then(|| outcome.completions_s.iter().copied().fold(0.0, f64::max)),
         sent: outcome.sent,
         retransmissions: outcome.retransmissions,
         unavailable: outcome.unavailable,
-        backend_distinct,
+        other_failures: outcome.other_failures,
+        backend_distinct: backend.distinct_registered(),
         bindings,
         peak_1s: backend.peak_rate(10),
         peak_5s: backend.peak_rate(50),
         backend_registers: backend.stats.registers.load(Ordering::Relaxed),
+        completions_s: outcome.completions_s,
     };
-    drop(regedge);
+    drop((regedge, kam));
     drop((backend, fleet, net));
+    Ok(variant)
+}
 
-    let mut completions = outcome.completions_s.clone();
-    completions.sort_by(f64::total_cmp);
-    let points: Vec<(f64, f64)> = completions.iter().enumerate().map(|(i, &t)| (t, (i + 1) as f64)).collect();
+pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<StormResult> {
+    let (phones, limit): (usize, u32) = if quick { (3_000, 1_000) } else { (100_000, 5_000) };
+    let started = Instant::now();
+    let mut variants = vec![storm_variant(false, phones, limit, binary)?];
+    let mut notes = Vec::new();
+    match storm_variant(true, phones, limit, binary) {
+        Ok(v) => variants.push(v),
+        Err(e) => notes.push(format!("Kamailio dispatcher edge: failed: {e:#}")),
+    }
+    let result = StormResult { phones, limit, variants };
+
     let plot_file = "storm-registered.svg";
-    let ideal: Vec<(f64, f64)> = vec![(0.0, 0.0), (phones as f64 / f64::from(limit), phones as f64)];
+    let mut series: Vec<Series> = result
+        .variants
+        .iter()
+        .map(|v| {
+            let mut c = v.completions_s.clone();
+            c.sort_by(f64::total_cmp);
+            Series {
+                name: format!("phones with a 200, through {}", v.edge),
+                points: c.iter().enumerate().map(|(i, &t)| (t, (i + 1) as f64)).collect(),
+            }
+        })
+        .collect();
+    series.push(Series {
+        name: format!("regedge's limit alone ({limit}/s)"),
+        points: vec![(0.0, 0.0), (phones as f64 / f64::from(limit), phones as f64)],
+    });
     let plotted = plot::lines(
         plot_file,
-        &format!("Storm: {phones} phones register at once, backend limit {limit}/s"),
+        &format!("Storm: {phones} phones register at once (regedge: backend limit {limit}/s)"),
         "seconds since the first REGISTER",
         "phones registered",
-        &[
-            Series { name: "phones with a 200".into(), points },
-            Series { name: format!("the limit alone ({limit}/s)"), points: ideal },
-        ],
+        &series,
         false,
     );
     let mut out = String::new();
@@ -758,52 +795,53 @@ pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) 
     let _ = writeln!(out, "Measured: {build}.\n");
     let _ = writeln!(
         out,
-        "Setup: {phones} phones (AF_PACKET generator, each its own source address and port, Call-ID and AOR) send \
-         their first REGISTER at once (as fast as the generator sends, one after the other) to regedge (release, \
-         `workers = {WORKERS}`, XDP native), whose only backend, a fake registrar that answers 200 at once \
-         (bench/src/fakebackend.rs), has `max_register_rate = {limit}`. A phone retransmits after 1 s without an \
-         answer, and after a 503 comes back after its Retry-After (regedge spreads it over 5 to 20 s), with a new \
-         CSeq. {phones} phones were used{}.\n",
+        "Setup: {phones} phones{} (AF_PACKET generator, each its own source address and port, Call-ID and AOR) send \
+         their first REGISTER at once (as fast as the generator sends, one after the other) through the edge to a \
+         fake registrar that answers 200 at once (bench/src/fakebackend.rs). A phone retransmits after 1 s without \
+         an answer, and after a 503 comes back after its Retry-After, with a new CSeq. The same storm, each edge in a \
+         topology of its own:\n\n\
+         - regedge (release, `workers = {WORKERS}`, XDP native), the backend's `max_register_rate = {limit}`: beyond \
+         it regedge answers 503 with a Retry-After spread over 5 to 20 s. Its limiter is a token bucket that starts \
+         full and holds one second of the rate (`TokenBucket` in proxy/src/failover.rs): the first second can pass \
+         up to twice the limit, a later 1 s window at most the limit plus what was saved.\n\
+         - Kamailio (`bench/kamailio/dispatcher-edge.cfg`, `-x tlsf -n {WORKERS}`, debug=1) relays every REGISTER \
+         statefully; it has no rate limit, so the backend takes the storm as it comes.\n\n\
+         Rates at the backend are from 100 ms buckets of arrival times.\n",
         if quick { " (--quick)" } else { "" }
     );
-    let _ = writeln!(out, "| measure | value |");
-    let _ = writeln!(out, "| --- | ---: |");
-    let _ = writeln!(out, "| phones | {phones} |");
-    let _ = writeln!(out, "| phones registered (a 200 seen by the phone) | {} |", result.registered);
-    let _ = writeln!(
-        out,
-        "| time until all were registered | {} |",
-        result.all_registered_s.map_or("not all within the deadline".to_owned(), |s| format!("{s:.1} s"))
-    );
-    let _ = writeln!(out, "| the limit alone would need | {:.1} s |", phones as f64 / f64::from(limit));
-    let _ = writeln!(out, "| 503s the phones received | {} |", result.unavailable);
-    let _ = writeln!(
-        out,
-        "| REGISTERs sent by the phones (retransmissions) | {} ({}) |",
-        result.sent, result.retransmissions
-    );
-    let _ = writeln!(out, "| distinct phones the backend accepted | {backend_distinct} |");
-    let _ = writeln!(out, "| regedge_bindings after the storm | {bindings} |");
+    let cols = result.variants.iter().map(|v| v.edge).collect::<Vec<_>>().join(" | ");
+    let _ = writeln!(out, "| measure | {cols} |");
+    let _ = writeln!(out, "| --- |{}", " ---: |".repeat(result.variants.len()));
+    let mut line = |name: &str, cell: &dyn Fn(&StormVariant) -> String| {
+        let cells: Vec<String> = result.variants.iter().map(cell).collect();
+        let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+    };
+    line("phones registered (a 200 seen by the phone)", &|v| v.registered.to_string());
+    line("time until all were registered", &|v| {
+        v.all_registered_s.map_or("not all within the deadline".to_owned(), |s| format!("{s:.1} s"))
+    });
+    line("503s the phones received (other failures)", &|v| format!("{} ({})", v.unavailable, v.other_failures));
+    line("REGISTERs sent by the phones (of which retransmissions)", &|v| format!("{} ({})", v.sent, v.retransmissions));
+    line("distinct phones the backend accepted", &|v| v.backend_distinct.to_string());
+    line("REGISTERs the backend received", &|v| v.backend_registers.to_string());
+    line("regedge_bindings after the storm", &|v| v.bindings.map_or("-".to_owned(), |b| b.to_string()));
+    line("peak REGISTER rate at the backend, 1 s window", &|v| format!("{:.0}/s", v.peak_1s));
+    line("peak REGISTER rate at the backend, 5 s window", &|v| format!("{:.0}/s", v.peak_5s));
     let _ =
-        writeln!(out, "| peak REGISTER rate at the backend, 1 s window | {:.0}/s (limit {limit}/s) |", result.peak_1s);
-    let _ = writeln!(out, "| peak REGISTER rate at the backend, 5 s window | {:.0}/s |", result.peak_5s);
-    let _ = writeln!(out, "| REGISTERs the backend received | {} |", result.backend_registers);
-    let _ = writeln!(
-        out,
-        "\nregedge's limiter is a token bucket that starts full and holds one second of the rate (`TokenBucket` in \
-         proxy/src/failover.rs): the first second of a storm can pass up to twice the limit, any later 1 s window at \
-         most the limit plus what was saved. The windows are 100 ms buckets of arrival times at the backend."
-    );
-    let lost = phones.saturating_sub(result.registered);
-    let _ = writeln!(
-        out,
-        "\n{}",
-        if lost == 0 && backend_distinct == phones && bindings == phones as u64 {
-            "None lost: every phone got its 200, the backend holds every phone, regedge every binding.".to_owned()
-        } else {
-            format!("{lost} phones without a 200 at the deadline; backend {backend_distinct}, regedge {bindings}.")
-        }
-    );
+        writeln!(out, "\nThe limit alone would need {:.1} s for {phones} phones.", phones as f64 / f64::from(limit));
+    for v in &result.variants {
+        let lost = phones.saturating_sub(v.registered);
+        let _ = writeln!(
+            out,
+            "\n{}: {}",
+            v.edge,
+            if lost == 0 && v.backend_distinct == phones && v.bindings.is_none_or(|b| b == phones as u64) {
+                "none lost: every phone got its 200 and the backend holds every phone.".to_owned()
+            } else {
+                format!("{lost} phones without a 200 at the deadline; the backend holds {}.", v.backend_distinct)
+            }
+        );
+    }
     match plotted {
         Ok(()) => {
             let _ = writeln!(out, "\n![phones registered over time]({plot_file})");
@@ -811,6 +849,9 @@ pub fn storm(quick: bool, command: &str, binary: &std::path::Path, build: &str) 
         Err(e) => {
             let _ = writeln!(out, "\nPlot not drawn: {e:#}");
         }
+    }
+    for n in &notes {
+        let _ = writeln!(out, "\n- note: {n}");
     }
     write_report("storm", &out)?;
     Ok(result)
