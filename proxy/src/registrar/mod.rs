@@ -507,6 +507,11 @@ impl Registrar {
             let date = self.date_line(now);
             return self.answer(msg, 200, "OK", date.as_bytes(), reply, RegistrationOutcome::BackupProbe);
         }
+        // A URI holds no whitespace or control bytes (RFC 3261 §25.1), and regedge writes
+        // the AOR into requests of its own (the Request-URI of a de-registration).
+        if request.aor.iter().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+            return self.answer(msg, 400, "Bad To", b"", reply, RegistrationOutcome::Rejected);
+        }
         let Some(group) = self.routing.group_for_protocol(&request.device, crate::config::BackendProtocol::Sip) else {
             return self.answer(msg, 403, "No Group For Device", b"", reply, RegistrationOutcome::Rejected);
         };

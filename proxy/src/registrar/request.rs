@@ -70,12 +70,7 @@ pub enum RegisterError {
 impl<'a> RegisterRequest<'a> {
     pub fn parse(msg: &Message<'a>) -> Result<Self, RegisterError> {
         let to = msg.headers_named(HeaderName::To).next().map(|h| h.value).ok_or(RegisterError::BadTo)?;
-        // A URI holds no whitespace or control bytes (RFC 3261 §25.1); regedge writes the
-        // AOR into requests of its own (the Request-URI of a de-registration).
-        let aor = Contact::parse(to)
-            .map(|c| c.uri)
-            .filter(|uri| !uri.iter().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()))
-            .ok_or(RegisterError::BadTo)?;
+        let aor = Contact::parse(to).ok_or(RegisterError::BadTo)?.uri;
         let call_id = msg.headers_named(HeaderName::CallId).next().map_or(&b""[..], |h| trim(h.value));
         let cseq = msg
             .headers_named(HeaderName::CSeq)
