@@ -420,6 +420,8 @@ fn failover_variant(
     let fleet = Fleet::new(spec(b'f', phones, &net), sockets)?;
     let stop = AtomicBool::new(false);
     let rate = (phones as f64 / period).round() as u64;
+    // Refreshing (answered at the edge) for a moment before cm1 dies.
+    let lead_s = if period < 5.0 { 1.0 } else { 2.0 };
     let mut detect_s = None;
     let mut rehome_s = None;
     let mut killed_at_s = 0.0;
@@ -427,7 +429,7 @@ fn failover_variant(
     let mut timeline: Vec<(f64, f64, f64)> = Vec::new();
     let mut registers_at_kill = 0;
     // Phones refresh round-robin, each every `period`, for long enough to be re-homed.
-    let window = Duration::from_secs_f64(2.0 + 5.0 + period * 2.0 + phones as f64 / f64::from(limit));
+    let window = Duration::from_secs_f64(lead_s + 5.0 + period * 2.0 + phones as f64 / f64::from(limit));
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let receiver = scope.spawn(|| fleet.receive(&stop));
         let result = (|| -> anyhow::Result<()> {
@@ -440,7 +442,7 @@ fn failover_variant(
             );
             let (fleet, stop) = (&fleet, &stop);
             let loop_handle = scope.spawn(move || fleet.run_step(rate, window, 2, Duration::from_millis(300), stop));
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs_f64(lead_s));
             let t0 = Instant::now();
             registers_at_kill = cm2.stats.registers.load(Ordering::Relaxed);
             cm1.kill();
@@ -590,7 +592,7 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
         "Setup, the same for both edges, each in a topology of its own: {phones} phones (AF_PACKET generator, each \
          its own source address and port) register through the edge to two fake registrars (bench/src/fakebackend.rs, \
          200 at once), cm1 first and cm2 second in priority; every phone is on cm1 (cm1 accepted every Call-ID). Then \
-         the phones refresh round-robin, each every {period:.0} s ({rate}/s); 2 s into that, cm1 stops answering \
+         the phones refresh round-robin, each every {period:.0} s ({rate}/s); {lead:.0} s into that, cm1 stops answering \
          anything (its socket drops every datagram, as a dead host). *Detected* = the edge's own view of cm1 turned \
          down, read every 50 ms: regedge's `regedge_backend_up{{backend=\"cm1\"}}` (/metrics), Kamailio's \
          `dispatcher.list` flags (kamcmd). *Re-homed* = cm2 has accepted a REGISTER of every phone (distinct \
@@ -605,7 +607,8 @@ pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &st
          probes every 2 s, 2 failures mark a destination down, tm with a 4 s final-response timer and a \
          failure_route that marks the destination down and tries the next; `-x tlsf -n {WORKERS}`, debug=1): it \
          relays every refresh (it has no registration cache), so a phone moves at its first refresh after the \
-         detection, unpaced.\n"
+         detection, unpaced.\n",
+        lead = if period < 5.0 { 1.0 } else { 2.0 }
     );
     let fmt = |v: Option<f64>| v.map_or("not within the window".to_owned(), |s| format!("{s:.2} s"));
     let _ = writeln!(
