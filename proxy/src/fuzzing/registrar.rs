@@ -298,14 +298,16 @@ impl Model {
             );
         }
         let origin = match (outcome, &typed) {
-            (Outcome::Registration(RegistrationOutcome::Forwarded), Some((request, Some(contact)))) => {
-                (request.expires != Some(0)).then(|| Identity {
-                    device: request.device.key.clone(),
-                    call_id: String::from_utf8_lossy(request.call_id).into_owned(),
-                    flow,
-                    contact: contact.clone(),
-                })
-            }
+            // A retransmission sent on again is the same request.
+            (
+                Outcome::Registration(RegistrationOutcome::Forwarded | RegistrationOutcome::Retransmission),
+                Some((request, Some(contact))),
+            ) => (request.expires != Some(0)).then(|| Identity {
+                device: request.device.key.clone(),
+                call_id: String::from_utf8_lossy(request.call_id).into_owned(),
+                flow,
+                contact: contact.clone(),
+            }),
             _ => None,
         };
         self.collect_sends(&out.sends, origin);
