@@ -93,7 +93,9 @@ fn check_message(data: &[u8], msg: &Message<'_>, strict: bool) {
         assert_eq!(msg.headers_named(name).count(), counts[name as usize], "headers_named({name:?}) disagrees");
     }
     typed_readers(msg);
-    if strict && matches!(msg.start, StartLine::Request { .. }) && stateless::check_request(msg).is_ok() {
+    // The engine answers a request with broken header lines too (400), when the headers
+    // an answer copies are there.
+    if matches!(msg.start, StartLine::Request { .. }) && stateless::check_request(msg).is_ok() {
         answer_parses(msg);
     }
 }

@@ -170,15 +170,19 @@ pub fn write_response_with(
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for header in request.headers() {
+        // A request answered for its broken framing may start its headers with a
+        // continuation line: the copy starts at the name, so the answer still parses.
+        let indent = header.raw.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+        let raw = &header.raw[indent..];
         match HeaderName::of(header.name) {
             HeaderName::Other => {}
             HeaderName::To if !has_tag(header.value) => {
-                out.extend_from_slice(&header.raw[..header.raw.len() - 2]);
+                out.extend_from_slice(&raw[..raw.len() - 2]);
                 out.extend_from_slice(b";tag=");
                 out.extend_from_slice(&tag.0);
                 out.extend_from_slice(b"\r\n");
             }
-            _ => out.extend_from_slice(header.raw),
+            _ => out.extend_from_slice(raw),
         }
     }
     out.extend_from_slice(extra);
