@@ -70,7 +70,8 @@ pub enum RegisterError {
 impl<'a> RegisterRequest<'a> {
     pub fn parse(msg: &Message<'a>) -> Result<Self, RegisterError> {
         let to = msg.headers_named(HeaderName::To).next().map(|h| h.value).ok_or(RegisterError::BadTo)?;
-        let aor = Contact::parse(to).ok_or(RegisterError::BadTo)?.uri;
+        // A backup probe is answered whatever its To says (as the kernel answers it).
+        let aor = Contact::parse(to).map(|c| c.uri);
         let call_id = msg.headers_named(HeaderName::CallId).next().map_or(&b""[..], |h| trim(h.value));
         let cseq = msg
             .headers_named(HeaderName::CSeq)
@@ -91,17 +92,14 @@ impl<'a> RegisterRequest<'a> {
             _ => (None, false),
         };
         let expires = contact_expires.or(header_expires);
+        let backup_probe = backup_probe && expires == Some(0);
+        let aor = match aor {
+            Some(aor) => aor,
+            None if backup_probe => b"",
+            None => return Err(RegisterError::BadTo),
+        };
         let device = device_of(aor, &contacts);
-        Ok(Self {
-            aor,
-            contacts,
-            expires,
-            call_id,
-            cseq,
-            credentials: credentials_of(msg),
-            device,
-            backup_probe: backup_probe && expires == Some(0),
-        })
+        Ok(Self { aor, contacts, expires, call_id, cseq, credentials: credentials_of(msg), device, backup_probe })
     }
 
     /// The single contact, when there is exactly one.
