@@ -9,9 +9,10 @@ pub const fn pattern(text: &[u8]) -> (u64, u64) {
     let mut i = 0;
     while i < text.len() {
         let c = text[i];
-        let fold = if c.is_ascii_alphabetic() { 0x20u64 } else { 0 };
+        // Letters match in either case (bit 0x20 ignored); every other byte exactly.
+        let (fold, byte_mask) = if c.is_ascii_alphabetic() { (0x20u64, 0xdfu64) } else { (0, 0xff) };
         value |= ((c as u64) | fold) << (8 * i);
-        mask |= 0xffu64 << (8 * i);
+        mask |= byte_mask << (8 * i);
         i += 1;
     }
     (value, mask)
@@ -20,8 +21,7 @@ pub const fn pattern(text: &[u8]) -> (u64, u64) {
 /// Whether the little-endian window `w` starts with the pattern `p`.
 #[inline(always)]
 pub fn matches(w: u64, p: (u64, u64)) -> bool {
-    let letters = p.0 & 0x2020_2020_2020_2020 & p.1;
-    (w | letters) & p.1 == p.0
+    w & p.1 == p.0 & p.1
 }
 
 /// SP or HT.
