@@ -665,7 +665,12 @@ impl Registrar {
         // the pending transaction. A REGISTER that only reuses the phone's branch, Call-ID
         // and CSeq is another transaction, so a late answer to the first (one that timed
         // out) cannot store the second's binding, which the backend never saw.
-        let branch = format!("{BRANCH_PREFIX}{:016x}", hash_of(&[raw, &backend.0.to_be_bytes()]));
+        // The flow too: the same bytes from another flow carry another Path.
+        let branch = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (raw, flow, backend.0).hash(&mut hasher);
+            format!("{BRANCH_PREFIX}{:016x}", hasher.finish())
+        };
         // A retransmission of a REGISTER still waiting at the backend takes no token: it
         // is dropped, or sent on again once RETRANSMIT_AFTER_MS have passed.
         let retransmission = match self.pending.get_mut(&branch) {
