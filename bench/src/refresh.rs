@@ -103,7 +103,7 @@ impl Plan {
             Self {
                 quick,
                 rates: QUICK_RATES,
-                phones: 2000,
+                phones: 1000,
                 step: Duration::from_millis(300),
                 latency_rate: 10_000,
                 latency_window: Duration::from_millis(300),
@@ -456,7 +456,7 @@ fn run_case(net: &Topology, binary: &std::path::Path, plan: &Plan, case: Case) -
             );
             ensure!(registered == plan.phones, "only {registered} of {} phones registered", plan.phones);
             // regedge writes the kernel mirror after the 200 went out.
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(if plan.quick { 200 } else { 500 }));
             let mut out = Vec::new();
             for &kind in case.kinds() {
                 fleet.set_kind(kind);

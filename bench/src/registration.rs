@@ -97,7 +97,7 @@ impl Plan {
 
     /// How long each edge's CPU use is measured with no load.
     fn idle(&self) -> Duration {
-        if self.quick { Duration::from_secs(1) } else { IDLE_WINDOW }
+        if self.quick { Duration::from_millis(500) } else { IDLE_WINDOW }
     }
 
     fn command(&self) -> &'static str {
@@ -288,7 +288,7 @@ pub fn measure_all(quick: bool, plots: bool) -> anyhow::Result<Summary> {
                 EdgeKind::Kamailio => Edge::kamailio(&net.proxy)?,
             };
             eprintln!("{} {}: pid {}", kind.label(), scenario.label(), edge.pid);
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(if plan.quick { Duration::from_millis(200) } else { Duration::from_millis(500) });
             let idle_start = edge.idle_cpu_ms_per_s(plan.idle());
             let socket = socket_memory(&net.proxy);
             let mut failing = 0;
@@ -325,7 +325,11 @@ pub fn measure_all(quick: bool, plots: bool) -> anyhow::Result<Summary> {
                 );
                 if result.clean() {
                     failing = 0;
-                    std::thread::sleep(Duration::from_millis(500));
+                    std::thread::sleep(if plan.quick {
+                        Duration::from_millis(200)
+                    } else {
+                        Duration::from_millis(500)
+                    });
                 } else {
                     failing += 1;
                     if !result.summary.errors.is_empty() {
@@ -343,7 +347,7 @@ pub fn measure_all(quick: bool, plots: bool) -> anyhow::Result<Summary> {
                 results.push(result);
             }
             let (idle_end, bindings) = if edge.alive() {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(if plan.quick { Duration::from_millis(300) } else { Duration::from_secs(1) });
                 (Some(edge.idle_cpu_ms_per_s(plan.idle())), edge.bindings(&net.proxy))
             } else {
                 notes.push(format!(

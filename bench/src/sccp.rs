@@ -199,9 +199,9 @@ pub fn measure_all(quick: bool) -> anyhow::Result<Summary> {
         Plan {
             quick,
             phones: 500,
-            light_window: Duration::from_secs(1),
-            warmup: Duration::from_millis(500),
-            window: Duration::from_secs(2),
+            light_window: Duration::from_millis(500),
+            warmup: Duration::from_millis(300),
+            window: Duration::from_millis(1500),
         }
     } else {
         Plan {

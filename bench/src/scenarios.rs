@@ -510,7 +510,7 @@ fn failover_variant(
 }
 
 pub fn failover(quick: bool, command: &str, binary: &std::path::Path, build: &str) -> anyhow::Result<FailoverResult> {
-    let (phones, period, limit): (usize, f64, u32) = if quick { (2_000, 2.0, 500) } else { (20_000, 10.0, 1_000) };
+    let (phones, period, limit): (usize, f64, u32) = if quick { (1_000, 1.0, 500) } else { (20_000, 10.0, 1_000) };
     let started = Instant::now();
     let mut variants = Vec::new();
     let mut failures = Vec::new();
