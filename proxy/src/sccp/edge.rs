@@ -697,6 +697,32 @@ mod tests {
     use super::*;
     use crate::{config::Config, sccp::framing::encode_pdu};
 
+    /// An SCCP edge on a free loopback port whose one group is the SCCP backend listening
+    /// on `backend`, with `extra` config on top and `workers` loops.
+    fn edge_to(backend: &StdListener, extra: &str, workers: usize) -> (SocketAddr, Arc<SccpShared>, SccpEdge) {
+        let edge_addr: SocketAddr = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let config = Config::from_toml(
+            &format!(
+                "{extra}[routing]\ndefault_group = \"skinny\"\n[[backends]]\nname = \"cm1\"\naddress = \"{}\"\n\
+                 protocol = \"sccp\"\ntransport = \"tcp\"\n[[groups]]\nname = \"skinny\"\nbackends = [\"cm1\"]\n",
+                backend.local_addr().unwrap()
+            ),
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy =
+            SessionPolicy { register_timeout_ms: 5000, default_keepalive_ms: 30_000, backend_judgement_ms: 3000 };
+        let shared = Arc::new(SccpShared {
+            routing: Arc::new(Routing::from_config(&config)),
+            policy,
+            stats: SccpStats::default(),
+            offload: None,
+            limits: Arc::new(Limits::new(&config.limits)),
+        });
+        let edge = SccpEdge::start(&[edge_addr], workers, Arc::clone(&shared)).unwrap();
+        (edge_addr, shared, edge)
+    }
+
     fn pdu(message_id: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         encode_pdu(0x11, message_id, payload, &mut out);
@@ -717,29 +743,7 @@ mod tests {
     #[test]
     fn a_backend_that_stops_reading_slows_the_phone_down() {
         let backend = StdListener::bind("127.0.0.1:0").unwrap();
-        let edge_addr: SocketAddr = {
-            let probe = StdListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
-        let config = Config::from_toml(
-            &format!(
-                "[routing]\ndefault_group = \"skinny\"\n[[backends]]\nname = \"cm1\"\naddress = \"{}\"\n\
-                 protocol = \"sccp\"\ntransport = \"tcp\"\n[[groups]]\nname = \"skinny\"\nbackends = [\"cm1\"]\n",
-                backend.local_addr().unwrap()
-            ),
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let policy =
-            SessionPolicy { register_timeout_ms: 5000, default_keepalive_ms: 30_000, backend_judgement_ms: 3000 };
-        let shared = Arc::new(SccpShared {
-            routing: Arc::new(Routing::from_config(&config)),
-            policy,
-            stats: SccpStats::default(),
-            offload: None,
-            limits: Arc::default(),
-        });
-        let _edge = SccpEdge::start(&[edge_addr], 1, Arc::clone(&shared)).unwrap();
+        let (edge_addr, shared, _edge) = edge_to(&backend, "", 1);
 
         let mut phone = TcpStream::connect(edge_addr).unwrap();
         phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -797,27 +801,7 @@ mod tests {
     #[test]
     fn connections_beyond_max_sccp_sessions_are_closed_at_once() {
         let backend = StdListener::bind("127.0.0.1:0").unwrap();
-        let edge_addr: SocketAddr = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let config = Config::from_toml(
-            &format!(
-                "[limits]\nmax_sccp_sessions = 2\n[routing]\ndefault_group = \"skinny\"\n[[backends]]\nname = \"cm1\"\n\
-                 address = \"{}\"\nprotocol = \"sccp\"\ntransport = \"tcp\"\n[[groups]]\nname = \"skinny\"\n\
-                 backends = [\"cm1\"]\n",
-                backend.local_addr().unwrap()
-            ),
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let policy =
-            SessionPolicy { register_timeout_ms: 5000, default_keepalive_ms: 30_000, backend_judgement_ms: 3000 };
-        let shared = Arc::new(SccpShared {
-            routing: Arc::new(Routing::from_config(&config)),
-            policy,
-            stats: SccpStats::default(),
-            offload: None,
-            limits: Arc::new(Limits::new(&config.limits)),
-        });
-        let _edge = SccpEdge::start(&[edge_addr], 2, Arc::clone(&shared)).unwrap();
+        let (edge_addr, shared, _edge) = edge_to(&backend, "[limits]\nmax_sccp_sessions = 2\n", 2);
         let held = || shared.stats.sessions.iter().map(|c| c.load(Relaxed)).sum::<i64>();
         let wait = |what: &str, check: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(5);
