@@ -58,6 +58,9 @@ pub struct Binding {
     pub call_id: String,
     /// CSeq of the last REGISTER accepted (forwarded and answered 2xx, or absorbed).
     pub cseq: u32,
+    /// `RegisterRequest::via` of the REGISTER that set `cseq`, when userspace saw it; `None`
+    /// when the kernel moved the CSeq on (it does not hash the Via) or after a restart.
+    pub last_via: Option<u64>,
     /// Credentials of the last REGISTER the backend accepted (see `RegisterRequest`).
     pub credentials: Option<u64>,
     pub group: GroupId,

@@ -132,9 +132,14 @@ fn refresh_is_absorbed_only_from_its_flow(test: &str, xdp: bool) {
     }
     // Their own refreshes are absorbed (where the test expects them).
     let before = absorbed(&lab.metrics());
+    let mut a_refresh = String::new();
     for (phone, s, local) in [(&a, &a_socket, a_flow), (&b, &b_socket, b_flow)] {
-        let answer = exchange(s, edge, &phone.register(local, 2, ""));
+        let refresh = phone.register(local, 2, "");
+        let answer = exchange(s, edge, &refresh);
         assert!(status(&answer).starts_with("SIP/2.0 200"), "{test}: {}'s refresh: {answer}", phone.user);
+        if phone.user == a.user {
+            a_refresh = refresh;
+        }
     }
     let after = absorbed(&lab.metrics());
     let (user, kernel) = (after.0 - before.0, after.1 - before.1);
@@ -150,23 +155,37 @@ fn refresh_is_absorbed_only_from_its_flow(test: &str, xdp: bool) {
     let other_addr = SocketAddr::new(other_ip.into(), 15061);
     let (port_socket, addr_socket) = (socket(&lab.phones, other_port), socket(&lab.phones, other_addr));
     let passes_before = (passed(&lab.metrics(), "register_other_flow"), passed(&lab.metrics(), "register_old_cseq"));
-    // A's last CSeq again (a new Via branch): never answered in the kernel (it needs a
-    // higher CSeq); userspace takes an equal CSeq from the registered flow for a
-    // retransmission of the refresh it answered and answers it again, changing nothing
-    // and sending nothing upstream.
+    // A's last refresh again. Userspace answered it (no XDP): the same bytes are a
+    // retransmission and are answered again, changing nothing and sending nothing upstream.
+    // The kernel answered it (XDP): never answered in the kernel (it needs a higher CSeq),
+    // and userspace, which does not know that request's Via, lets the backend judge it.
+    if !xdp {
+        let before = absorbed(&lab.metrics());
+        let again = exchange(&a_socket, edge, &a_refresh);
+        std::thread::sleep(Duration::from_millis(200));
+        let after = absorbed(&lab.metrics());
+        eprintln!("{test}: A's CSeq 2 retransmitted: {:?}", status(&again));
+        assert!(status(&again).starts_with("SIP/2.0 200"), "{test}: a retransmission: {again}");
+        assert_eq!(after.2, before.2, "{test}: a retransmission of an absorbed refresh went upstream");
+    }
+    // A's last CSeq in a new transaction (a new Via branch): a replay, never absorbed.
     let before = absorbed(&lab.metrics());
-    let again = exchange(&a_socket, edge, &a.register(a_flow, 2, ""));
+    let replay = exchange(&a_socket, edge, &a.register(a_flow, 2, ""));
     std::thread::sleep(Duration::from_millis(200));
     let after = absorbed(&lab.metrics());
     eprintln!(
-        "{test}: A's CSeq 2 again from A's flow: {:?}; +{} userspace (as a retransmission), +{} kernel, +{} forwarded",
-        status(&again),
+        "{test}: A's CSeq 2 again in a new transaction from A's flow: {:?}; +{} userspace, +{} kernel, \
+         +{} forwarded or refused",
+        status(&replay),
         after.0 - before.0,
         after.1 - before.1,
         after.2 - before.2
     );
-    assert_eq!(after.1, before.1, "{test}: an equal CSeq was answered in the kernel");
-    assert_eq!(after.2, before.2, "{test}: an equal CSeq from the registered flow went upstream");
+    assert_eq!((after.0, after.1), (before.0, before.1), "{test}: a replayed CSeq was absorbed: {replay}");
+    assert!(after.2 > before.2, "{test}: a replayed CSeq was neither forwarded nor refused: {replay}");
+    if !xdp {
+        assert!(status(&replay).starts_with("SIP/2.0 400 CSeq Out Of Order"), "{test}: {replay}");
+    }
     let attacks: [(&str, &UdpSocket, SocketAddr, u32); 4] = [
         ("A's CSeq 1 replayed from A's flow", &a_socket, a_flow, 1),
         ("A's refresh (its Call-ID) from B's flow", &b_socket, b_flow, 3),

@@ -446,6 +446,7 @@ mod tests {
                 },
                 call_id: format!("call-{n}"),
                 cseq: 2,
+                last_via: None,
                 credentials: None,
                 group: GroupId(0),
                 backend: BackendId(usize::from(n % 2)),

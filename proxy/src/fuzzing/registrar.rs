@@ -105,6 +105,7 @@ struct Held {
     contact: String,
     backend: BackendId,
     cseq: u32,
+    last_via: Option<u64>,
 }
 
 struct Model {
@@ -235,6 +236,7 @@ impl Model {
                 contact: b.contact.clone(),
                 backend: b.backend,
                 cseq: b.cseq,
+                last_via: b.last_via,
             };
             held.insert(device.to_owned(), binding);
         });
@@ -286,6 +288,10 @@ impl Model {
             assert!(self.accepted.contains(&identity), "absorbed for an identity no backend accepted");
             assert_ne!(request.expires, Some(0), "absorbed a de-registration");
             assert!(request.cseq >= was.cseq, "absorbed an old CSeq");
+            assert!(
+                request.cseq > was.cseq || was.last_via == Some(request.via),
+                "absorbed the binding's CSeq again in another transaction (a replay)"
+            );
             let binding = self.registrar().registry.get(&identity.device).expect("held");
             assert!(
                 binding.phone_expires_at_ms <= binding.backend_valid_until_ms,

@@ -24,6 +24,9 @@ pub enum ForwardReason {
     NewCredentials,
     /// The binding's backend is down or draining, or the group prefers another one now.
     BackendChanged,
+    /// The binding's CSeq again, and regedge cannot tell a retransmission from a replay
+    /// (the kernel answered that CSeq): the backend judges it.
+    RepeatedCseq,
     /// The backend's registration would be past half its life by the phone's next refresh.
     BackendRefreshDue,
 }
@@ -33,9 +36,11 @@ pub enum ForwardReason {
 pub enum Decision {
     /// Answer 200 here; the binding's CSeq and times move on.
     Absorb,
-    /// The phone retransmitted the REGISTER already answered here: answer it again.
+    /// The phone retransmitted the REGISTER already answered here (same CSeq, same top
+    /// Via): answer it again.
     Retransmission,
-    /// A CSeq lower than the binding's for the same Call-ID (RFC 3261 §10.3 step 7).
+    /// A CSeq lower than the binding's for the same Call-ID, or the same CSeq in another
+    /// transaction (RFC 3261 §10.3 step 7: not higher, the update fails).
     OutOfOrder,
     Forward(ForwardReason),
 }
@@ -76,6 +81,13 @@ pub fn decide(
     }
     if request.cseq < binding.cseq {
         return Decision::OutOfOrder;
+    }
+    if request.cseq == binding.cseq {
+        match binding.last_via {
+            Some(via) if via != request.via => return Decision::OutOfOrder,
+            None => return Decision::Forward(ForwardReason::RepeatedCseq),
+            Some(_) => {}
+        }
     }
     if binding.backend_state_allows_absorb(ctx) {
         if request.cseq == binding.cseq {

@@ -375,6 +375,7 @@ impl Registrar {
             self.registry.update(&device, |b| {
                 if entry.cseq > b.cseq {
                     b.cseq = entry.cseq;
+                    b.last_via = None;
                     b.last_seen_ms = b.last_seen_ms.max(entry.last_seen_ms);
                     let requested = if entry.contact_expires == regedge_common::maps::NO_CONTACT_EXPIRES {
                         ceiling
@@ -451,6 +452,7 @@ impl Registrar {
             let moved = self.registry.update(&device, |b| {
                 if refresh.cseq > b.cseq {
                     b.cseq = refresh.cseq;
+                    b.last_via = None;
                     b.last_seen_ms = b.last_seen_ms.max(refresh.seen_ms);
                     b.phone_expires_at_ms = b.phone_expires_at_ms.max(expires_at_ms);
                 }
@@ -552,6 +554,7 @@ impl Registrar {
                     flow,
                     call_id: String::from_utf8_lossy(request.call_id).into_owned(),
                     cseq: request.cseq,
+                    last_via: Some(request.via),
                     credentials: request.credentials.or(binding.as_ref().and_then(|b| b.credentials)),
                     group,
                     backend: active.unwrap_or(BackendId(0)),
@@ -626,6 +629,7 @@ impl Registrar {
         // the routing table, the owners map and a channel).
         self.registry.update(device, |b| {
             b.cseq = request.cseq;
+            b.last_via = Some(request.via);
             b.phone_expires_at_ms = expires_at_ms;
             b.last_seen_ms = now.mono_ms;
             if let Some(seed) = seed.filter(|s| b.kernel.is_none_or(|k| k.call_id_key == s.call_id_key)) {
@@ -808,7 +812,10 @@ impl Registrar {
                         // phone already has its answer.
                         binding.backend_granted = granted;
                         binding.backend_valid_until_ms = now.mono_ms + granted as u64 * 1000;
-                        binding.cseq = binding.cseq.max(newer.cseq);
+                        if newer.cseq > binding.cseq {
+                            binding.cseq = newer.cseq;
+                            binding.last_via = newer.last_via;
+                        }
                         tracing::info!(device = %pending.device, "late 2xx from a backend the phone left: de-registered there");
                         self.deregister_at_backend(&pending.device, &binding, now, sends);
                         return true;

@@ -33,6 +33,9 @@ pub struct RegisterRequest<'a> {
     pub expires: Option<u32>,
     pub call_id: &'a [u8],
     pub cseq: u32,
+    /// Hash of the top Via value: a retransmission repeats it byte for byte (RFC 3261
+    /// §17.2.3), another request with the same CSeq has another branch.
+    pub via: u64,
     /// Hash of (username, realm, nonce) of Authorization / Proxy-Authorization, if any.
     pub credentials: Option<u64>,
     pub device: Device,
@@ -99,7 +102,8 @@ impl<'a> RegisterRequest<'a> {
             None => return Err(RegisterError::BadTo),
         };
         let device = device_of(aor, &contacts);
-        Ok(Self { aor, contacts, expires, call_id, cseq, credentials: credentials_of(msg), device, backup_probe })
+        let via = top_via_of(msg);
+        Ok(Self { aor, contacts, expires, call_id, cseq, via, credentials: credentials_of(msg), device, backup_probe })
     }
 
     /// The single contact, when there is exactly one.
@@ -130,6 +134,13 @@ fn contacts_of<'a>(msg: &Message<'a>) -> Contacts<'a> {
         return Contacts::Star;
     }
     Contact::parse(first).map_or(Contacts::Other, Contacts::One)
+}
+
+fn top_via_of(msg: &Message<'_>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let top = msg.headers_named(HeaderName::Via).next().and_then(|h| contact::split_values(h.value).next());
+    top.map(trim).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Hash of the credentials' username, realm and nonce: a phone that re-sends its last

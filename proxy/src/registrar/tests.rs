@@ -218,6 +218,12 @@ fn decision_table() {
         ),
         ("a lower CSeq", next(&|p| p.cseq = 0), "", RegistrationOutcome::Rejected),
         ("the same CSeq again (retransmission)", next(&|_| {}), "", RegistrationOutcome::Absorbed),
+        (
+            "the same CSeq in another transaction (a replay)",
+            next(&|_| {}),
+            "X-Replay: 1\r\n",
+            RegistrationOutcome::Rejected,
+        ),
     ];
     for (name, phone, extra, want) in rows {
         let step = send(&r, &phone, &phone.register(120, extra), now(10));
@@ -238,6 +244,18 @@ fn decision_table() {
     }
     // None of the forwarded rows changed the cached binding (no 2xx came back).
     assert_eq!(r.registry.get("dev:SEP000000000002").unwrap().call_id, "call-2");
+    // The kernel answered CSeq 3 (`fold_absorbed` moves the CSeq on and forgets the Via):
+    // CSeq 3 again cannot be told from a replay here, so the backend judges it.
+    r.registry.update("dev:SEP000000000002", |b| {
+        b.cseq = 3;
+        b.last_via = None;
+    });
+    let again = next(&|p| p.cseq = 3);
+    let step = send(&r, &again, &again.register(120, ""), now(10));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "a CSeq the kernel answered, again");
+    answer(&r, &step.sends, "200 OK", 3600, now(10));
+    let step = send(&r, &again, &again.register(120, ""), now(10));
+    assert_eq!(step.outcome, RegistrationOutcome::Absorbed, "once accepted upstream, its retransmission is known");
 
     // Expires 0 is forwarded and, once accepted, removes the binding.
     let mut phone = base.clone();
