@@ -675,6 +675,12 @@ fn start_mirror(fastpath: &mut Fastpath, registrar: &Registrar) -> anyhow::Resul
             "pinned kernel bindings adopted (orphans: no restored binding owns them, removed)"
         );
     }
+    match bindings.reader() {
+        Ok(reader) => registrar.read_kernel_cseq_with(Box::new(move |key| reader.cseq(key))),
+        // Without it a REGISTER the kernel passed is judged on what the ring has brought
+        // back so far (a CSeq it answered moments ago may look new).
+        Err(error) => tracing::warn!(%error, "cannot open a second handle on the kernel binding map"),
+    }
     let (updates, folded) = registrar.connect_kernel();
     MirrorThread::start(bindings, absorbed, updates, folded).context("starting the kernel mirror thread")
 }

@@ -118,6 +118,21 @@ pub struct Fastpath {
 /// The `BINDINGS` map: the kernel mirror of absorbable bindings.
 pub struct KernelBindings {
     map: HashMap<MapData, u64, BindingEntry>,
+    /// The map's kernel id, to open more handles on it ([`KernelBindings::reader`]).
+    id: u32,
+}
+
+/// A read-only handle on `BINDINGS` that any thread may use: the registrar reads the CSeq
+/// the kernel last answered for a binding before it judges a REGISTER the kernel passed.
+pub struct KernelBindingsReader {
+    map: HashMap<MapData, u64, BindingEntry>,
+}
+
+impl KernelBindingsReader {
+    /// The CSeq of the last REGISTER accepted for the entry (by userspace or the kernel).
+    pub fn cseq(&self, call_id_key: u64) -> Option<u32> {
+        self.map.get(&call_id_key, 0).ok().map(|entry| entry.cseq)
+    }
 }
 
 impl KernelBindings {
@@ -131,6 +146,12 @@ impl KernelBindings {
             Err(MapError::KeyNotFound) => Ok(()),
             other => other,
         }
+    }
+
+    /// Another handle on the same map, for reading from other threads.
+    pub fn reader(&self) -> Result<KernelBindingsReader, MapError> {
+        let data = MapData::from_id(self.id)?;
+        Ok(KernelBindingsReader { map: HashMap::try_from(aya::maps::Map::HashMap(data))? })
     }
 
     pub fn get(&self, call_id_key: u64) -> Option<BindingEntry> {
@@ -237,9 +258,14 @@ impl Fastpath {
         };
         let counters =
             Arc::new(KernelCounters { replies: take_counter(maps::REPLIES)?, passes: take_counter(maps::PASSES)? });
+        let bindings_map = ebpf.take_map(maps::BINDINGS).ok_or_else(|| missing(maps::BINDINGS))?;
+        let bindings_id = match &bindings_map {
+            aya::maps::Map::HashMap(data) => data.info().map_err(map_error(maps::BINDINGS))?.id(),
+            _ => return Err(map_error(maps::BINDINGS)(MapError::InvalidMapType { map_type: 0 })),
+        };
         let bindings = KernelBindings {
-            map: HashMap::try_from(ebpf.take_map(maps::BINDINGS).ok_or_else(|| missing(maps::BINDINGS))?)
-                .map_err(map_error(maps::BINDINGS))?,
+            map: HashMap::try_from(bindings_map).map_err(map_error(maps::BINDINGS))?,
+            id: bindings_id,
         };
         let absorbed = RingBuf::try_from(ebpf.take_map(maps::ABSORBED).ok_or_else(|| missing(maps::ABSORBED))?)
             .map_err(map_error(maps::ABSORBED))?;

@@ -226,12 +226,23 @@ struct KernelLink {
     absorbed_rx: crossbeam_channel::Receiver<AbsorbedRefresh>,
     /// Which device each kernel entry belongs to (by Call-ID key).
     owners: DashMap<u64, String>,
+    /// Reads the CSeq the kernel entry holds now (the kernel moves it on as it answers).
+    cseq_in_kernel: std::sync::OnceLock<KernelCseqReader>,
 }
+
+/// Reads the CSeq of a kernel entry by its Call-ID key (`None`: no entry).
+pub type KernelCseqReader = Box<dyn Fn(u64) -> Option<u32> + std::marker::Send + Sync>;
 
 impl KernelLink {
     fn new() -> Self {
         let (absorbed_tx, absorbed_rx) = crossbeam_channel::unbounded();
-        Self { updates: Default::default(), absorbed_tx, absorbed_rx, owners: DashMap::new() }
+        Self {
+            updates: Default::default(),
+            absorbed_tx,
+            absorbed_rx,
+            owners: DashMap::new(),
+            cseq_in_kernel: Default::default(),
+        }
     }
 
     fn send(&self, update: MirrorUpdate) {
@@ -342,6 +353,30 @@ impl Registrar {
         (rx, self.kernel.absorbed_tx.clone())
     }
 
+    /// Lets the registrar read the CSeq the kernel holds for a binding, so that a REGISTER
+    /// the kernel passed is judged against what the kernel answered, not only against what
+    /// the `ABSORBED` ring has brought back so far.
+    pub fn read_kernel_cseq_with(&self, reader: KernelCseqReader) {
+        if self.kernel.cseq_in_kernel.set(reader).is_err() {
+            tracing::warn!("kernel CSeq reader connected twice; the first one stays");
+        }
+    }
+
+    /// `binding` moved on to the CSeq its kernel entry holds, when that is higher: the
+    /// kernel answered a refresh whose ring record is not folded in yet. Its Via is not
+    /// known, so the same CSeq again goes to the backend, never absorbed here.
+    fn caught_up_with_kernel(&self, device: &str, binding: Binding) -> Binding {
+        let (Some(read), Some(seed)) = (self.kernel.cseq_in_kernel.get(), binding.kernel) else { return binding };
+        let Some(cseq) = read(seed.call_id_key).filter(|&cseq| cseq > binding.cseq) else { return binding };
+        self.registry.update(device, |b| {
+            if cseq > b.cseq {
+                b.cseq = cseq;
+                b.last_via = None;
+            }
+        });
+        self.registry.get(device).unwrap_or(binding)
+    }
+
     /// Restores bindings saved by an earlier run (a snapshot), before any traffic: each
     /// goes into the registry with its lapse timer; nothing is sent upstream.
     pub fn restore(&self, bindings: impl IntoIterator<Item = (String, Binding)>) -> usize {
@@ -449,10 +484,14 @@ impl Registrar {
         for refresh in self.kernel.absorbed_rx.try_iter() {
             let Some(device) = self.kernel.owners.get(&refresh.call_id_key).map(|d| d.clone()) else { continue };
             let expires_at_ms = refresh.seen_ms + refresh.grant as u64 * 1000;
+            // Equal: the registrar caught up with this CSeq already (`caught_up_with_kernel`)
+            // but not with the time and expiry it brings.
             let moved = self.registry.update(&device, |b| {
-                if refresh.cseq > b.cseq {
-                    b.cseq = refresh.cseq;
-                    b.last_via = None;
+                if refresh.cseq >= b.cseq {
+                    if refresh.cseq > b.cseq {
+                        b.cseq = refresh.cseq;
+                        b.last_via = None;
+                    }
                     b.last_seen_ms = b.last_seen_ms.max(refresh.seen_ms);
                     b.phone_expires_at_ms = b.phone_expires_at_ms.max(expires_at_ms);
                 }
@@ -523,7 +562,8 @@ impl Registrar {
             let incoming = Incoming { msg, raw, flow, now, request: &request };
             return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
-        let binding = self.registry.get(&request.device.key);
+        let binding =
+            self.registry.get(&request.device.key).map(|b| self.caught_up_with_kernel(&request.device.key, b));
         let grant = self.grant(request.expires, &request.device.key);
         let ctx = Context {
             now_ms: now.mono_ms,

@@ -715,3 +715,26 @@ fn a_late_answer_from_a_backend_the_phone_left_changes_nothing() {
     assert!(r.on_response(&Message::parse(&ok).unwrap(), &ok, now(3), &mut Vec::new()));
     assert_eq!(r.registry.get(&format!("dev:{}", phone.device)).map(|b| b.backend), Some(cm2));
 }
+
+#[test]
+fn a_cseq_the_kernel_answered_is_never_absorbed_again_before_its_ring_record_arrives() {
+    let r = registrar_from(CONFIG);
+    let base = Phone::new(31);
+    registered(&r, &base, now(0));
+    assert!(r.registry.get("dev:SEP00000000001F").unwrap().kernel.is_some(), "a binding the kernel can answer");
+    // The kernel answered CSeq 2 and 3; the ring has not brought them back.
+    r.read_kernel_cseq_with(Box::new(|_| Some(3)));
+    let with_cseq = |cseq| {
+        let mut p = base.clone();
+        p.cseq = cseq;
+        p
+    };
+    let replay = with_cseq(3);
+    let step = send(&r, &replay, &replay.register(120, ""), now(10));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "CSeq 3 again: the backend judges it");
+    let older = with_cseq(2);
+    let step = send(&r, &older, &older.register(120, ""), now(10));
+    assert!(step.reply.starts_with("SIP/2.0 400 CSeq Out Of Order\r\n"), "{}", step.reply);
+    let next = with_cseq(4);
+    assert_eq!(send(&r, &next, &next.register(120, ""), now(10)).outcome, RegistrationOutcome::Absorbed);
+}
