@@ -140,6 +140,29 @@ max_sip_tcp_connections = 50000
 # with a log line.
 max_sccp_sessions = 50000
 
+[cluster]
+# Several regedge nodes behind one load balancer share their bindings through Redis or
+# Valkey, so that a node taking over another's phones answers them without a new
+# registration upstream. store: "redis://host:port[/db]", or a list of them for a Redis
+# Cluster (list every master: each is scanned for records); "" or [] means a single node
+# with no store. SCCP sessions are not shared: they die with their node's TCP connections
+# and the phones register again through another node.
+store = ""
+# The shared address phones and call managers see ("ip:port", usually the balancer's
+# address, on every node's loopback with direct server return): it goes in Path,
+# Record-Route and flow-token URIs, so that a new request reaches whichever node is live.
+# Requests a node sends upstream keep the node's own address in their Via. "" means the
+# node's own addresses.
+advertise = ""
+# How long a node's ownership of a binding lasts without renewal (renewed every third of
+# it). A node that dies leaves its bindings to the others after this long; a phone that
+# shows up at another node is taken over at once. 1s to 10m.
+lease = "15s"
+# The nodes' shared secret (the key of the flow tokens in Path and Record-Route, which any
+# node must verify): the same on every node, 16 to 256 printable ASCII characters without
+# spaces. Required with a store; "" keeps the node's own key (state_dir).
+secret = ""
+
 [routing]
 # Group of the phones that no [[rules]] entry matches. Must be the name of a [[groups]]
 # entry if there is any; with no group at all there is no registration edge.
@@ -226,6 +249,9 @@ pub struct Config {
     /// `[limits]`: caps on pending REGISTERs, connections and sessions. Default: see
     /// [`LimitsConfig`].
     pub limits: LimitsConfig,
+    /// `[cluster]`: bindings shared with other nodes through a store. Default: see
+    /// [`ClusterConfig`] (a single node).
+    pub cluster: ClusterConfig,
     /// `[routing]`: where phones that no rule matches go. Default: see [`RoutingConfig`].
     pub routing: RoutingConfig,
     /// `[[backends]]`: the call-manager nodes registrations are forwarded to, names unique.
@@ -396,6 +422,53 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9100)) }
     }
+}
+
+/// `[cluster]`: several nodes behind one balancer, bindings shared through Redis/Valkey.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Store URLs (`redis://host:port[/db]`): one server, or the masters of a Redis Cluster.
+    /// Empty: a single node with no store. Default: empty.
+    #[serde(deserialize_with = "one_or_many")]
+    pub store: Vec<String>,
+    /// The shared address in Path, Record-Route and flow-token URIs; `None` (`""`): the
+    /// node's own addresses. Default: `""`.
+    #[serde(deserialize_with = "optional_socket_addr")]
+    pub advertise: Option<SocketAddr>,
+    /// How long a node's ownership of a binding lasts unrenewed: 1s to 10m. Default: `"15s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub lease: Duration,
+    /// The nodes' shared flow-token secret; required with a store. Default: `""`.
+    pub secret: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { store: Vec::new(), advertise: None, lease: Duration::from_secs(15), secret: String::new() }
+    }
+}
+
+impl ClusterConfig {
+    /// A store is configured: bindings are shared.
+    pub fn is_shared(&self) -> bool {
+        !self.store.is_empty()
+    }
+}
+
+/// A string or a list of strings; `""` is none.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) if one.is_empty() => Vec::new(),
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// `[admin]`: the admin HTTP API (bindings, backends, groups; drain, enable, remove;
@@ -721,6 +794,13 @@ impl Config {
                 "admin.listen {listen} is not a loopback address and admin.token is empty: whoever reaches it \
                  can drain backends and remove bindings"
             ));
+        }
+        if self.cluster.is_shared() && self.cluster.advertise.is_none() {
+            warnings.push(
+                "cluster.store is set but cluster.advertise is not: Path and Record-Route name this node's own \
+                 address, so requests for its phones cannot reach another node if it dies"
+                    .to_owned(),
+            );
         }
         warnings
     }

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod calls;
+pub mod cluster;
 pub mod config;
 pub mod datapath;
 pub mod demo;

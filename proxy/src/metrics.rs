@@ -91,6 +91,21 @@ pub mod names {
     pub const SCCP_STANDBY_KEEPALIVES: &str = "regedge_sccp_standby_keepalives";
     /// `regedge_sccp_framing_errors_total{reason}`: connections closed for bytes that are not Skinny.
     pub const SCCP_FRAMING_ERRORS: &str = "regedge_sccp_framing_errors";
+    /// `regedge_store_up`: 1 while the cluster store answers, 0 while it does not.
+    pub const STORE_UP: &str = "regedge_store_up";
+    /// `regedge_store_ops_total{op,outcome}`: store operations (`put`, `renew`, `delete`,
+    /// `release`, `adopt`, `scan`) that went `ok`, were `lost` to another node's lease, or
+    /// met an `error`.
+    pub const STORE_OPS: &str = "regedge_store_ops";
+    /// `regedge_store_queue_depth`: binding records waiting to be written to the store.
+    pub const STORE_QUEUE_DEPTH: &str = "regedge_store_queue_depth";
+    /// `regedge_store_leases_held`: bindings whose record holds this node's lease.
+    pub const STORE_LEASES_HELD: &str = "regedge_store_leases_held";
+    /// `regedge_store_records_seen`: binding records of every node in the last scan.
+    pub const STORE_RECORDS_SEEN: &str = "regedge_store_records_seen";
+    /// `regedge_bindings_adopted_total{how}`: bindings taken over from another node,
+    /// `sighted` (the phone showed up here) or `swept` (its owner's lease lapsed).
+    pub const BINDINGS_ADOPTED: &str = "regedge_bindings_adopted";
     /// `regedge_config_reloads_total{outcome}`: SIGHUP reloads, `ok` or `rejected`.
     pub const CONFIG_RELOADS: &str = "regedge_config_reloads";
     /// `regedge_limit_refusals_total{limit}`: REGISTERs (503) and connections (closed at
@@ -183,6 +198,59 @@ pub struct MetricsCollector {
     pub attached: Vec<(&'static str, i64)>,
     /// Config reloads (SIGHUP).
     pub reloads: Arc<ReloadCounters>,
+    /// `None` without a `[cluster] store`.
+    pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
+}
+
+fn encode_cluster(encoder: &mut DescriptorEncoder, cluster: &crate::cluster::ClusterLink) -> std::fmt::Result {
+    use crate::cluster::{Adoption, StoreOp, StoreOutcome};
+    let stats = &cluster.stats;
+    let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| -> std::fmt::Result {
+        ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    };
+    gauge(
+        encoder,
+        names::STORE_UP,
+        "1 while the cluster store answers.",
+        i64::from(stats.store_up.load(Ordering::Relaxed)),
+    )?;
+    let mut ops = encoder.encode_descriptor(
+        names::STORE_OPS,
+        "Cluster store operations, by operation and outcome (lost: another node holds the lease).",
+        None,
+        MetricType::Counter,
+    )?;
+    for op in StoreOp::ALL {
+        for outcome in StoreOutcome::ALL {
+            let labels = [("op", op.label()), ("outcome", outcome.label())];
+            ConstCounter::new(stats.ops(op, outcome)).encode(ops.encode_family(&labels)?)?;
+        }
+    }
+    gauge(
+        encoder,
+        names::STORE_QUEUE_DEPTH,
+        "Binding records waiting to be written to the cluster store.",
+        stats.queue_depth.load(Ordering::Relaxed) as i64,
+    )?;
+    gauge(
+        encoder,
+        names::STORE_LEASES_HELD,
+        "Bindings whose store record holds this node's lease.",
+        stats.leases_held.load(Ordering::Relaxed) as i64,
+    )?;
+    gauge(
+        encoder,
+        names::STORE_RECORDS_SEEN,
+        "Binding records of every node in the store, as of the last scan.",
+        cluster.directory.len() as i64,
+    )?;
+    encode_counter(
+        encoder,
+        names::BINDINGS_ADOPTED,
+        "Bindings taken over from another node: sighted (the phone showed up here) or swept (its owner's lease lapsed).",
+        "how",
+        Adoption::ALL.map(|how| (how.label(), stats.adopted(how))),
+    )
 }
 
 fn encode_counter(
@@ -319,6 +387,9 @@ impl Collector for MetricsCollector {
             "reason",
             CloseReason::LABELS.into_iter().zip(&user.tcp_closed).map(|(l, c)| (l, c.load(Ordering::Relaxed))),
         )?;
+        if let Some(cluster) = &self.cluster {
+            encode_cluster(&mut encoder, cluster)?;
+        }
         encode_counter(
             &mut encoder,
             names::CONFIG_RELOADS,

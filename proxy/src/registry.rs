@@ -82,9 +82,23 @@ pub struct Binding {
 pub struct Registry {
     bindings: DashMap<String, Binding>,
     by_flow: DashMap<Flow, String>,
+    /// Where the key of every binding inserted, changed or removed is posted, when the
+    /// bindings are shared with other nodes (`cluster`).
+    journal: std::sync::OnceLock<crossbeam_channel::Sender<String>>,
 }
 
 impl Registry {
+    /// From now on, every change posts its device key to `journal`.
+    pub fn keep_journal(&self, journal: crossbeam_channel::Sender<String>) {
+        let _ = self.journal.set(journal);
+    }
+
+    fn note(&self, device: &str) {
+        if let Some(journal) = self.journal.get() {
+            let _ = journal.send(device.to_owned());
+        }
+    }
+
     pub fn get(&self, device: &str) -> Option<Binding> {
         self.bindings.get(device).map(|b| b.clone())
     }
@@ -95,11 +109,13 @@ impl Registry {
         if let Some(previous) = self.bindings.insert(device.clone(), binding).filter(|p| p.flow != flow) {
             self.by_flow.remove_if(&previous.flow, |_, owner| *owner == device);
         }
+        self.note(&device);
     }
 
     pub fn remove(&self, device: &str) -> Option<Binding> {
         let (_, binding) = self.bindings.remove(device)?;
         self.by_flow.remove_if(&binding.flow, |_, owner| owner == device);
+        self.note(device);
         Some(binding)
     }
 
@@ -107,20 +123,26 @@ impl Registry {
     pub fn remove_if(&self, device: &str, condition: impl FnOnce(&Binding) -> bool) -> Option<Binding> {
         let (_, binding) = self.bindings.remove_if(device, |_, b| condition(b))?;
         self.by_flow.remove_if(&binding.flow, |_, owner| owner == device);
+        self.note(device);
         Some(binding)
     }
 
     /// Applies `update` to the binding of `device`, if there is one. The flow is not
     /// the update's to change (a new flow is a new registration, stored with `insert`).
     pub fn update(&self, device: &str, update: impl FnOnce(&mut Binding)) -> bool {
-        self.bindings
+        let updated = self
+            .bindings
             .get_mut(device)
             .map(|mut b| {
                 let flow = b.flow;
                 update(&mut b);
                 b.flow = flow;
             })
-            .is_some()
+            .is_some();
+        if updated {
+            self.note(device);
+        }
+        updated
     }
 
     /// The device registered over `flow` and its binding.

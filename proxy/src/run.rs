@@ -47,6 +47,7 @@ use signal_hook::{
 
 use crate::{
     admin::{self, AdminServer, api::Readiness},
+    cluster::{ClusterLink, store::StoreThread},
     config::{BackendConfig, BackendTransport, Config, ConfigErrors, FastpathMode},
     datapath::{AnswerSettings, DatapathError, Fastpath, mirror::MirrorThread, pin, sccp::SccpOffload},
     engine::Engine,
@@ -88,7 +89,9 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let names = LocalNames::new(&config.sip.local_names, &config.sip.listen, &interface_addrs);
+    // The advertised address is this node's too: requests routed to it name it.
+    let our_addresses: Vec<SocketAddr> = config.sip.listen.iter().copied().chain(config.cluster.advertise).collect();
+    let names = LocalNames::new(&config.sip.local_names, &our_addresses, &interface_addrs);
     let tag = ToTag::for_node(&config.node.name);
 
     let workers = match config.node.workers {
@@ -102,6 +105,10 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let links: Vec<Link> = routing.live_backends().iter().map(|id| routing.backend(*id).link).collect();
     let state = (!routing.is_empty()).then(|| open_state(&config.node.state_dir)).flatten();
     let limits = Arc::new(Limits::new(&config.limits));
+    let cluster = (config.cluster.is_shared() && !routing.is_empty()).then(|| {
+        let (journal, journal_rx) = crossbeam_channel::unbounded();
+        (ClusterLink::new(&config.node.name, config.cluster.lease), journal, journal_rx)
+    });
     let registrar = (!routing.is_empty()).then(|| {
         let backend_facing = links
             .iter()
@@ -114,9 +121,20 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 (transport, link.facing)
             })
             .collect();
-        let token_key = state.as_ref().map_or_else(crate::snapshot::random_u64, StateDir::token_key);
+        // Nodes sharing a secret verify each other's flow tokens.
+        let token_key = if config.cluster.secret.is_empty() {
+            state.as_ref().map_or_else(crate::snapshot::random_u64, StateDir::token_key)
+        } else {
+            crate::cluster::token_key_from_secret(&config.cluster.secret)
+        };
         let node = Node { to_tag: tag, backend_facing, token_key };
-        Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node).with_limits(Arc::clone(&limits))
+        let registrar = Registrar::new(Arc::clone(&routing), Policy::from(&config.registration), node)
+            .with_limits(Arc::clone(&limits))
+            .with_advertise(config.cluster.advertise);
+        match &cluster {
+            Some((link, journal, _)) => registrar.with_cluster(Arc::clone(link), journal.clone()),
+            None => registrar,
+        }
     });
     if let (Some(state), Some(registrar)) = (&state, &registrar) {
         restore_bindings(state, registrar);
@@ -138,6 +156,14 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     )?;
     let waker = workers_running.timekeeper_waker();
     let (sccp_edge, sccp_shared) = start_sccp(&config, &routing, workers, &limits)?.unzip();
+    let cluster_link = cluster.as_ref().map(|(link, ..)| Arc::clone(link));
+    let store = match cluster {
+        Some((link, _, journal_rx)) => {
+            let url = &config.cluster.store[0];
+            Some(StoreThread::start(url, link, Arc::clone(&shared), journal_rx).context("starting the store thread")?)
+        }
+        None => None,
+    };
     let snapshot = match (state, &shared.engine.registrar) {
         (Some(state), Some(_)) => Some(start_snapshots(state, &shared, mirror.as_ref(), &config.node.name)?),
         _ => None,
@@ -161,6 +187,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sccp: sccp_shared.clone(),
         attached,
         reloads: Arc::clone(&reloads),
+        cluster: cluster_link.clone(),
     };
     let metrics = MetricsServer::start(config.metrics.listen, collector)
         .with_context(|| format!("starting the metrics endpoint on {}", config.metrics.listen))?;
@@ -244,6 +271,12 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     set_stage("stopping the SCCP edge");
     let sccp_loops = readiness.sccp.lock().unwrap_or_else(|p| p.into_inner()).take();
     drop(sccp_loops);
+    if let Some(store) = store {
+        // A drain: the last changes written, then the leases released, so that the nodes
+        // the balancer moves these phones to take them over at once.
+        set_stage("writing the last bindings to the store and releasing the leases");
+        store.stop(true);
+    }
     // After the loops: the last snapshot has every change they made.
     set_stage("writing the last registry snapshot");
     drop(snapshot);
@@ -384,6 +417,10 @@ fn live_part(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         metrics.listen,
         admin.listen,
         registration.date_header,
+        cluster.store,
+        cluster.advertise,
+        cluster.lease,
+        cluster.secret,
     );
     (new, restart)
 }

@@ -57,24 +57,84 @@ struct SnapshotFile {
     bindings: Vec<SavedBinding>,
 }
 
-/// A [`Binding`] with its group and backend by name.
-#[derive(Serialize, Deserialize)]
-struct SavedBinding {
-    device: String,
+/// A [`Binding`] with its group and backend by name, its times in a clock of the
+/// writer's choosing (monotonic in a snapshot, Unix time in the cluster store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBinding {
+    pub device: String,
     aor: String,
     contact: String,
-    flow: Flow,
-    call_id: String,
-    cseq: u32,
+    pub flow: Flow,
+    pub call_id: String,
+    pub cseq: u32,
     credentials: Option<u64>,
     group: String,
     backend: String,
     backend_address: SocketAddr,
     backend_granted: u32,
-    backend_valid_until_ms: u64,
-    phone_expires_at_ms: u64,
+    pub backend_valid_until_ms: u64,
+    pub phone_expires_at_ms: u64,
     last_seen_ms: u64,
     kernel: Option<KernelSeed>,
+}
+
+impl SavedBinding {
+    /// `binding` by names, its times mapped by `time`; `None` for a binding that is not on
+    /// UDP (a TCP flow dies with its process) or whose group or backend `routing` lacks.
+    pub fn of(device: &str, b: &Binding, routing: &Routing, time: impl Fn(u64) -> u64) -> Option<Self> {
+        if b.flow.transport != Transport::Udp
+            || b.group.0 >= routing.groups.len()
+            || b.backend.0 >= routing.backends.len()
+        {
+            return None;
+        }
+        let backend = routing.backend(b.backend);
+        Some(SavedBinding {
+            device: device.to_owned(),
+            aor: b.aor.clone(),
+            contact: b.contact.clone(),
+            flow: b.flow,
+            call_id: b.call_id.clone(),
+            cseq: b.cseq,
+            credentials: b.credentials,
+            group: routing.groups[b.group.0].name.clone(),
+            backend: backend.name.clone(),
+            backend_address: backend.address,
+            backend_granted: b.backend_granted,
+            backend_valid_until_ms: time(b.backend_valid_until_ms),
+            phone_expires_at_ms: time(b.phone_expires_at_ms),
+            last_seen_ms: time(b.last_seen_ms),
+            kernel: b.kernel,
+        })
+    }
+
+    /// The binding back, times mapped by `time`; `None` when its group or backend is no
+    /// longer configured (the backend at the same address) or it is not on UDP.
+    pub fn into_binding(self, routing: &Routing, time: impl Fn(u64) -> u64) -> Option<(String, Binding)> {
+        let group = routing.group_named(&self.group)?;
+        let backend =
+            routing.backend_named(&self.backend).filter(|id| routing.backend(*id).address == self.backend_address)?;
+        if self.flow.transport != Transport::Udp {
+            return None;
+        }
+        let binding = Binding {
+            aor: self.aor,
+            contact: self.contact,
+            flow: self.flow,
+            call_id: self.call_id,
+            cseq: self.cseq,
+            last_via: None,
+            credentials: self.credentials,
+            group,
+            backend,
+            backend_granted: self.backend_granted,
+            backend_valid_until_ms: time(self.backend_valid_until_ms),
+            phone_expires_at_ms: time(self.phone_expires_at_ms),
+            last_seen_ms: time(self.last_seen_ms),
+            kernel: self.kernel,
+        };
+        Some((self.device, binding))
+    }
 }
 
 /// What a snapshot gave back.
@@ -87,31 +147,7 @@ pub struct Loaded {
 
 /// Serializes the UDP bindings of `bindings`.
 pub fn encode(bindings: &[(String, Binding)], routing: &Routing, node: &str, boot_id: &str) -> Vec<u8> {
-    let saved = bindings
-        .iter()
-        .filter(|(_, b)| b.flow.transport == Transport::Udp)
-        .filter(|(_, b)| b.group.0 < routing.groups.len() && b.backend.0 < routing.backends.len())
-        .map(|(device, b)| {
-            let backend = routing.backend(b.backend);
-            SavedBinding {
-                device: device.clone(),
-                aor: b.aor.clone(),
-                contact: b.contact.clone(),
-                flow: b.flow,
-                call_id: b.call_id.clone(),
-                cseq: b.cseq,
-                credentials: b.credentials,
-                group: routing.groups[b.group.0].name.clone(),
-                backend: backend.name.clone(),
-                backend_address: backend.address,
-                backend_granted: b.backend_granted,
-                backend_valid_until_ms: b.backend_valid_until_ms,
-                phone_expires_at_ms: b.phone_expires_at_ms,
-                last_seen_ms: b.last_seen_ms,
-                kernel: b.kernel,
-            }
-        })
-        .collect();
+    let saved = bindings.iter().filter_map(|(device, b)| SavedBinding::of(device, b, routing, |t| t)).collect();
     let file = SnapshotFile {
         version: FORMAT_VERSION,
         boot_id: boot_id.to_owned(),
@@ -139,34 +175,10 @@ pub fn decode(bytes: &[u8], routing: &Routing, boot_id: &str) -> Result<Loaded, 
     }
     let mut loaded = Loaded::default();
     for saved in file.bindings {
-        let group = routing.group_named(&saved.group);
-        let backend =
-            routing.backend_named(&saved.backend).filter(|id| routing.backend(*id).address == saved.backend_address);
-        let (Some(group), Some(backend)) = (group, backend) else {
-            loaded.dropped += 1;
-            continue;
-        };
-        if saved.flow.transport != Transport::Udp {
-            loaded.dropped += 1;
-            continue;
+        match saved.into_binding(routing, |t| t) {
+            Some(binding) => loaded.bindings.push(binding),
+            None => loaded.dropped += 1,
         }
-        let binding = Binding {
-            aor: saved.aor,
-            contact: saved.contact,
-            flow: saved.flow,
-            call_id: saved.call_id,
-            cseq: saved.cseq,
-            last_via: None,
-            credentials: saved.credentials,
-            group,
-            backend,
-            backend_granted: saved.backend_granted,
-            backend_valid_until_ms: saved.backend_valid_until_ms,
-            phone_expires_at_ms: saved.phone_expires_at_ms,
-            last_seen_ms: saved.last_seen_ms,
-            kernel: saved.kernel,
-        };
-        loaded.bindings.push((saved.device, binding));
     }
     Ok(loaded)
 }

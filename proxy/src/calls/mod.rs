@@ -224,7 +224,7 @@ impl Router<'_> {
     }
 
     fn sender(&self, flow: &Flow) -> Sender {
-        if let Some((_, binding)) = self.registrar.registry.by_flow(flow) {
+        if let Some((_, binding)) = self.registrar.binding_by_flow(flow) {
             return Sender::Phone(binding);
         }
         let routing = &self.registrar.routing;
@@ -310,7 +310,7 @@ impl Router<'_> {
                 {
                     return refuse(Refusal::FlowFailed);
                 }
-                let binding = self.registrar.registry.by_flow(&phone);
+                let binding = self.registrar.binding_by_flow(&phone);
                 if (starts_dialog || rewritten_contact) && binding.is_none() {
                     return refuse(Refusal::BindingLapsed);
                 }
@@ -376,7 +376,12 @@ impl Router<'_> {
                 let param = if transport == Transport::Tcp { ";transport=tcp" } else { "" };
                 format!("<sip:{phone_token}@{at}{param};lr>")
             };
-            record_route.push(entry(transport, sent_by));
+            // Facing a backend: the advertised address, which every node of a cluster answers.
+            let at = match target {
+                Target::Backend(id) => self.registrar.advertised_facing(id).1,
+                Target::Flow(_) => sent_by,
+            };
+            record_route.push(entry(transport, at));
             let facing_sender = entry(flow.transport, flow.local);
             if facing_sender != record_route[0] {
                 record_route.push(facing_sender);

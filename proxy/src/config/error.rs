@@ -145,6 +145,22 @@ pub enum ConfigErrorKind {
     #[error("admin.token {problem}")]
     AdminToken { problem: NameProblem },
 
+    /// A `cluster.store` entry is not a `redis://` URL the client accepts.
+    #[error("cluster.store {url:?} is not a store URL such as \"redis://10.0.0.5:6379\": {reason}")]
+    ClusterStoreUrl { url: String, reason: String },
+    /// `cluster.store` is set and `cluster.secret` is empty.
+    #[error("cluster.secret is required with cluster.store: every node must verify the flow tokens of the others")]
+    ClusterSecretMissing,
+    /// `cluster.secret` breaks the token rules (the secret itself is never shown).
+    #[error("cluster.secret {problem}")]
+    ClusterSecret { problem: NameProblem },
+    /// `cluster.lease` is outside the allowed range.
+    #[error("cluster.lease = {lease:?} is outside the allowed 1s to 10m")]
+    ClusterLeaseOutOfRange { lease: std::time::Duration },
+    /// `cluster.advertise` has port 0.
+    #[error("cluster.advertise address {addr} has port 0")]
+    ClusterAdvertisePortZero { addr: SocketAddr },
+
     /// `registration.phone_expires` is outside `min..=max` seconds.
     #[error("registration.phone_expires = {seconds} is outside the allowed {min} to {max} seconds")]
     PhoneExpiresOutOfRange { seconds: u32, min: u32, max: u32 },

@@ -10,8 +10,9 @@ use toml_edit::{Document, Item};
 use super::error::{ConfigError, ConfigErrorKind, FloatValue, MacPrefixProblem, NameProblem};
 use super::spans::KeyPath;
 use super::{
-    AdminConfig, BackendConfig, BackendProtocol, BackendTransport, Config, FastpathConfig, FastpathMode, GroupConfig,
-    HealthConfig, LimitsConfig, MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig, SipConfig,
+    AdminConfig, BackendConfig, BackendProtocol, BackendTransport, ClusterConfig, Config, FastpathConfig, FastpathMode,
+    GroupConfig, HealthConfig, LimitsConfig, MetricsConfig, NodeConfig, RegistrationConfig, RuleConfig, SccpConfig,
+    SipConfig,
 };
 
 const MAX_NODE_NAME_LEN: usize = 64;
@@ -35,6 +36,9 @@ const MAX_DOMAIN_LEN: usize = 253;
 /// A bearer token shorter than this is guessable.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const MAX_ADMIN_TOKEN_LEN: usize = 256;
+/// Bounds of `cluster.lease`.
+const MIN_LEASE: Duration = Duration::from_secs(1);
+const MAX_LEASE: Duration = Duration::from_secs(600);
 /// Upper bound of every `[limits]` cap.
 const MAX_LIMIT: usize = 1_000_000;
 
@@ -80,6 +84,7 @@ pub(super) fn check(config: &Config, document: &Document<&str>) -> Vec<Issue> {
     check_registration(&config.registration, &mut issues);
     check_health(&config.health, &mut issues);
     check_limits(&config.limits, &mut issues);
+    check_cluster(&config.cluster, &mut issues);
     let backend_protocols = check_backends(&config.backends, &mut issues);
     let backend_names = written_names(document, "backends");
     let is_backend = |name: &str| backend_protocols.contains_key(name) || backend_names.contains(name);
@@ -247,6 +252,61 @@ fn check_admin(config: &Config, issues: &mut Vec<Issue>) {
         if let Some(problem) = problem {
             issues.push(Issue::new(KeyPath::field("admin", "token"), ConfigErrorKind::AdminToken { problem }));
         }
+    }
+}
+
+fn check_cluster(cluster: &ClusterConfig, issues: &mut Vec<Issue>) {
+    for (index, url) in cluster.store.iter().enumerate() {
+        let reason = if !url.starts_with("redis://") {
+            Some("the scheme must be redis://".to_owned())
+        } else {
+            redis::IntoConnectionInfo::into_connection_info(url.as_str()).err().map(|e| e.to_string())
+        };
+        if let Some(reason) = reason {
+            let key = if cluster.store.len() == 1 {
+                KeyPath::field("cluster", "store")
+            } else {
+                KeyPath::element("cluster", "store", index)
+            };
+            issues.push(Issue::new(key, ConfigErrorKind::ClusterStoreUrl { url: url.clone(), reason }));
+        }
+    }
+    if cluster.store.len() > 1 {
+        let kind = ConfigErrorKind::ClusterStoreUrl {
+            url: cluster.store.join(", "),
+            reason: "several URLs (a Redis Cluster) are not supported by this build: give one server".to_owned(),
+        };
+        issues.push(Issue::new(KeyPath::field("cluster", "store"), kind));
+    }
+    let secret = &cluster.secret;
+    if secret.is_empty() {
+        if cluster.is_shared() {
+            issues.push(
+                Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecretMissing)
+                    .or_at(KeyPath::field("cluster", "store")),
+            );
+        }
+    } else {
+        let problem = if secret.len() < MIN_ADMIN_TOKEN_LEN {
+            Some(NameProblem::TooShort { len: secret.len(), min: MIN_ADMIN_TOKEN_LEN })
+        } else if secret.len() > MAX_ADMIN_TOKEN_LEN {
+            Some(NameProblem::TooLong { len: secret.len(), max: MAX_ADMIN_TOKEN_LEN })
+        } else {
+            char_problem(secret, |ch| ch.is_ascii_graphic())
+        };
+        if let Some(problem) = problem {
+            issues.push(Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecret { problem }));
+        }
+    }
+    if !(MIN_LEASE..=MAX_LEASE).contains(&cluster.lease) {
+        let kind = ConfigErrorKind::ClusterLeaseOutOfRange { lease: cluster.lease };
+        issues.push(Issue::new(KeyPath::field("cluster", "lease"), kind));
+    }
+    if let Some(addr) = cluster.advertise.filter(|a| a.port() == 0) {
+        issues.push(Issue::new(
+            KeyPath::field("cluster", "advertise"),
+            ConfigErrorKind::ClusterAdvertisePortZero { addr },
+        ));
     }
 }
 

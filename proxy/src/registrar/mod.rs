@@ -216,6 +216,11 @@ pub struct Registrar {
     kernel: KernelLink,
     /// `[limits]`: `max_pending_registrations` caps `pending`.
     limits: Arc<Limits>,
+    /// Bindings shared with other nodes (`[cluster] store`), if they are.
+    cluster: Option<Arc<crate::cluster::ClusterLink>>,
+    /// `[cluster] advertise`: the host of Path and flow-token URIs, instead of this node's
+    /// own address facing the backend.
+    advertise: Option<std::net::SocketAddr>,
 }
 
 /// The registrar's side of the kernel mirror: updates out, answered refreshes in. Nothing
@@ -306,6 +311,103 @@ impl Registrar {
             lapses: LapseQueue::new(),
             kernel: KernelLink::new(),
             limits: Arc::default(),
+            cluster: None,
+            advertise: None,
+        }
+    }
+
+    /// Shares the bindings through `link` (the registry journals every change for the
+    /// store thread, which reads `journal`'s other end).
+    pub fn with_cluster(
+        mut self,
+        link: Arc<crate::cluster::ClusterLink>,
+        journal: crossbeam_channel::Sender<String>,
+    ) -> Self {
+        self.registry.keep_journal(journal);
+        self.cluster = Some(link);
+        self
+    }
+
+    /// Names `advertise` in Path and flow-token URIs (the address every node answers).
+    pub fn with_advertise(mut self, advertise: Option<std::net::SocketAddr>) -> Self {
+        self.advertise = advertise;
+        self
+    }
+
+    /// The address Record-Route and Path give a backend for this node.
+    pub fn advertised_facing(&self, backend: BackendId) -> (crate::registry::Transport, std::net::SocketAddr) {
+        let (transport, us) = self.backend_facing(backend);
+        (transport, self.advertise.unwrap_or(us))
+    }
+
+    /// The binding of `device`, or one adopted from another node for it (see `cluster`).
+    fn binding_here(&self, device: &str, now: Now) -> Option<Binding> {
+        if let Some(binding) = self.registry.get(device) {
+            return Some(binding);
+        }
+        let entry = self.cluster.as_ref()?.directory.get(device)?;
+        self.adopt(entry.binding, now, crate::cluster::Adoption::Sighted).map(|(_, b)| b)
+    }
+
+    /// The device registered over `flow` and its binding, adopted from another node when
+    /// this one has none (a request for a phone whose node died reaches this one).
+    pub fn binding_by_flow(&self, flow: &Flow) -> Option<(String, Binding)> {
+        if let Some(found) = self.registry.by_flow(flow) {
+            return Some(found);
+        }
+        let entry = self.cluster.as_ref()?.directory.by_flow(flow)?;
+        let now = Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 };
+        self.adopt(entry.binding, now, crate::cluster::Adoption::Sighted)
+    }
+
+    /// Loads a binding another node wrote (times in Unix milliseconds) into the registry
+    /// and the kernel mirror, sending nothing upstream; `None` when it is of no use any
+    /// more (the phone's or the backend's registration ran out, its group or backend is
+    /// not configured here) or this node has one for the device already.
+    fn adopt(
+        &self,
+        saved: crate::snapshot::SavedBinding,
+        now: Now,
+        how: crate::cluster::Adoption,
+    ) -> Option<(String, Binding)> {
+        let cluster = self.cluster.as_ref()?;
+        let clock = crate::cluster::WallClock::now(now.mono_ms);
+        let (device, binding) = saved.into_binding(&self.routing, |t| clock.to_mono(t))?;
+        let grace = self.policy.load().lapse_grace_ms;
+        if binding.phone_expires_at_ms + grace <= now.mono_ms || binding.backend_valid_until_ms <= now.mono_ms {
+            return None;
+        }
+        if self.registry.get(&device).is_some() {
+            return None;
+        }
+        if how == crate::cluster::Adoption::Sighted {
+            cluster.sighted(&device);
+        }
+        self.registry.insert(device.clone(), binding.clone());
+        self.sync_kernel(&device, &binding);
+        self.lapses.post(binding.phone_expires_at_ms + grace, &device);
+        tracing::debug!(%device, how = how.label(), "binding adopted from another node");
+        Some((device, binding))
+    }
+
+    /// Applies what the store thread found: bindings its sweeper took over are loaded,
+    /// bindings another node took are let go (no de-registration: the phone is served there).
+    fn fold_cluster(&self, now: Now) {
+        let Some(cluster) = &self.cluster else { return };
+        for saved in cluster.take_swept() {
+            self.adopt(saved, now, crate::cluster::Adoption::Swept);
+        }
+        for device in cluster.take_lost() {
+            cluster.hand_over(&device);
+            match self.registry.remove(&device) {
+                Some(binding) => {
+                    self.unmirror(&device, &binding);
+                    tracing::debug!(%device, "binding taken over by another node: let go here");
+                }
+                None => {
+                    cluster.was_handed_over(&device);
+                }
+            }
         }
     }
 
@@ -511,7 +613,7 @@ impl Registrar {
     /// reaches the node: the Path of a registration, or its contact for a backend that
     /// does not honour Path.
     fn flow_uri(&self, flow: &Flow, backend: BackendId) -> String {
-        let (transport, us) = self.backend_facing(backend);
+        let (transport, us) = self.advertised_facing(backend);
         let param = if transport == crate::registry::Transport::Tcp { ";transport=tcp" } else { "" };
         format!("sip:{}@{us}{param}", crate::calls::token::encode(flow, self.node.token_key))
     }
@@ -563,7 +665,7 @@ impl Registrar {
             return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
         let binding =
-            self.registry.get(&request.device.key).map(|b| self.caught_up_with_kernel(&request.device.key, b));
+            self.binding_here(&request.device.key, now).map(|b| self.caught_up_with_kernel(&request.device.key, b));
         let grant = self.grant(request.expires, &request.device.key);
         let ctx = Context {
             now_ms: now.mono_ms,
@@ -924,6 +1026,7 @@ impl Registrar {
     /// refreshing (de-registered at the backend, best effort).
     pub fn on_tick(&self, now: Now, sends: &mut Vec<Send>) {
         self.fold_absorbed();
+        self.fold_cluster(now);
         let timeout = self.policy.load().transaction_timeout_ms;
         let expired: Vec<String> =
             self.pending.iter().filter(|p| now.mono_ms >= p.sent_ms + timeout).map(|p| p.key().clone()).collect();

@@ -738,3 +738,107 @@ fn a_cseq_the_kernel_answered_is_never_absorbed_again_before_its_ring_record_arr
     let next = with_cseq(4);
     assert_eq!(send(&r, &next, &next.register(120, ""), now(10)).outcome, RegistrationOutcome::Absorbed);
 }
+
+/// A registrar sharing its bindings (`[cluster]`): the link the store thread would use and
+/// the journal it would read.
+fn clustered() -> (Registrar, Arc<crate::cluster::ClusterLink>, crossbeam_channel::Receiver<String>) {
+    let link = crate::cluster::ClusterLink::new("n2", std::time::Duration::from_secs(15));
+    let (journal, journal_rx) = crossbeam_channel::unbounded();
+    (registrar_from(CONFIG).with_cluster(Arc::clone(&link), journal), link, journal_rx)
+}
+
+/// `device`'s binding on `from` as node n1's store thread writes it, read back at `at`.
+fn shared_record(from: &Registrar, device: &str, at: Now) -> crate::cluster::DirectoryEntry {
+    let clock = crate::cluster::WallClock::now(at.mono_ms);
+    let binding = from.registry.get(device).expect("registered");
+    let saved = crate::snapshot::SavedBinding::of(device, &binding, &from.routing, |t| clock.to_unix(t)).unwrap();
+    crate::cluster::DirectoryEntry {
+        owner: "n1".into(),
+        lease_until_ms: clock.to_unix(at.mono_ms) + 15_000,
+        binding: saved,
+    }
+}
+
+#[test]
+fn a_phone_moved_from_another_node_is_adopted_on_sight_and_its_refresh_answered_here() {
+    use crate::cluster::Adoption;
+    let n1 = registrar_from(CONFIG);
+    let (phone, gone) = (Phone::new(40), Phone::new(41));
+    registered(&n1, &phone, now(0));
+    registered(&n1, &gone, now(0));
+    let (n2, link, journal) = clustered();
+    link.directory.replace(vec![shared_record(&n1, "dev:SEP000000000028", now(30))]);
+    let mut next = phone.clone();
+    next.cseq = 2;
+    let step = send(&n2, &next, &next.register(120, ""), now(30));
+    assert_eq!(step.outcome, RegistrationOutcome::Absorbed, "{}", step.reply);
+    assert!(step.sends.is_empty(), "nothing upstream: the backend's registration stands");
+    assert_eq!(
+        n2.registry.get("dev:SEP000000000028").unwrap().backend,
+        n1.registry.get("dev:SEP000000000028").unwrap().backend
+    );
+    assert_eq!(link.stats.adopted(Adoption::Sighted), 1);
+    assert!(link.is_takeover("dev:SEP000000000028"), "its next write takes the lease");
+    assert!(journal.try_iter().any(|d| d == "dev:SEP000000000028"), "the adoption is written to the store");
+    // A record whose phone registration ran out (lapse grace included) is of no use.
+    link.directory.replace(vec![shared_record(&n1, "dev:SEP000000000029", now(200))]);
+    let mut late = gone.clone();
+    late.cseq = 2;
+    let step = send(&n2, &late, &late.register(120, ""), now(200));
+    assert_eq!(step.outcome, RegistrationOutcome::Forwarded, "a new registration");
+    assert_eq!(link.stats.adopted(Adoption::Sighted), 1);
+}
+
+#[test]
+fn a_request_for_a_phone_of_another_node_adopts_its_binding() {
+    let n1 = registrar_from(CONFIG);
+    let phone = Phone::new(42);
+    registered(&n1, &phone, now(0));
+    let (n2, link, _) = clustered();
+    let at = Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 };
+    let mut record = shared_record(&n1, "dev:SEP00000000002A", Now { mono_ms: 0, unix_secs: 0 });
+    // Written by n1 at its time 0, read by n2 now: n2's clock says it is fresh.
+    let clock = crate::cluster::WallClock::now(at.mono_ms);
+    let n1_clock = crate::cluster::WallClock::now(0);
+    record.binding = crate::snapshot::SavedBinding::of(
+        "dev:SEP00000000002A",
+        &n1.registry.get("dev:SEP00000000002A").unwrap(),
+        &n1.routing,
+        |t| clock.to_unix(at.mono_ms) + (n1_clock.to_unix(t) - n1_clock.to_unix(0)),
+    )
+    .unwrap();
+    link.directory.replace(vec![record]);
+    let (device, binding) = n2.binding_by_flow(&flow(phone.port)).expect("adopted by flow");
+    assert_eq!(device, "dev:SEP00000000002A");
+    assert_eq!(binding.call_id, phone.call_id);
+    assert!(n2.registry.get(&device).is_some());
+}
+
+#[test]
+fn a_binding_another_node_took_is_let_go_without_a_deregistration() {
+    let (n2, link, journal) = clustered();
+    let phone = Phone::new(43);
+    registered(&n2, &phone, now(0));
+    journal.try_iter().count();
+    link.lost("dev:SEP00000000002B".into());
+    let mut sends = Vec::new();
+    n2.on_tick(now(1), &mut sends);
+    assert!(sends.is_empty(), "no de-registration: the phone is served by the other node");
+    assert!(n2.registry.get("dev:SEP00000000002B").is_none());
+    assert!(link.was_handed_over("dev:SEP00000000002B"), "its record is not deleted");
+}
+
+#[test]
+fn bindings_the_sweeper_took_over_are_loaded_on_the_next_tick() {
+    use crate::cluster::Adoption;
+    let n1 = registrar_from(CONFIG);
+    let phone = Phone::new(44);
+    registered(&n1, &phone, now(0));
+    let (n2, link, _) = clustered();
+    link.swept(shared_record(&n1, "dev:SEP00000000002C", now(5)).binding);
+    let mut sends = Vec::new();
+    n2.on_tick(now(5), &mut sends);
+    assert!(sends.is_empty());
+    assert_eq!(n2.registry.get("dev:SEP00000000002C").unwrap().call_id, phone.call_id);
+    assert_eq!(link.stats.adopted(Adoption::Swept), 1);
+}

@@ -1,0 +1,503 @@
+//! The store thread: the only code that talks to Redis/Valkey. It is fed the keys of
+//! changed bindings through the registry's journal (a crossbeam channel), writes their
+//! records pipelined, renews this node's leases, scans every record into the
+//! [`Directory`](super::Directory) and sweeps lapsed leases. While the store is
+//! unreachable it keeps the set of records to write (at most one per binding), retries
+//! the connection every second, and writes everything again once it is back.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::{Connection, Pipeline, Value};
+
+use super::{
+    ClusterLink, DirectoryEntry, StoreOp, StoreOutcome,
+    record::{self, WallClock},
+};
+use crate::{io::workers::Shared, registrar::Registrar, snapshot::SavedBinding};
+
+/// How long the thread waits for journal entries before it writes what it has.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Between two connection attempts while the store is unreachable.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// Connect, read and write timeout of every store operation.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// Operations per pipeline.
+const PIPELINE: usize = 1000;
+/// The directory is scanned at least this often (and every third of the lease).
+const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+const RUNNING: u8 = 0;
+const STOP: u8 = 1;
+const RELEASE_AND_STOP: u8 = 2;
+
+/// The running store thread; [`StoreThread::stop`] ends it.
+pub struct StoreThread {
+    state: Arc<AtomicU8>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Starts the thread for the store at `url`. `journal` carries the device keys the
+    /// registry changes.
+    pub fn start(
+        url: &str,
+        link: Arc<ClusterLink>,
+        shared: Arc<Shared>,
+        journal: Receiver<String>,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let mut syncer = Syncer::new(client, url.to_owned(), link, shared, journal)?;
+        let thread = std::thread::Builder::new().name("regedge-store".into()).spawn({
+            let state = Arc::clone(&state);
+            move || syncer.run(&state)
+        })?;
+        Ok(Self { state, thread: Some(thread) })
+    }
+
+    /// Stops the thread after a last write of what is pending; with `release`, this node's
+    /// leases are given up too (drain), so that other nodes take its phones over at once.
+    pub fn stop(mut self, release: bool) {
+        self.state.store(if release { RELEASE_AND_STOP } else { STOP }, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        self.state.store(STOP, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The SHA1s of the scripts, loaded at each connection.
+struct Scripts {
+    put: String,
+    renew: String,
+    delete: String,
+    release: String,
+    adopt: String,
+}
+
+struct Syncer {
+    client: redis::Client,
+    url: String,
+    link: Arc<ClusterLink>,
+    shared: Arc<Shared>,
+    journal: Receiver<String>,
+    connection: Option<(Connection, Scripts)>,
+    /// Devices whose record must be written or deleted.
+    dirty: HashSet<String>,
+    /// Devices whose record holds this node's lease, as last written or renewed.
+    held: HashSet<String>,
+    next_connect: Instant,
+    next_renew: Instant,
+    next_scan: Instant,
+    /// No sweeping before this: after a reconnection the owners rewrite their records first.
+    sweep_after: Instant,
+    /// The store was reachable once (for the log line of its return).
+    was_up: bool,
+    /// The outage was logged.
+    down_logged: bool,
+}
+
+impl Syncer {
+    fn new(
+        client: redis::Client,
+        url: String,
+        link: Arc<ClusterLink>,
+        shared: Arc<Shared>,
+        journal: Receiver<String>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(shared.engine.registrar.is_some(), "a shared registry needs a registrar ([[groups]])");
+        let now = Instant::now();
+        Ok(Self {
+            client,
+            url,
+            link,
+            shared,
+            journal,
+            connection: None,
+            dirty: HashSet::new(),
+            held: HashSet::new(),
+            next_connect: now,
+            next_renew: now,
+            next_scan: now,
+            sweep_after: now,
+            was_up: false,
+            down_logged: false,
+        })
+    }
+
+    fn registrar(&self) -> &Registrar {
+        self.shared.engine.registrar.as_ref().expect("checked in new")
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.link.lease_ms)
+    }
+
+    fn run(&mut self, state: &AtomicU8) {
+        loop {
+            match self.journal.recv_timeout(FLUSH_INTERVAL) {
+                Ok(device) => {
+                    self.dirty.insert(device);
+                    self.dirty.extend(self.journal.try_iter());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(FLUSH_INTERVAL),
+            }
+            let stopping = state.load(Relaxed);
+            let now = Instant::now();
+            if self.connection.is_none() && (now >= self.next_connect || stopping != RUNNING) {
+                self.connect();
+            }
+            if self.connection.is_some() {
+                self.flush();
+            }
+            if stopping != RUNNING {
+                if stopping == RELEASE_AND_STOP && self.connection.is_some() {
+                    self.release_all();
+                }
+                return;
+            }
+            if self.connection.is_some() && now >= self.next_renew {
+                self.renew();
+                self.next_renew = now + self.lease() / 3;
+            }
+            if self.connection.is_some() && now >= self.next_scan {
+                self.scan_and_sweep();
+                self.next_scan = now + (self.lease() / 3).min(MAX_SCAN_INTERVAL);
+            }
+            self.link.stats.queue_depth.store(self.dirty.len() as u64, Relaxed);
+            self.link.stats.leases_held.store(self.held.len() as u64, Relaxed);
+        }
+    }
+
+    fn connect(&mut self) {
+        self.next_connect = Instant::now() + RECONNECT_INTERVAL;
+        let connected = self.client.get_connection_with_timeout(IO_TIMEOUT).and_then(|mut connection| {
+            connection.set_read_timeout(Some(IO_TIMEOUT))?;
+            connection.set_write_timeout(Some(IO_TIMEOUT))?;
+            let mut load = |source: &str| -> redis::RedisResult<String> {
+                redis::cmd("SCRIPT").arg("LOAD").arg(source).query(&mut connection)
+            };
+            let scripts = Scripts {
+                put: load(record::PUT_SCRIPT)?,
+                renew: load(record::RENEW_SCRIPT)?,
+                delete: load(record::DELETE_SCRIPT)?,
+                release: load(record::RELEASE_SCRIPT)?,
+                adopt: load(record::ADOPT_SCRIPT)?,
+            };
+            Ok((connection, scripts))
+        });
+        match connected {
+            Ok(connection) => {
+                self.connection = Some(connection);
+                self.link.stats.store_up.store(true, Relaxed);
+                // The store may have lost everything (a restart without persistence):
+                // every binding is written again, and others get a lease's time to do
+                // the same before anything is swept.
+                let mut all = Vec::new();
+                self.registrar().registry.for_each(|device, _| all.push(device.to_owned()));
+                let rewritten = all.len();
+                self.dirty.extend(all);
+                let now = Instant::now();
+                self.sweep_after = now + self.lease();
+                self.next_renew = now + self.lease() / 3;
+                self.next_scan = now;
+                if self.was_up {
+                    tracing::info!(store = %self.url, rewritten, "store reachable again: writing every binding again");
+                } else {
+                    tracing::info!(store = %self.url, bindings = rewritten, "store connected");
+                }
+                self.was_up = true;
+                self.down_logged = false;
+            }
+            Err(error) => self.went_down(&error),
+        }
+    }
+
+    fn went_down(&mut self, error: &redis::RedisError) {
+        self.connection = None;
+        self.link.stats.store_up.store(false, Relaxed);
+        if !self.down_logged {
+            tracing::warn!(
+                store = %self.url,
+                %error,
+                waiting = self.dirty.len(),
+                "store unreachable: serving from local state, writes wait until it is back"
+            );
+            self.down_logged = true;
+        }
+    }
+
+    /// Runs `pipe`; `None` (and the connection dropped) on an error.
+    fn query(&mut self, pipe: &Pipeline) -> Option<Vec<Value>> {
+        let (connection, _) = self.connection.as_mut()?;
+        match pipe.query::<Vec<Value>>(connection) {
+            Ok(values) => Some(values),
+            Err(error) => {
+                self.went_down(&error);
+                None
+            }
+        }
+    }
+
+    /// Writes (or deletes) the records of the dirty devices.
+    fn flush(&mut self) {
+        while !self.dirty.is_empty() && self.connection.is_some() {
+            let batch: Vec<String> = self.dirty.iter().take(PIPELINE).cloned().collect();
+            for device in &batch {
+                self.dirty.remove(device);
+            }
+            let mono = record::mono_ms();
+            let clock = WallClock::now(mono);
+            let now_unix = clock.to_unix(mono);
+            let lease_until = now_unix + self.link.lease_ms;
+            let mut pipe = redis::pipe();
+            let mut ops: Vec<(&String, StoreOp, bool)> = Vec::with_capacity(batch.len());
+            let Some((_, scripts)) = self.connection.as_ref() else { return };
+            let registrar = self.registrar();
+            for device in &batch {
+                let saved = registrar
+                    .registry
+                    .get(device)
+                    .and_then(|b| SavedBinding::of(device, &b, &registrar.routing, |t| clock.to_unix(t)));
+                match saved {
+                    Some(saved) => {
+                        let takeover = self.link.is_takeover(device);
+                        // Kept until the backend's registration would run out.
+                        let expire_at = saved.backend_valid_until_ms.max(now_unix + self.link.lease_ms);
+                        pipe.cmd("EVALSHA")
+                            .arg(&scripts.put)
+                            .arg(1)
+                            .arg(record::key(device))
+                            .arg(&self.link.node)
+                            .arg(now_unix)
+                            .arg(lease_until)
+                            .arg(expire_at)
+                            .arg(record::encode_data(&saved))
+                            .arg(if takeover { "1" } else { "0" });
+                        ops.push((device, StoreOp::Put, takeover));
+                    }
+                    None if self.link.was_handed_over(device) => {}
+                    None => {
+                        pipe.cmd("EVALSHA").arg(&scripts.delete).arg(1).arg(record::key(device)).arg(&self.link.node);
+                        ops.push((device, StoreOp::Delete, false));
+                    }
+                }
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            let Some(results) = self.query(&pipe) else {
+                self.link.stats.count(StoreOp::Put, StoreOutcome::Error, ops.len() as u64);
+                self.dirty.extend(ops.into_iter().map(|(device, ..)| device.clone()));
+                return;
+            };
+            for ((device, op, takeover), result) in ops.into_iter().zip(results) {
+                let written = matches!(result, Value::Int(1));
+                let outcome = if written { StoreOutcome::Ok } else { StoreOutcome::Lost };
+                self.link.stats.count(op, outcome, 1);
+                match (op, written) {
+                    (StoreOp::Put, true) => {
+                        if takeover {
+                            self.link.took_over(device);
+                        }
+                        self.held.insert(device.clone());
+                    }
+                    (StoreOp::Put, false) => {
+                        self.held.remove(device);
+                        self.link.lost(device.clone());
+                    }
+                    _ => {
+                        self.held.remove(device);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extends the leases this node holds; a record another node took is let go, a record
+    /// the store lost is written again.
+    fn renew(&mut self) {
+        let mut local = Vec::new();
+        self.registrar().registry.for_each(|device, b| {
+            if b.flow.transport == crate::registry::Transport::Udp {
+                local.push(device.to_owned());
+            }
+        });
+        self.held.retain(|d| local.contains(d));
+        let lease_until = record::unix_ms() + self.link.lease_ms;
+        for chunk in local.chunks(PIPELINE) {
+            let chunk: Vec<&String> = chunk.iter().filter(|d| !self.dirty.contains(*d)).collect();
+            let Some((_, scripts)) = self.connection.as_ref() else { return };
+            let mut pipe = redis::pipe();
+            for device in &chunk {
+                pipe.cmd("EVALSHA")
+                    .arg(&scripts.renew)
+                    .arg(1)
+                    .arg(record::key(device))
+                    .arg(&self.link.node)
+                    .arg(lease_until);
+            }
+            let Some(results) = self.query(&pipe) else {
+                self.link.stats.count(StoreOp::Renew, StoreOutcome::Error, chunk.len() as u64);
+                return;
+            };
+            for (device, result) in chunk.into_iter().zip(results) {
+                match result {
+                    Value::Int(1) => {
+                        self.link.stats.count(StoreOp::Renew, StoreOutcome::Ok, 1);
+                        self.held.insert(device.clone());
+                    }
+                    Value::Int(0) => {
+                        self.link.stats.count(StoreOp::Renew, StoreOutcome::Lost, 1);
+                        self.held.remove(device);
+                        self.link.lost(device.clone());
+                    }
+                    _ => {
+                        self.dirty.insert(device.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads every record into the directory, then takes over those whose lease lapsed.
+    fn scan_and_sweep(&mut self) {
+        let Some(scanned) = self.scan() else { return };
+        let now_unix = record::unix_ms();
+        let lapsed: Vec<String> = if Instant::now() >= self.sweep_after {
+            let registry = &self.registrar().registry;
+            scanned
+                .iter()
+                .filter(|e| e.owner != self.link.node && (e.owner.is_empty() || e.lease_until_ms <= now_unix))
+                .filter(|e| registry.get(&e.binding.device).is_none())
+                .map(|e| e.binding.device.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.link.directory.replace(scanned);
+        for chunk in lapsed.chunks(PIPELINE) {
+            let Some((_, scripts)) = self.connection.as_ref() else { return };
+            let mut pipe = redis::pipe();
+            for device in chunk {
+                pipe.cmd("EVALSHA")
+                    .arg(&scripts.adopt)
+                    .arg(1)
+                    .arg(record::key(device))
+                    .arg(&self.link.node)
+                    .arg(now_unix)
+                    .arg(now_unix + self.link.lease_ms);
+            }
+            let Some(results) = self.query(&pipe) else {
+                self.link.stats.count(StoreOp::Adopt, StoreOutcome::Error, chunk.len() as u64);
+                return;
+            };
+            for result in results {
+                let data = match result {
+                    Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                    _ => None,
+                };
+                match data.and_then(|d| serde_json::from_str::<SavedBinding>(&d).ok()) {
+                    Some(binding) => {
+                        self.link.stats.count(StoreOp::Adopt, StoreOutcome::Ok, 1);
+                        self.held.insert(binding.device.clone());
+                        self.link.swept(binding);
+                    }
+                    None => self.link.stats.count(StoreOp::Adopt, StoreOutcome::Lost, 1),
+                }
+            }
+        }
+    }
+
+    /// Every binding record in the store.
+    fn scan(&mut self) -> Option<Vec<DirectoryEntry>> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (connection, _) = self.connection.as_mut()?;
+            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(record::KEY_PATTERN)
+                .arg("COUNT")
+                .arg(PIPELINE)
+                .query(connection);
+            match page {
+                Ok((next, page)) => {
+                    keys.extend(page);
+                    cursor = next;
+                }
+                Err(error) => {
+                    self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
+                    self.went_down(&error);
+                    return None;
+                }
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut entries = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET").arg(key).arg("owner").arg("lease").arg("data");
+            }
+            let (connection, _) = self.connection.as_mut()?;
+            match pipe.query::<Vec<(Option<String>, Option<String>, Option<String>)>>(connection) {
+                Ok(rows) => entries.extend(rows.into_iter().filter_map(|(o, l, d)| record::decode(o, l, d))),
+                Err(error) => {
+                    self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
+                    self.went_down(&error);
+                    return None;
+                }
+            }
+        }
+        self.link.stats.count(StoreOp::Scan, StoreOutcome::Ok, 1);
+        Some(entries)
+    }
+
+    /// Gives up every lease this node holds (after the last writes).
+    fn release_all(&mut self) {
+        let mut local = Vec::new();
+        self.registrar().registry.for_each(|device, _| local.push(device.to_owned()));
+        let mut released = 0;
+        for chunk in local.chunks(PIPELINE) {
+            let Some((_, scripts)) = self.connection.as_ref() else { break };
+            let mut pipe = redis::pipe();
+            for device in chunk {
+                pipe.cmd("EVALSHA").arg(&scripts.release).arg(1).arg(record::key(device)).arg(&self.link.node);
+            }
+            let Some(results) = self.query(&pipe) else {
+                self.link.stats.count(StoreOp::Release, StoreOutcome::Error, chunk.len() as u64);
+                break;
+            };
+            for result in results {
+                let ok = matches!(result, Value::Int(1));
+                released += u64::from(ok);
+                let outcome = if ok { StoreOutcome::Ok } else { StoreOutcome::Lost };
+                self.link.stats.count(StoreOp::Release, outcome, 1);
+            }
+        }
+        self.held.clear();
+        tracing::info!(released, "drain: leases released for other nodes to take over");
+    }
+}
