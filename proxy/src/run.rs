@@ -198,6 +198,7 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sccp: Mutex::new(sccp_edge),
         sccp_configured: !config.sccp.listen.is_empty(),
         fastpath: fastpath_readiness,
+        cluster: cluster_link.clone(),
     });
     let admin_node = Arc::new(admin::Node {
         routing: Arc::clone(&routing),
@@ -444,6 +445,8 @@ struct NodeReadiness {
     sccp: Mutex<Option<SccpEdge>>,
     sccp_configured: bool,
     fastpath: FastpathReadiness,
+    /// `None` without a `[cluster] store`.
+    cluster: Option<Arc<ClusterLink>>,
 }
 
 impl Readiness for NodeReadiness {
@@ -466,11 +469,20 @@ impl Readiness for NodeReadiness {
                 return Err(format!("the XDP fast path is not attached (mode = \"auto\" fell back): {error}"));
             }
         };
+        // A store outage does not make the node unready: it serves from local state (and
+        // says it is degraded), as the other nodes do.
+        let store = match &self.cluster {
+            None => "none",
+            Some(link) if link.stats.store_up.load(Ordering::Relaxed) => "up",
+            Some(_) => "down (degraded: serving from local state, writes queued)",
+        };
         Ok(serde_json::json!({
             "config": "loaded",
             "sip_loops": "running",
             "sccp_loops": if self.sccp_configured { "running" } else { "none" },
             "fastpath": fastpath,
+            "store": store,
+            "degraded": store.starts_with("down"),
         }))
     }
 }

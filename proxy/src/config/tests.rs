@@ -896,3 +896,57 @@ fn reply_rate_per_source_is_bounded() {
     let shown = errors.to_string();
     assert!(shown.contains("regedge.toml:3") && shown.contains("fastpath.reply_rate_per_source = 2000000"), "{shown}");
 }
+
+#[test]
+fn cluster_has_documented_defaults_and_reads_one_or_many_store_urls() {
+    let single = Config::default();
+    assert!(!single.cluster.is_shared());
+    assert_eq!((single.cluster.advertise, single.cluster.lease), (None, Duration::from_secs(15)));
+    let shared = parse_ok(
+        "[cluster]\nstore = \"redis://10.0.0.5:6379/2\"\nadvertise = \"10.0.0.100:5060\"\nlease = \"6s\"\n\
+         secret = \"0123456789abcdef\"\n",
+    );
+    assert_eq!(shared.cluster.store, ["redis://10.0.0.5:6379/2"]);
+    assert_eq!(shared.cluster.advertise, Some(addr("10.0.0.100:5060")));
+    assert_eq!(shared.cluster.lease, Duration::from_secs(6));
+    assert!(shared.warnings().is_empty());
+    let as_list = parse_ok("[cluster]\nstore = [\"redis://10.0.0.5:6379\"]\nsecret = \"0123456789abcdef\"\n");
+    assert_eq!(as_list.cluster.store, ["redis://10.0.0.5:6379"]);
+    let warnings = as_list.warnings();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("cluster.store is set but cluster.advertise is not")),
+        "{warnings:?}"
+    );
+    assert!(!parse_ok("[cluster]\nstore = \"\"\n").cluster.is_shared());
+}
+
+#[test]
+fn cluster_errors_are_reported_on_their_lines() {
+    let text = "[cluster]\nstore = \"http://10.0.0.5:6379\"\nlease = \"500ms\"\nadvertise = \"10.0.0.100:0\"\n";
+    let errors = parse_err(text);
+    let kinds: Vec<_> = errors.errors.iter().map(|e| (e.line, e.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                Some(2),
+                ConfigErrorKind::ClusterStoreUrl {
+                    url: "http://10.0.0.5:6379".into(),
+                    reason: "the scheme must be redis://".into()
+                }
+            ),
+            (Some(2), ConfigErrorKind::ClusterSecretMissing),
+            (Some(3), ConfigErrorKind::ClusterLeaseOutOfRange { lease: Duration::from_millis(500) }),
+            (Some(4), ConfigErrorKind::ClusterAdvertisePortZero { addr: addr("10.0.0.100:0") }),
+        ]
+    );
+    let short = parse_err("[cluster]\nstore = \"redis://10.0.0.5\"\nsecret = \"short\"\n");
+    assert_eq!(short.errors[0].line, Some(3));
+    assert_eq!(
+        short.errors[0].kind,
+        ConfigErrorKind::ClusterSecret { problem: NameProblem::TooShort { len: 5, min: 16 } }
+    );
+    let several =
+        parse_err("[cluster]\nstore = [\"redis://10.0.0.5\", \"redis://10.0.0.6\"]\nsecret = \"0123456789abcdef\"\n");
+    assert!(several.to_string().contains("several URLs (a Redis Cluster) are not supported"), "{several}");
+}
