@@ -159,8 +159,8 @@ pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let cluster_link = cluster.as_ref().map(|(link, ..)| Arc::clone(link));
     let store = match cluster {
         Some((link, _, journal_rx)) => {
-            let url = &config.cluster.store[0];
-            Some(StoreThread::start(url, link, Arc::clone(&shared), journal_rx).context("starting the store thread")?)
+            let urls = &config.cluster.store;
+            Some(StoreThread::start(urls, link, Arc::clone(&shared), journal_rx).context("starting the store thread")?)
         }
         None => None,
     };

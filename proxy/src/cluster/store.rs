@@ -16,7 +16,7 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{Connection, Pipeline, Value};
+use redis::{Cmd, Connection, Value, cluster::ClusterConnection};
 
 use super::{
     ClusterLink, DirectoryEntry, StoreOp, StoreOutcome,
@@ -46,17 +46,18 @@ pub struct StoreThread {
 }
 
 impl StoreThread {
-    /// Starts the thread for the store at `url`. `journal` carries the device keys the
-    /// registry changes.
+    /// Starts the thread for the store at `urls` (one server, or the servers of a Redis
+    /// Cluster). `journal` carries the device keys the registry changes.
     pub fn start(
-        url: &str,
+        urls: &[String],
         link: Arc<ClusterLink>,
         shared: Arc<Shared>,
         journal: Receiver<String>,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        let clients = urls.iter().map(|url| redis::Client::open(url.as_str())).collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!clients.is_empty(), "no store URL");
         let state = Arc::new(AtomicU8::new(RUNNING));
-        let mut syncer = Syncer::new(client, url.to_owned(), link, shared, journal)?;
+        let mut syncer = Syncer::new(clients, urls.join(","), link, shared, journal)?;
         let thread = std::thread::Builder::new().name("regedge-store".into()).spawn({
             let state = Arc::clone(&state);
             move || syncer.run(&state)
@@ -83,22 +84,129 @@ impl Drop for StoreThread {
     }
 }
 
-/// The SHA1s of the scripts, loaded at each connection.
-struct Scripts {
-    put: String,
-    renew: String,
-    delete: String,
-    release: String,
-    adopt: String,
+/// The store-side scripts (`record`).
+#[derive(Clone, Copy)]
+enum Script {
+    Put,
+    Renew,
+    Delete,
+    Release,
+    Adopt,
+}
+
+impl Script {
+    const ALL: [Self; 5] = [Self::Put, Self::Renew, Self::Delete, Self::Release, Self::Adopt];
+
+    fn source(self) -> &'static str {
+        match self {
+            Self::Put => record::PUT_SCRIPT,
+            Self::Renew => record::RENEW_SCRIPT,
+            Self::Delete => record::DELETE_SCRIPT,
+            Self::Release => record::RELEASE_SCRIPT,
+            Self::Adopt => record::ADOPT_SCRIPT,
+        }
+    }
+}
+
+/// One server, or a Redis Cluster.
+enum Store {
+    /// With the SHA1 of each script, loaded at the connection.
+    Single { connection: Connection, shas: Vec<String> },
+    /// Scripts go as EVAL (a cluster pipeline routes them by key; EVALSHA it cannot, and
+    /// a failover may promote a node that never loaded them). SCAN runs on every listed
+    /// server: each holds its own slots.
+    Cluster { connection: ClusterConnection, servers: Vec<redis::Client> },
+}
+
+impl Store {
+    /// The command running `script` on the record `key` with `args`.
+    fn script(&self, script: Script, key: &str) -> Cmd {
+        let mut cmd = match self {
+            Self::Single { shas, .. } => {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(&shas[script as usize]);
+                cmd
+            }
+            Self::Cluster { .. } => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(script.source());
+                cmd
+            }
+        };
+        cmd.arg(1).arg(key);
+        cmd
+    }
+
+    fn run(&mut self, commands: Vec<Cmd>) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Self::Single { connection, .. } => {
+                let mut pipe = redis::pipe();
+                for cmd in commands {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(connection)
+            }
+            Self::Cluster { connection, .. } => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in commands {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(connection)
+            }
+        }
+    }
+
+    /// Every key matching `pattern`, from every server.
+    fn scan(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        fn scan_one(connection: &mut Connection, pattern: &str, keys: &mut Vec<String>) -> redis::RedisResult<()> {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(PIPELINE)
+                    .query(connection)?;
+                keys.extend(page);
+                cursor = next;
+                if cursor == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        match self {
+            Self::Single { connection, .. } => scan_one(connection, pattern, &mut keys)?,
+            Self::Cluster { servers, .. } => {
+                for server in servers.iter() {
+                    let mut connection = connect_one(server)?;
+                    scan_one(&mut connection, pattern, &mut keys)?;
+                }
+                // A replica listed beside its master holds the same keys.
+                keys.sort_unstable();
+                keys.dedup();
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn connect_one(client: &redis::Client) -> redis::RedisResult<Connection> {
+    let connection = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    connection.set_read_timeout(Some(IO_TIMEOUT))?;
+    connection.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(connection)
 }
 
 struct Syncer {
-    client: redis::Client,
+    /// One server, or the servers of a Redis Cluster.
+    clients: Vec<redis::Client>,
     url: String,
     link: Arc<ClusterLink>,
     shared: Arc<Shared>,
     journal: Receiver<String>,
-    connection: Option<(Connection, Scripts)>,
+    connection: Option<Store>,
     /// Devices whose record must be written or deleted.
     dirty: HashSet<String>,
     /// Devices whose record holds this node's lease, as last written or renewed.
@@ -116,7 +224,7 @@ struct Syncer {
 
 impl Syncer {
     fn new(
-        client: redis::Client,
+        clients: Vec<redis::Client>,
         url: String,
         link: Arc<ClusterLink>,
         shared: Arc<Shared>,
@@ -125,7 +233,7 @@ impl Syncer {
         anyhow::ensure!(shared.engine.registrar.is_some(), "a shared registry needs a registrar ([[groups]])");
         let now = Instant::now();
         Ok(Self {
-            client,
+            clients,
             url,
             link,
             shared,
@@ -189,21 +297,23 @@ impl Syncer {
 
     fn connect(&mut self) {
         self.next_connect = Instant::now() + RECONNECT_INTERVAL;
-        let connected = self.client.get_connection_with_timeout(IO_TIMEOUT).and_then(|mut connection| {
-            connection.set_read_timeout(Some(IO_TIMEOUT))?;
-            connection.set_write_timeout(Some(IO_TIMEOUT))?;
-            let mut load = |source: &str| -> redis::RedisResult<String> {
-                redis::cmd("SCRIPT").arg("LOAD").arg(source).query(&mut connection)
-            };
-            let scripts = Scripts {
-                put: load(record::PUT_SCRIPT)?,
-                renew: load(record::RENEW_SCRIPT)?,
-                delete: load(record::DELETE_SCRIPT)?,
-                release: load(record::RELEASE_SCRIPT)?,
-                adopt: load(record::ADOPT_SCRIPT)?,
-            };
-            Ok((connection, scripts))
-        });
+        let connected = if self.clients.len() == 1 {
+            connect_one(&self.clients[0]).and_then(|mut connection| {
+                let shas = Script::ALL
+                    .iter()
+                    .map(|script| redis::cmd("SCRIPT").arg("LOAD").arg(script.source()).query(&mut connection))
+                    .collect::<redis::RedisResult<Vec<String>>>()?;
+                Ok(Store::Single { connection, shas })
+            })
+        } else {
+            let infos = self.clients.iter().map(|c| c.get_connection_info().clone()).collect::<Vec<_>>();
+            redis::cluster::ClusterClient::builder(infos)
+                .connection_timeout(IO_TIMEOUT)
+                .response_timeout(IO_TIMEOUT)
+                .build()
+                .and_then(|client| client.get_connection())
+                .map(|connection| Store::Cluster { connection, servers: self.clients.clone() })
+        };
         match connected {
             Ok(connection) => {
                 self.connection = Some(connection);
@@ -245,10 +355,10 @@ impl Syncer {
         }
     }
 
-    /// Runs `pipe`; `None` (and the connection dropped) on an error.
-    fn query(&mut self, pipe: &Pipeline) -> Option<Vec<Value>> {
-        let (connection, _) = self.connection.as_mut()?;
-        match pipe.query::<Vec<Value>>(connection) {
+    /// Runs `commands` pipelined; `None` (and the connection dropped) on an error.
+    fn query(&mut self, commands: Vec<Cmd>) -> Option<Vec<Value>> {
+        let store = self.connection.as_mut()?;
+        match store.run(commands) {
             Ok(values) => Some(values),
             Err(error) => {
                 self.went_down(&error);
@@ -268,9 +378,9 @@ impl Syncer {
             let clock = WallClock::now(mono);
             let now_unix = clock.to_unix(mono);
             let lease_until = now_unix + self.link.lease_ms;
-            let mut pipe = redis::pipe();
+            let mut commands = Vec::with_capacity(batch.len());
             let mut ops: Vec<(&String, StoreOp, bool)> = Vec::with_capacity(batch.len());
-            let Some((_, scripts)) = self.connection.as_ref() else { return };
+            let Some(store) = self.connection.as_ref() else { return };
             let registrar = self.registrar();
             for device in &batch {
                 let saved = registrar
@@ -282,21 +392,21 @@ impl Syncer {
                         let takeover = self.link.is_takeover(device);
                         // Kept until the backend's registration would run out.
                         let expire_at = saved.backend_valid_until_ms.max(now_unix + self.link.lease_ms);
-                        pipe.cmd("EVALSHA")
-                            .arg(&scripts.put)
-                            .arg(1)
-                            .arg(record::key(device))
-                            .arg(&self.link.node)
+                        let mut put = store.script(Script::Put, &record::key(device));
+                        put.arg(&self.link.node)
                             .arg(now_unix)
                             .arg(lease_until)
                             .arg(expire_at)
                             .arg(record::encode_data(&saved))
                             .arg(if takeover { "1" } else { "0" });
+                        commands.push(put);
                         ops.push((device, StoreOp::Put, takeover));
                     }
                     None if self.link.was_handed_over(device) => {}
                     None => {
-                        pipe.cmd("EVALSHA").arg(&scripts.delete).arg(1).arg(record::key(device)).arg(&self.link.node);
+                        let mut delete = store.script(Script::Delete, &record::key(device));
+                        delete.arg(&self.link.node);
+                        commands.push(delete);
                         ops.push((device, StoreOp::Delete, false));
                     }
                 }
@@ -304,7 +414,7 @@ impl Syncer {
             if ops.is_empty() {
                 continue;
             }
-            let Some(results) = self.query(&pipe) else {
+            let Some(results) = self.query(commands) else {
                 self.link.stats.count(StoreOp::Put, StoreOutcome::Error, ops.len() as u64);
                 self.dirty.extend(ops.into_iter().map(|(device, ..)| device.clone()));
                 return;
@@ -341,21 +451,21 @@ impl Syncer {
                 local.push(device.to_owned());
             }
         });
-        self.held.retain(|d| local.contains(d));
+        let here: HashSet<&String> = local.iter().collect();
+        self.held.retain(|d| here.contains(d));
         let lease_until = record::unix_ms() + self.link.lease_ms;
         for chunk in local.chunks(PIPELINE) {
             let chunk: Vec<&String> = chunk.iter().filter(|d| !self.dirty.contains(*d)).collect();
-            let Some((_, scripts)) = self.connection.as_ref() else { return };
-            let mut pipe = redis::pipe();
-            for device in &chunk {
-                pipe.cmd("EVALSHA")
-                    .arg(&scripts.renew)
-                    .arg(1)
-                    .arg(record::key(device))
-                    .arg(&self.link.node)
-                    .arg(lease_until);
-            }
-            let Some(results) = self.query(&pipe) else {
+            let Some(store) = self.connection.as_ref() else { return };
+            let commands = chunk
+                .iter()
+                .map(|device| {
+                    let mut renew = store.script(Script::Renew, &record::key(device));
+                    renew.arg(&self.link.node).arg(lease_until);
+                    renew
+                })
+                .collect();
+            let Some(results) = self.query(commands) else {
                 self.link.stats.count(StoreOp::Renew, StoreOutcome::Error, chunk.len() as u64);
                 return;
             };
@@ -395,18 +505,16 @@ impl Syncer {
         };
         self.link.directory.replace(scanned);
         for chunk in lapsed.chunks(PIPELINE) {
-            let Some((_, scripts)) = self.connection.as_ref() else { return };
-            let mut pipe = redis::pipe();
-            for device in chunk {
-                pipe.cmd("EVALSHA")
-                    .arg(&scripts.adopt)
-                    .arg(1)
-                    .arg(record::key(device))
-                    .arg(&self.link.node)
-                    .arg(now_unix)
-                    .arg(now_unix + self.link.lease_ms);
-            }
-            let Some(results) = self.query(&pipe) else {
+            let Some(store) = self.connection.as_ref() else { return };
+            let commands = chunk
+                .iter()
+                .map(|device| {
+                    let mut adopt = store.script(Script::Adopt, &record::key(device));
+                    adopt.arg(&self.link.node).arg(now_unix).arg(now_unix + self.link.lease_ms);
+                    adopt
+                })
+                .collect();
+            let Some(results) = self.query(commands) else {
                 self.link.stats.count(StoreOp::Adopt, StoreOutcome::Error, chunk.len() as u64);
                 return;
             };
@@ -429,45 +537,33 @@ impl Syncer {
 
     /// Every binding record in the store.
     fn scan(&mut self) -> Option<Vec<DirectoryEntry>> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (connection, _) = self.connection.as_mut()?;
-            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(record::KEY_PATTERN)
-                .arg("COUNT")
-                .arg(PIPELINE)
-                .query(connection);
-            match page {
-                Ok((next, page)) => {
-                    keys.extend(page);
-                    cursor = next;
-                }
-                Err(error) => {
-                    self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
-                    self.went_down(&error);
-                    return None;
-                }
+        let keys = match self.connection.as_mut()?.scan(record::KEY_PATTERN) {
+            Ok(keys) => keys,
+            Err(error) => {
+                self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
+                self.went_down(&error);
+                return None;
             }
-            if cursor == 0 {
-                break;
-            }
-        }
+        };
         let mut entries = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("HMGET").arg(key).arg("owner").arg("lease").arg("data");
-            }
-            let (connection, _) = self.connection.as_mut()?;
-            match pipe.query::<Vec<(Option<String>, Option<String>, Option<String>)>>(connection) {
-                Ok(rows) => entries.extend(rows.into_iter().filter_map(|(o, l, d)| record::decode(o, l, d))),
-                Err(error) => {
-                    self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
-                    self.went_down(&error);
-                    return None;
+            let commands = chunk
+                .iter()
+                .map(|key| {
+                    let mut read = redis::cmd("HMGET");
+                    read.arg(key).arg("owner").arg("lease").arg("data");
+                    read
+                })
+                .collect();
+            let Some(rows) = self.query(commands) else {
+                self.link.stats.count(StoreOp::Scan, StoreOutcome::Error, 1);
+                return None;
+            };
+            for row in rows {
+                let fields: Option<(Option<String>, Option<String>, Option<String>)> =
+                    redis::FromRedisValue::from_redis_value(row).ok();
+                if let Some(entry) = fields.and_then(|(owner, lease, data)| record::decode(owner, lease, data)) {
+                    entries.push(entry);
                 }
             }
         }
@@ -481,12 +577,16 @@ impl Syncer {
         self.registrar().registry.for_each(|device, _| local.push(device.to_owned()));
         let mut released = 0;
         for chunk in local.chunks(PIPELINE) {
-            let Some((_, scripts)) = self.connection.as_ref() else { break };
-            let mut pipe = redis::pipe();
-            for device in chunk {
-                pipe.cmd("EVALSHA").arg(&scripts.release).arg(1).arg(record::key(device)).arg(&self.link.node);
-            }
-            let Some(results) = self.query(&pipe) else {
+            let Some(store) = self.connection.as_ref() else { break };
+            let commands = chunk
+                .iter()
+                .map(|device| {
+                    let mut release = store.script(Script::Release, &record::key(device));
+                    release.arg(&self.link.node);
+                    release
+                })
+                .collect();
+            let Some(results) = self.query(commands) else {
                 self.link.stats.count(StoreOp::Release, StoreOutcome::Error, chunk.len() as u64);
                 break;
             };

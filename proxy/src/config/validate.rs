@@ -271,13 +271,6 @@ fn check_cluster(cluster: &ClusterConfig, issues: &mut Vec<Issue>) {
             issues.push(Issue::new(key, ConfigErrorKind::ClusterStoreUrl { url: url.clone(), reason }));
         }
     }
-    if cluster.store.len() > 1 {
-        let kind = ConfigErrorKind::ClusterStoreUrl {
-            url: cluster.store.join(", "),
-            reason: "several URLs (a Redis Cluster) are not supported by this build: give one server".to_owned(),
-        };
-        issues.push(Issue::new(KeyPath::field("cluster", "store"), kind));
-    }
     let secret = &cluster.secret;
     if secret.is_empty() {
         if cluster.is_shared() {
