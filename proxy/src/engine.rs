@@ -115,11 +115,13 @@ pub enum DropReason {
     Ack,
     /// STUN that is not a Binding Request, or whose lengths do not add up.
     StunIgnored,
+    /// A request for a phone of another node while the cluster store is asked about it.
+    AwaitingStore,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] =
-        [Self::NotSip, Self::Unanswerable, Self::StrayResponse, Self::Ack, Self::StunIgnored];
+    pub const ALL: [DropReason; 6] =
+        [Self::NotSip, Self::Unanswerable, Self::StrayResponse, Self::Ack, Self::StunIgnored, Self::AwaitingStore];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -128,6 +130,7 @@ impl DropReason {
             Self::StrayResponse => "stray_response",
             Self::Ack => "ack",
             Self::StunIgnored => "stun_ignored",
+            Self::AwaitingStore => "awaiting_store",
         }
     }
 }
@@ -254,6 +257,7 @@ impl Engine {
             Routed::Forwarded(method, toward) => Outcome::Routed(method, toward),
             Routed::Refused(refusal) => self.reject(&msg, Rejection::Call(refusal), &mut out.reply),
             Routed::AckDropped => Outcome::Dropped(DropReason::Ack),
+            Routed::AwaitingStore => Outcome::Dropped(DropReason::AwaitingStore),
         }
     }
 

@@ -67,6 +67,9 @@ pub struct SavedBinding {
     pub flow: Flow,
     pub call_id: String,
     pub cseq: u32,
+    /// See `Binding::last_via` (absent in files of earlier versions).
+    #[serde(default)]
+    last_via: Option<u64>,
     credentials: Option<u64>,
     group: String,
     backend: String,
@@ -96,6 +99,7 @@ impl SavedBinding {
             flow: b.flow,
             call_id: b.call_id.clone(),
             cseq: b.cseq,
+            last_via: b.last_via,
             credentials: b.credentials,
             group: routing.groups[b.group.0].name.clone(),
             backend: backend.name.clone(),
@@ -123,7 +127,7 @@ impl SavedBinding {
             flow: self.flow,
             call_id: self.call_id,
             cseq: self.cseq,
-            last_via: None,
+            last_via: self.last_via,
             credentials: self.credentials,
             group,
             backend,

@@ -39,7 +39,7 @@ use crate::{
     config::BackendProtocol,
     failover::{BackendId, BackendState},
     local_names::LocalNames,
-    registrar::{Destination, Registrar, Send},
+    registrar::{Destination, Held, Registrar, Send},
     registry::{Binding, ConnectionId, Flow, Transport},
     sip::{
         HeaderName, Message, StartLine,
@@ -175,6 +175,9 @@ pub enum Routed {
     Refused(Refusal),
     /// An ACK that could not be routed (never answered).
     AckDropped,
+    /// A request for a phone of another node, dropped while the cluster store is asked
+    /// about it (its retransmission is routed).
+    AwaitingStore,
 }
 
 /// What routing reads: the registry and backends (through the registrar), the names that
@@ -310,7 +313,15 @@ impl Router<'_> {
                 {
                     return refuse(Refusal::FlowFailed);
                 }
-                let binding = self.registrar.binding_by_flow(&phone);
+                let binding = match self.registrar.find_by_flow(&phone) {
+                    Held::Here(found) => Some(found),
+                    // The cluster store is asked about a phone another node registered: a
+                    // UDP sender's retransmission finds the answer.
+                    Held::Asked if (starts_dialog || rewritten_contact) && flow.transport == Transport::Udp => {
+                        return Routed::AwaitingStore;
+                    }
+                    Held::Asked | Held::Nowhere => None,
+                };
                 if (starts_dialog || rewritten_contact) && binding.is_none() {
                     return refuse(Refusal::BindingLapsed);
                 }

@@ -73,10 +73,13 @@ pub enum StoreOp {
     Adopt,
     /// The records read into the directory.
     Scan,
+    /// A record read on a miss (`lost`: not in the store).
+    Lookup,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 6] = [Self::Put, Self::Renew, Self::Delete, Self::Release, Self::Adopt, Self::Scan];
+    pub const ALL: [Self; 7] =
+        [Self::Put, Self::Renew, Self::Delete, Self::Release, Self::Adopt, Self::Scan, Self::Lookup];
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -86,6 +89,7 @@ impl StoreOp {
             Self::Release => "release",
             Self::Adopt => "adopt",
             Self::Scan => "scan",
+            Self::Lookup => "lookup",
         }
     }
 }
@@ -187,6 +191,12 @@ impl Directory {
         self.by_flow.retain(|_, device| seen.contains(device));
     }
 
+    /// Adds or replaces one record (a look-up's answer).
+    pub fn insert(&self, entry: DirectoryEntry) {
+        self.by_flow.insert(entry.binding.flow, entry.binding.device.clone());
+        self.entries.insert(entry.binding.device.clone(), entry);
+    }
+
     /// Forgets `device` (adopted here: the local binding is what counts now).
     pub fn forget(&self, device: &str) {
         if let Some((_, entry)) = self.entries.remove(device) {
@@ -194,6 +204,40 @@ impl Directory {
         }
     }
 }
+
+/// What a node asks the store about when its directory has nothing: a phone's flow (a
+/// request routed to it by a flow token) or a device (its REGISTER).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    Flow(Flow),
+    Device(String),
+}
+
+/// What a node knows of a binding it does not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Another node's record.
+    Record(DirectoryEntry),
+    /// Asked of the store; the answer comes within a store round trip (the request at hand
+    /// is dropped: its retransmission finds the record).
+    Asked,
+    /// Not in the store (as of a recent look).
+    Absent,
+}
+
+/// Where a look-up stands.
+#[derive(Clone, Copy, Debug)]
+enum LookupState {
+    Asked(std::time::Instant),
+    Absent(std::time::Instant),
+}
+
+/// A look-up unanswered after this long is asked again.
+const LOOKUP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A look-up that found nothing is believed for this long.
+const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// Look-ups waiting for the store thread at most; beyond it a miss is answered as absent.
+const MAX_LOOKUPS: usize = 10_000;
 
 /// What the registrar, the store thread and /metrics share.
 pub struct ClusterLink {
@@ -213,12 +257,17 @@ pub struct ClusterLink {
     /// Devices another node took, for the registrar to let go on its next tick.
     lost_tx: Sender<String>,
     lost_rx: Receiver<String>,
+    /// Misses asked of the store, and their answers.
+    lookups: DashMap<Lookup, LookupState>,
+    lookups_tx: Sender<Lookup>,
+    lookups_rx: Receiver<Lookup>,
 }
 
 impl ClusterLink {
     pub fn new(node: &str, lease: std::time::Duration) -> Arc<Self> {
         let (swept_tx, swept_rx) = crossbeam_channel::unbounded();
         let (lost_tx, lost_rx) = crossbeam_channel::unbounded();
+        let (lookups_tx, lookups_rx) = crossbeam_channel::bounded(MAX_LOOKUPS);
         Arc::new(Self {
             node: node.to_owned(),
             lease_ms: lease.as_millis() as u64,
@@ -230,14 +279,76 @@ impl ClusterLink {
             swept_rx,
             lost_tx,
             lost_rx,
+            lookups: DashMap::new(),
+            lookups_tx,
+            lookups_rx,
         })
     }
 
-    /// `device` was adopted on sight: counted, and its next write takes the lease.
-    pub fn sighted(&self, device: &str) {
-        self.takeovers.insert(device.to_owned(), ());
+    /// The record of the binding on `flow`: from the directory, else asked of the store.
+    pub fn find_flow(&self, flow: &Flow) -> Found {
+        match self.directory.by_flow(flow) {
+            Some(entry) => Found::Record(entry),
+            None => self.ask(Lookup::Flow(*flow)),
+        }
+    }
+
+    /// The record of `device`'s binding: from the directory, else asked of the store.
+    pub fn find_device(&self, device: &str) -> Found {
+        match self.directory.get(device) {
+            Some(entry) => Found::Record(entry),
+            None => self.ask(Lookup::Device(device.to_owned())),
+        }
+    }
+
+    fn ask(&self, lookup: Lookup) -> Found {
+        let now = std::time::Instant::now();
+        match self.lookups.get(&lookup).map(|state| *state) {
+            Some(LookupState::Absent(until)) if now < until => return Found::Absent,
+            Some(LookupState::Asked(since)) if now < since + LOOKUP_RETRY => return Found::Asked,
+            _ => {}
+        }
+        if !self.stats.store_up.load(Relaxed) || self.lookups_tx.try_send(lookup.clone()).is_err() {
+            return Found::Absent;
+        }
+        self.lookups.insert(lookup, LookupState::Asked(now));
+        Found::Asked
+    }
+
+    /// Look-ups for the store thread.
+    pub fn take_lookups(&self) -> Vec<Lookup> {
+        self.lookups_rx.try_iter().collect()
+    }
+
+    /// The store answered `lookup`: the record goes into the directory, or it is absent.
+    pub fn answer(&self, lookup: Lookup, entry: Option<DirectoryEntry>) {
+        match entry {
+            Some(entry) => {
+                self.directory.insert(entry);
+                self.lookups.remove(&lookup);
+            }
+            None => {
+                self.lookups.insert(lookup, LookupState::Absent(std::time::Instant::now() + ABSENT_FOR));
+            }
+        }
+        // Old answers go (a phone absent long ago may have registered elsewhere since).
+        if self.lookups.len() > MAX_LOOKUPS {
+            let now = std::time::Instant::now();
+            self.lookups.retain(|_, state| match state {
+                LookupState::Absent(until) => now < *until,
+                LookupState::Asked(since) => now < *since + LOOKUP_RETRY,
+            });
+        }
+    }
+
+    /// `device` was adopted here: counted; adopted on sight, its next write takes the
+    /// lease from whoever holds it (swept, the store gave it to this node already).
+    pub fn adopted(&self, device: &str, how: Adoption) {
+        if how == Adoption::Sighted {
+            self.takeovers.insert(device.to_owned(), ());
+        }
         self.directory.forget(device);
-        self.stats.adopted[Adoption::Sighted as usize].fetch_add(1, Relaxed);
+        self.stats.adopted[how as usize].fetch_add(1, Relaxed);
     }
 
     /// Whether the next write of `device` takes the lease from whoever holds it.
@@ -266,11 +377,9 @@ impl ClusterLink {
         let _ = self.swept_tx.send(binding);
     }
 
-    /// Bindings the sweeper took over since the last call, counted as adopted.
+    /// Bindings the sweeper took over since the last call.
     pub fn take_swept(&self) -> Vec<SavedBinding> {
-        let swept: Vec<_> = self.swept_rx.try_iter().collect();
-        self.stats.adopted[Adoption::Swept as usize].fetch_add(swept.len() as u64, Relaxed);
-        swept
+        self.swept_rx.try_iter().collect()
     }
 
     /// Another node holds `device`'s lease now.

@@ -26,6 +26,16 @@ pub fn key(device: &str) -> String {
     format!("{KEY_PREFIX}{{{device}}}")
 }
 
+/// Prefix of the flow index keys: which device a flow carries, for a node that meets a
+/// flow token it has no record for.
+pub const FLOW_KEY_PREFIX: &str = "regedge:f:";
+
+/// The flow index key of `flow` (its own hash slot: it is written beside the record, not
+/// with it).
+pub fn flow_key(flow: &crate::registry::Flow) -> String {
+    format!("{FLOW_KEY_PREFIX}{{{}/{}/{}}}", flow.transport.label(), flow.peer, flow.local)
+}
+
 /// Writes a record and this node's lease on it, unless another node holds a lease that
 /// has not lapsed (and the write is not a takeover).
 /// KEYS[1] record; ARGV: node, now, lease until, expire at (all ms), data, takeover (1/0).

@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Cmd, Connection, Value, cluster::ClusterConnection};
 
 use super::{
-    ClusterLink, DirectoryEntry, StoreOp, StoreOutcome,
+    ClusterLink, DirectoryEntry, Lookup, StoreOp, StoreOutcome,
     record::{self, WallClock},
 };
 use crate::{io::workers::Shared, registrar::Registrar, snapshot::SavedBinding};
@@ -276,6 +276,7 @@ impl Syncer {
             if self.connection.is_some() {
                 self.flush();
             }
+            self.answer_lookups();
             if stopping != RUNNING {
                 if stopping == RELEASE_AND_STOP && self.connection.is_some() {
                     self.release_all();
@@ -379,6 +380,8 @@ impl Syncer {
             let now_unix = clock.to_unix(mono);
             let lease_until = now_unix + self.link.lease_ms;
             let mut commands = Vec::with_capacity(batch.len());
+            // After the scripts, so that the first results are theirs.
+            let mut flow_index = Vec::with_capacity(batch.len());
             let mut ops: Vec<(&String, StoreOp, bool)> = Vec::with_capacity(batch.len());
             let Some(store) = self.connection.as_ref() else { return };
             let registrar = self.registrar();
@@ -400,6 +403,9 @@ impl Syncer {
                             .arg(record::encode_data(&saved))
                             .arg(if takeover { "1" } else { "0" });
                         commands.push(put);
+                        let mut index = redis::cmd("SET");
+                        index.arg(record::flow_key(&saved.flow)).arg(device).arg("PXAT").arg(expire_at);
+                        flow_index.push(index);
                         ops.push((device, StoreOp::Put, takeover));
                     }
                     None if self.link.was_handed_over(device) => {}
@@ -414,6 +420,7 @@ impl Syncer {
             if ops.is_empty() {
                 continue;
             }
+            commands.append(&mut flow_index);
             let Some(results) = self.query(commands) else {
                 self.link.stats.count(StoreOp::Put, StoreOutcome::Error, ops.len() as u64);
                 self.dirty.extend(ops.into_iter().map(|(device, ..)| device.clone()));
@@ -439,6 +446,91 @@ impl Syncer {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers the registrar's misses: the records of the flows and devices it asked about
+    /// go into the directory (absent ones are said so; all are, while the store is down).
+    fn answer_lookups(&mut self) {
+        let lookups = self.link.take_lookups();
+        if lookups.is_empty() {
+            return;
+        }
+        if self.connection.is_none() {
+            for lookup in lookups {
+                self.link.answer(lookup, None);
+            }
+            return;
+        }
+        // Flows to devices, through the flow index.
+        let flows: Vec<&crate::registry::Flow> = lookups
+            .iter()
+            .filter_map(|l| match l {
+                Lookup::Flow(flow) => Some(flow),
+                Lookup::Device(_) => None,
+            })
+            .collect();
+        let mut devices_of_flows: Vec<Option<String>> = Vec::new();
+        if !flows.is_empty() {
+            let commands = flows
+                .iter()
+                .map(|flow| {
+                    let mut get = redis::cmd("GET");
+                    get.arg(record::flow_key(flow));
+                    get
+                })
+                .collect();
+            let Some(values) = self.query(commands) else { return self.answer_all_absent(lookups) };
+            devices_of_flows =
+                values.into_iter().map(|v| redis::FromRedisValue::from_redis_value(v).ok().flatten()).collect();
+        }
+        let mut flow_devices = devices_of_flows.into_iter();
+        let wanted: Vec<(Lookup, Option<String>)> = lookups
+            .into_iter()
+            .map(|lookup| {
+                let device = match &lookup {
+                    Lookup::Flow(_) => flow_devices.next().flatten(),
+                    Lookup::Device(device) => Some(device.clone()),
+                };
+                (lookup, device)
+            })
+            .collect();
+        let commands = wanted
+            .iter()
+            .filter_map(|(_, device)| device.as_ref())
+            .map(|device| {
+                let mut read = redis::cmd("HMGET");
+                read.arg(record::key(device)).arg("owner").arg("lease").arg("data");
+                read
+            })
+            .collect::<Vec<_>>();
+        let rows = if commands.is_empty() { Some(Vec::new()) } else { self.query(commands) };
+        let Some(rows) = rows else { return self.answer_all_absent(wanted.into_iter().map(|(l, _)| l).collect()) };
+        let mut rows = rows.into_iter();
+        for (lookup, device) in wanted {
+            let entry = device.and_then(|_| rows.next()).and_then(|row| {
+                let (owner, lease, data): (Option<String>, Option<String>, Option<String>) =
+                    redis::FromRedisValue::from_redis_value(row).ok()?;
+                record::decode(owner, lease, data)
+            });
+            // The index may be older than the record: the record's own flow decides.
+            let entry = entry.filter(|e| match &lookup {
+                Lookup::Flow(flow) => e.binding.flow == *flow,
+                Lookup::Device(device) => e.binding.device == *device,
+            });
+            self.link.stats.count(
+                StoreOp::Lookup,
+                if entry.is_some() { StoreOutcome::Ok } else { StoreOutcome::Lost },
+                1,
+            );
+            self.link.answer(lookup, entry);
+        }
+    }
+
+    fn answer_all_absent(&self, lookups: Vec<Lookup>) {
+        self.link.stats.count(StoreOp::Lookup, StoreOutcome::Error, lookups.len() as u64);
+        for lookup in lookups {
+            self.link.answer(lookup, None);
         }
     }
 

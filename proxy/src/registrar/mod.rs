@@ -21,6 +21,7 @@ use dashmap::DashMap;
 use regedge_common::maps::AbsorbedRefresh;
 
 use crate::{
+    cluster::{Adoption, Found},
     config::RegistrationConfig,
     failover::{BackendId, BackendState, Routing},
     limits::{Limit, Limits},
@@ -59,6 +60,15 @@ pub struct Send {
     pub bytes: Vec<u8>,
 }
 
+/// Whether this node holds a binding (possibly adopted from another node just now).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held<T> {
+    Here(T),
+    /// Not here; the cluster store was asked and answers within a round trip.
+    Asked,
+    Nowhere,
+}
+
 /// What happened to a REGISTER, as counted in `regedge_registrations_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegistrationOutcome {
@@ -70,10 +80,13 @@ pub enum RegistrationOutcome {
     BackupProbe,
     /// A phone's retransmission of a REGISTER still waiting at the backend.
     Retransmission,
+    /// A UDP REGISTER of a device this node has no binding for, dropped while the cluster
+    /// store is asked about it: the phone's retransmission finds the answer.
+    AwaitingStore,
 }
 
 impl RegistrationOutcome {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Forwarded,
         Self::Absorbed,
         Self::Rejected,
@@ -81,6 +94,7 @@ impl RegistrationOutcome {
         Self::RateLimited,
         Self::BackupProbe,
         Self::Retransmission,
+        Self::AwaitingStore,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -92,6 +106,7 @@ impl RegistrationOutcome {
             Self::RateLimited => "rate_limited",
             Self::BackupProbe => "backup_probe",
             Self::Retransmission => "retransmission",
+            Self::AwaitingStore => "awaiting_store",
         }
     }
 }
@@ -341,35 +356,52 @@ impl Registrar {
     }
 
     /// The binding of `device`, or one adopted from another node for it (see `cluster`).
-    fn binding_here(&self, device: &str, now: Now) -> Option<Binding> {
+    fn binding_here(&self, device: &str, now: Now) -> Held<Binding> {
         if let Some(binding) = self.registry.get(device) {
-            return Some(binding);
+            return Held::Here(binding);
         }
-        let entry = self.cluster.as_ref()?.directory.get(device)?;
-        self.adopt(entry.binding, now, crate::cluster::Adoption::Sighted).map(|(_, b)| b)
+        let Some(cluster) = &self.cluster else { return Held::Nowhere };
+        match cluster.find_device(device) {
+            Found::Record(entry) => match self.adopt(entry.binding, now, Adoption::Sighted) {
+                Some((_, binding)) => Held::Here(binding),
+                None => Held::Nowhere,
+            },
+            Found::Asked => Held::Asked,
+            Found::Absent => Held::Nowhere,
+        }
     }
 
     /// The device registered over `flow` and its binding, adopted from another node when
     /// this one has none (a request for a phone whose node died reaches this one).
     pub fn binding_by_flow(&self, flow: &Flow) -> Option<(String, Binding)> {
-        if let Some(found) = self.registry.by_flow(flow) {
-            return Some(found);
+        match self.find_by_flow(flow) {
+            Held::Here(found) => Some(found),
+            Held::Asked | Held::Nowhere => None,
         }
-        let entry = self.cluster.as_ref()?.directory.by_flow(flow)?;
-        let now = Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 };
-        self.adopt(entry.binding, now, crate::cluster::Adoption::Sighted)
+    }
+
+    /// As [`Registrar::binding_by_flow`], and whether the store was asked about the flow
+    /// (its answer comes within a round trip).
+    pub fn find_by_flow(&self, flow: &Flow) -> Held<(String, Binding)> {
+        if let Some(found) = self.registry.by_flow(flow) {
+            return Held::Here(found);
+        }
+        let Some(cluster) = &self.cluster else { return Held::Nowhere };
+        match cluster.find_flow(flow) {
+            Found::Record(entry) => {
+                let now = Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 };
+                self.adopt(entry.binding, now, Adoption::Sighted).map_or(Held::Nowhere, Held::Here)
+            }
+            Found::Asked => Held::Asked,
+            Found::Absent => Held::Nowhere,
+        }
     }
 
     /// Loads a binding another node wrote (times in Unix milliseconds) into the registry
     /// and the kernel mirror, sending nothing upstream; `None` when it is of no use any
     /// more (the phone's or the backend's registration ran out, its group or backend is
     /// not configured here) or this node has one for the device already.
-    fn adopt(
-        &self,
-        saved: crate::snapshot::SavedBinding,
-        now: Now,
-        how: crate::cluster::Adoption,
-    ) -> Option<(String, Binding)> {
+    fn adopt(&self, saved: crate::snapshot::SavedBinding, now: Now, how: Adoption) -> Option<(String, Binding)> {
         let cluster = self.cluster.as_ref()?;
         let clock = crate::cluster::WallClock::now(now.mono_ms);
         let (device, binding) = saved.into_binding(&self.routing, |t| clock.to_mono(t))?;
@@ -380,9 +412,7 @@ impl Registrar {
         if self.registry.get(&device).is_some() {
             return None;
         }
-        if how == crate::cluster::Adoption::Sighted {
-            cluster.sighted(&device);
-        }
+        cluster.adopted(&device, how);
         self.registry.insert(device.clone(), binding.clone());
         self.sync_kernel(&device, &binding);
         self.lapses.post(binding.phone_expires_at_ms + grace, &device);
@@ -395,7 +425,7 @@ impl Registrar {
     fn fold_cluster(&self, now: Now) {
         let Some(cluster) = &self.cluster else { return };
         for saved in cluster.take_swept() {
-            self.adopt(saved, now, crate::cluster::Adoption::Swept);
+            self.adopt(saved, now, Adoption::Swept);
         }
         for device in cluster.take_lost() {
             cluster.hand_over(&device);
@@ -664,8 +694,16 @@ impl Registrar {
             let incoming = Incoming { msg, raw, flow, now, request: &request };
             return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
-        let binding =
-            self.binding_here(&request.device.key, now).map(|b| self.caught_up_with_kernel(&request.device.key, b));
+        let binding = match self.binding_here(&request.device.key, now) {
+            Held::Here(binding) => Some(self.caught_up_with_kernel(&request.device.key, binding)),
+            // Its UDP retransmission comes after the store's answer (a TCP sender would not
+            // retransmit: its REGISTER is taken as new).
+            Held::Asked if flow.transport == crate::registry::Transport::Udp => {
+                self.stats.count(RegistrationOutcome::AwaitingStore);
+                return RegistrationOutcome::AwaitingStore;
+            }
+            Held::Asked | Held::Nowhere => None,
+        };
         let grant = self.grant(request.expires, &request.device.key);
         let ctx = Context {
             now_ms: now.mono_ms,

@@ -842,3 +842,34 @@ fn bindings_the_sweeper_took_over_are_loaded_on_the_next_tick() {
     assert_eq!(n2.registry.get("dev:SEP00000000002C").unwrap().call_id, phone.call_id);
     assert_eq!(link.stats.adopted(Adoption::Swept), 1);
 }
+
+#[test]
+fn a_register_unknown_here_waits_for_the_store_and_its_retransmission_is_answered() {
+    use crate::cluster::{Adoption, Lookup};
+    let n1 = registrar_from(CONFIG);
+    let (moved, new) = (Phone::new(45), Phone::new(46));
+    registered(&n1, &moved, now(0));
+    let (n2, link, _) = clustered();
+    link.stats.store_up.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refresh = moved.clone();
+    refresh.cseq = 2;
+    let first = send(&n2, &refresh, &refresh.register(120, ""), now(20));
+    assert_eq!(first.outcome, RegistrationOutcome::AwaitingStore);
+    assert!(first.reply.is_empty() && first.sends.is_empty(), "dropped: the phone retransmits");
+    assert_eq!(link.take_lookups(), [Lookup::Device("dev:SEP00000000002D".into())]);
+    link.answer(Lookup::Device("dev:SEP00000000002D".into()), Some(shared_record(&n1, "dev:SEP00000000002D", now(20))));
+    let again = send(&n2, &refresh, &refresh.register(120, ""), now(20));
+    assert_eq!(again.outcome, RegistrationOutcome::Absorbed, "{}", again.reply);
+    assert_eq!(link.stats.adopted(Adoption::Sighted), 1);
+    // A phone the store does not know registers as new, once the store said so.
+    let step = send(&n2, &new, &new.register(120, ""), now(21));
+    assert_eq!(step.outcome, RegistrationOutcome::AwaitingStore);
+    for lookup in link.take_lookups() {
+        link.answer(lookup, None);
+    }
+    assert_eq!(send(&n2, &new, &new.register(120, ""), now(21)).outcome, RegistrationOutcome::Forwarded);
+    // With the store down nothing waits.
+    link.stats.store_up.store(false, std::sync::atomic::Ordering::Relaxed);
+    let other = Phone::new(47);
+    assert_eq!(send(&n2, &other, &other.register(120, ""), now(22)).outcome, RegistrationOutcome::Forwarded);
+}
