@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod baresip;
+pub mod cluster_lab;
 pub mod edge_lab;
 pub mod fixtures;
 pub mod frames;
@@ -13,6 +14,7 @@ pub mod netns;
 pub mod pinned;
 pub mod privilege;
 pub mod process;
+pub mod redis;
 pub mod sccp_sim;
 pub mod sipp;
 pub mod tshark;
