@@ -597,7 +597,10 @@ fn stop_fastpath(fastpath: Fastpath) {
 /// (then nothing survives a restart, which is said once).
 fn open_state(dir: &Path) -> Option<StateDir> {
     if dir.as_os_str().is_empty() {
-        tracing::info!("node.state_dir is empty: no registry snapshot, flow-token key new at every start");
+        tracing::info!(
+            "node.state_dir is empty: no registry snapshot; the flow-token key is new at every start unless \
+             [cluster] secret sets it"
+        );
         return None;
     }
     match StateDir::open(dir) {
