@@ -10,6 +10,9 @@
 //!                                  └──── 10.98.4.1 ─── 10.98.4.2 cm (Kamailio :5060, redis :6379)
 //! ```
 //!
+//! With [`LabOpts::redis_cluster`], the store is a Redis Cluster instead: three masters
+//! on 10.98.4.2:7001-7003 (no replicas), and every node's `[cluster] store` lists them.
+//!
 //! The shared address (VIP) 10.98.0.100 sits on each node's loopback. In `lb`, an
 //! nftables prerouting rule marks every packet for the VIP by a hash of its source
 //! address and port (`jhash ip saddr . th sport mod 2 seed ... map { 0 : 1, 1 : 2 }`),
@@ -36,7 +39,7 @@ use crate::{
     kamailio::{Kamailio, KamailioOpts},
     netns::NetNs,
     process::{MetricsText, Regedge, TempDir, scrape},
-    redis::RedisServer,
+    redis::{RedisCluster, RedisServer},
     sipp::{FleetOpts, Sipp},
 };
 
@@ -46,6 +49,8 @@ pub const PHONE_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 1, 2);
 pub const CM_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 4, 2);
 pub const SIP_PORT: u16 = 5060;
 pub const STORE_PORT: u16 = 6379;
+/// The masters of the Redis Cluster store ([`LabOpts::redis_cluster`]).
+pub const CLUSTER_STORE_PORTS: [u16; 3] = [7001, 7002, 7003];
 pub const METRICS_PORT: u16 = 9100;
 pub const ADMIN_PORT: u16 = 9101;
 /// Each node's veth toward the balancer (where XDP attaches).
@@ -68,6 +73,9 @@ pub struct LabOpts {
     /// Start redis-server and give the nodes a `[cluster]` section; `false`: independent
     /// nodes (no store), for checking the plumbing.
     pub store: bool,
+    /// With `store`: the store is a Redis Cluster of three masters
+    /// ([`CLUSTER_STORE_PORTS`]), listed in `[cluster] store`, instead of one redis-server.
+    pub redis_cluster: bool,
     /// `[cluster] lease`.
     pub lease: &'static str,
     /// `[registration] phone_expires`.
@@ -86,6 +94,7 @@ impl Default for LabOpts {
     fn default() -> Self {
         Self {
             store: true,
+            redis_cluster: false,
             lease: "6s",
             phone_expires: 10,
             backend_expires: 600,
@@ -96,12 +105,14 @@ impl Default for LabOpts {
     }
 }
 
-/// The lab. Drop order: the nodes (SIGTERM), Kamailio, redis-server, the scratch dir, the
-/// namespaces, then the lock that lets the next lab start.
+/// The lab. Drop order: the nodes (SIGTERM), Kamailio, redis-server (or the Redis Cluster's
+/// servers), the scratch dir, the namespaces, then the lock that lets the next lab start.
 pub struct ClusterLab {
     pub nodes: Vec<Option<Regedge>>,
     pub kamailio: Kamailio,
     pub redis: Option<RedisServer>,
+    /// The store when it is a Redis Cluster ([`LabOpts::redis_cluster`]).
+    pub redis_cluster: Option<RedisCluster>,
     pub dir: TempDir,
     pub opts: LabOpts,
     pub test: String,
@@ -123,8 +134,8 @@ impl ClusterLab {
         lab
     }
 
-    /// The namespaces, the balancer, Kamailio and (with `opts.store`) redis-server; no
-    /// node started (see [`ClusterLab::start_node`]).
+    /// The namespaces, the balancer, Kamailio and (with `opts.store`) redis-server or the
+    /// Redis Cluster; no node started (see [`ClusterLab::start_node`]).
     pub fn new(test: &str, opts: LabOpts) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let phones = NetNs::new("phones");
@@ -161,13 +172,15 @@ impl ClusterLab {
         }
         let kamailio =
             Kamailio::start(&cm, CM_IP, KamailioOpts { children: opts.kamailio_children, ..KamailioOpts::default() });
-        let redis = opts
-            .store
+        let redis = (opts.store && !opts.redis_cluster)
             .then(|| RedisServer::start(&cm, SocketAddr::new(CM_IP.into(), STORE_PORT), &format!("{test}-redis")));
+        let redis_cluster = (opts.store && opts.redis_cluster)
+            .then(|| RedisCluster::start(&cm, CM_IP.into(), &CLUSTER_STORE_PORTS, &format!("{test}-redis")));
         let lab = Self {
             nodes: (0..NODES).map(|_| None).collect(),
             kamailio,
             redis,
+            redis_cluster,
             dir,
             opts,
             test: test.to_owned(),
@@ -223,9 +236,28 @@ impl ClusterLab {
         self.redis.as_mut().expect("the lab has a store")
     }
 
-    /// The binding records in the store; `None` when it does not answer.
+    /// The Redis Cluster store ([`LabOpts::redis_cluster`]).
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        self.redis_cluster.as_ref().expect("the lab has a Redis Cluster store")
+    }
+
+    /// The binding records in the store (on all masters of a Redis Cluster); `None` when
+    /// it (or one master) does not answer.
     pub fn records(&self) -> Option<u64> {
-        self.redis().count_keys(RECORDS)
+        match &self.redis_cluster {
+            Some(cluster) => cluster.count_keys(RECORDS),
+            None => self.redis().count_keys(RECORDS),
+        }
+    }
+
+    /// `[cluster] store`: the URL of the redis-server, or the list of the Redis Cluster's masters.
+    fn store_setting(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => {
+                format!("[{}]", cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", "))
+            }
+            None => format!("\"redis://{CM_IP}:{STORE_PORT}\""),
+        }
     }
 
     /// Node `i`'s config.
@@ -240,7 +272,8 @@ impl ClusterLab {
         };
         let cluster = if self.opts.store {
             format!(
-                "[cluster]\nstore = \"redis://{CM_IP}:{STORE_PORT}\"\nadvertise = \"{}\"\nlease = \"{}\"\nsecret = \"{SECRET}\"\n\n",
+                "[cluster]\nstore = {}\nadvertise = \"{}\"\nlease = \"{}\"\nsecret = \"{SECRET}\"\n\n",
+                self.store_setting(),
                 self.vip(),
                 self.opts.lease
             )

@@ -6,10 +6,13 @@
 //! connection per command, so it works across restarts), enough for the tests'
 //! look-ups: `DBSIZE`, a `SCAN` count of the keys matching a pattern, `MEMORY USAGE`,
 //! `HGETALL`.
+//!
+//! [`RedisCluster`]: several such servers with `--cluster-enabled yes`, joined into a Redis
+//! Cluster of masters only by `redis-cli --cluster create`, for the cluster-store tests.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -22,6 +25,8 @@ use crate::{
 
 /// The redis-server binary of the Debian package.
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// redis-cli, of the Debian package `redis-tools` (a dependency of `redis-server`).
+pub const REDIS_CLI: &str = "/usr/bin/redis-cli";
 
 /// A RESP reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct RedisServer {
     addr: SocketAddr,
     log: PathBuf,
     child: Option<Child>,
+    /// Started with `--cluster-enabled yes` (a Redis Cluster node).
+    cluster: bool,
     // Last: removed after the process is stopped.
     dir: TempDir,
 }
@@ -72,9 +79,19 @@ impl RedisServer {
     /// working directory a fresh temp dir (`dir` names it); returns once it answers PING.
     /// Panics, with its log, when it exits or does not answer within 10 s.
     pub fn start(ns: &NetNs, addr: SocketAddr, dir: &str) -> Self {
+        Self::start_with(ns, addr, dir, false)
+    }
+
+    /// As [`RedisServer::start`], with `--cluster-enabled yes` and its cluster config file
+    /// (`nodes-<port>.conf`) in its temp dir: a node of no cluster yet (see [`RedisCluster`]).
+    pub fn start_cluster_node(ns: &NetNs, addr: SocketAddr, dir: &str) -> Self {
+        Self::start_with(ns, addr, dir, true)
+    }
+
+    fn start_with(ns: &NetNs, addr: SocketAddr, dir: &str, cluster: bool) -> Self {
         let dir = TempDir::new(dir);
         let log = dir.0.join("redis.log");
-        let mut server = Self { netns: ns.name.clone(), addr, log, child: None, dir };
+        let mut server = Self { netns: ns.name.clone(), addr, log, child: None, cluster, dir };
         server.spawn();
         server
     }
@@ -88,9 +105,12 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no"])
             .args(["--logfile", "", "--dir"])
             .arg(&self.dir.0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
+            .stdin(Stdio::null());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.0.join(format!("nodes-{}.conf", self.addr.port())));
+        }
+        cmd.stdout(log.try_clone().expect("clone log")).stderr(log);
         // `ip netns exec` execs: the child's PID is redis-server's.
         let child = cmd.spawn().expect("spawn redis-server (is the redis-server package installed?)");
         self.child = Some(child);
@@ -247,6 +267,120 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of masters only (no replicas): one [`RedisServer`] with
+/// `--cluster-enabled yes` per port, on one address of a namespace, the 16384 slots split
+/// between them by `redis-cli --cluster create`. Each server is stopped by its PID on drop.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts a server on `ip:port` inside `ns` for each of `ports` (at least 3), joins
+    /// them with `redis-cli --cluster create ... --cluster-yes` (run inside `ns`), and
+    /// returns once every server says `cluster_state:ok`. Panics, with the logs, otherwise.
+    pub fn start(ns: &NetNs, ip: IpAddr, ports: &[u16], tag: &str) -> Self {
+        assert!(ports.len() >= 3, "a Redis Cluster needs at least 3 masters");
+        let masters = ports
+            .iter()
+            .map(|&port| RedisServer::start_cluster_node(ns, SocketAddr::new(ip, port), &format!("{tag}-{port}")))
+            .collect();
+        let cluster = Self { masters };
+        cluster.create(ns, Duration::from_secs(30));
+        cluster.wait_state_ok(Duration::from_secs(15));
+        cluster
+    }
+
+    /// `redis-cli --cluster create` with every server as a master; its output goes to
+    /// `cluster-create.log` in the first server's dir. Stopped by PID if it hangs.
+    fn create(&self, ns: &NetNs, timeout: Duration) {
+        let log_path = self.masters[0].dir().join("cluster-create.log");
+        let log = std::fs::File::create(&log_path).expect("create cluster-create log");
+        let mut cmd = ns.command(REDIS_CLI);
+        cmd.args(["--cluster", "create"])
+            .args(self.masters.iter().map(|m| m.addr().to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        // `ip netns exec` execs: the child's PID is redis-cli's.
+        let mut child = cmd.spawn().expect("spawn redis-cli (is the redis-tools package installed?)");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait redis-cli") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                stop_child(&mut child, Duration::from_secs(2));
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()) && output.contains("All 16384 slots covered"),
+            "redis-cli --cluster create: {status:?} (None: still running after {timeout:?})\n{output}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Waits until every server's `CLUSTER INFO` says `cluster_state:ok` and knows them all.
+    fn wait_state_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let known = format!("cluster_known_nodes:{}", self.masters.len());
+        loop {
+            let infos: Vec<String> = self
+                .masters
+                .iter()
+                .map(|m| m.query(&["CLUSTER", "INFO"]).map(|r| r.text()).unwrap_or_default())
+                .collect();
+            if infos.iter().all(|i| i.contains("cluster_state:ok") && i.contains(&known)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("Redis Cluster not ok after {timeout:?}:\n{}\n{}", infos.join("\n--\n"), self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://ip:port` of every master.
+    pub fn urls(&self) -> Vec<String> {
+        self.masters.iter().map(RedisServer::url).collect()
+    }
+
+    /// The keys matching `pattern` on each master (SCAN sees only a server's own slots);
+    /// `None` for a master that does not answer.
+    pub fn count_keys_by_master(&self, pattern: &str) -> Vec<Option<u64>> {
+        self.masters.iter().map(|m| m.count_keys(pattern)).collect()
+    }
+
+    /// The keys matching `pattern` on all masters; `None` when one does not answer.
+    pub fn count_keys(&self, pattern: &str) -> Option<u64> {
+        self.count_keys_by_master(pattern).into_iter().sum()
+    }
+
+    /// The slot ranges each master serves, as its `CLUSTER NODES` line says (`myself`),
+    /// e.g. `["0-5460"]`.
+    pub fn slots_by_master(&self) -> Vec<Vec<String>> {
+        self.masters
+            .iter()
+            .map(|m| {
+                let nodes = m.query(&["CLUSTER", "NODES"]).map(|r| r.text()).unwrap_or_default();
+                nodes
+                    .lines()
+                    .find(|l| l.contains("myself"))
+                    .map(|l| l.split_whitespace().skip(8).map(str::to_owned).collect())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Every server's log, for assertion messages.
+    pub fn logs(&self) -> String {
+        self.masters.iter().map(|m| format!("--- redis {} log:\n{}\n", m.addr(), m.log())).collect()
     }
 }
 

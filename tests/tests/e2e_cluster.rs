@@ -7,7 +7,8 @@
 //! A node killed or drained hands its phones to the other with no REGISTER upstream and
 //! no failed refresh; a call reaches a phone registered through a dead node; a store
 //! outage loses nothing and the store catches up; a single node with a store behaves as
-//! before. Every figure measured is printed.
+//! before; a Redis Cluster store (three masters) serves as one server does. Every figure
+//! measured is printed.
 //!
 //! Phones of one sipp process share its socket, so the phones are split over several sipp
 //! processes, each from a source port the balancer sends to a known node
@@ -19,7 +20,7 @@ use std::{
 };
 
 use regedge_tests::{
-    cluster_lab::{ClusterLab, LabOpts, NODES, PHONE_IP, RECORDS},
+    cluster_lab::{CLUSTER_STORE_PORTS, ClusterLab, LabOpts, NODES, PHONE_IP, RECORDS},
     privilege::require_peers,
     process::MetricsText,
     sipp::{CallOpts, FleetOpts, FleetSummary, Sipp, Transport, user_names},
@@ -93,6 +94,17 @@ fn store_lines(metrics: &MetricsText) -> String {
         .filter(|l| !(l.contains("_total{") && l.ends_with(" 0")))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A node's store operations that failed (`regedge_store_ops_total{outcome="error"}`, all ops).
+fn store_errors(metrics: &MetricsText) -> u64 {
+    metrics
+        .0
+        .lines()
+        .filter(|l| l.starts_with("regedge_store_ops_total{") && l.contains("outcome=\"error\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
 }
 
 fn adopted(lab: &ClusterLab, i: usize) -> (u64, u64) {
@@ -458,5 +470,99 @@ fn a_single_node_with_a_store_behaves_as_before() {
     assert_eq!(metrics.value("regedge_store_up", &[]), 1, "{test}");
     assert_eq!(metrics.value("regedge_store_leases_held", &[]), phones, "{test}: a lease per binding");
     assert!(ttl.is_some_and(|t| t > 0), "{test}: a record expires with its binding: TTL {ttl:?}");
+    assert_kamailio_holds(&lab, FIRST, phones as u32);
+}
+
+/// The store a Redis Cluster of three masters (`[cluster] store` lists them): 100 phones
+/// through both nodes, their records spread over the masters (one slot per record, by
+/// its hash tag); node1 killed (SIGKILL) and taken out of the balancer; node2 takes its
+/// phones over from records it reads across the cluster, every refresh is answered
+/// 200 OK and nothing goes upstream.
+#[test]
+fn a_redis_cluster_store_serves_like_one_server() {
+    let test = "a_redis_cluster_store_serves_like_one_server";
+    if !require(test) {
+        return;
+    }
+    const FIRST: u32 = 900_000;
+    const FLEETS_PER_NODE: usize = 2;
+    const REFRESHES: u32 = 5;
+    let phones = (NODES * FLEETS_PER_NODE) as u64 * u64::from(PHONES_PER_FLEET);
+    let setup = Instant::now();
+    let mut lab = ClusterLab::start(test, LabOpts { redis_cluster: true, ..LabOpts::default() });
+    // From here: the lab's start may have waited for another lab of this process.
+    let (setup, started) = (setup.elapsed(), Instant::now());
+    let slots = lab.redis_cluster().slots_by_master();
+    eprintln!(
+        "{test}: lab with a Redis Cluster store up in {setup:?} (with any wait for another lab); slots by master \
+         {:?}: {slots:?}",
+        CLUSTER_STORE_PORTS
+    );
+    assert!(slots.iter().all(|s| !s.is_empty()), "{test}: a master serves no slot: {slots:?}");
+    let fleets = spawn_balanced(&lab, FLEETS_PER_NODE, FIRST, REFRESHES);
+    let registered = wait_all_registered(&lab, phones);
+    let split = [lab.bindings(0), lab.bindings(1)];
+    let by_master = lab.redis_cluster().count_keys_by_master(RECORDS);
+    let registers_before = lab.kamailio_registers();
+    eprintln!(
+        "{test}: {phones} phones registered in {registered:?} (n1 {}, n2 {}); records by master {by_master:?}; \
+         Kamailio REGISTERs {registers_before}\nn1: {}\nn2: {}",
+        split[0],
+        split[1],
+        store_lines(&lab.metrics(0)),
+        store_lines(&lab.metrics(1))
+    );
+    assert!(split[0] > 0 && split[1] > 0, "{test}: both nodes serve phones: {split:?}");
+    assert!(by_master.iter().all(|c| c.is_some_and(|c| c > 0)), "{test}: every master holds records: {by_master:?}");
+    assert_eq!(
+        by_master.iter().map(|c| c.unwrap_or(0)).sum::<u64>(),
+        phones,
+        "{test}: the masters' records add up to the bindings: {by_master:?}"
+    );
+    for i in 0..NODES {
+        let metrics = lab.metrics(i);
+        assert_eq!(metrics.value("regedge_store_up", &[]), 1, "{test}: node n{} store up", i + 1);
+        assert_eq!(store_errors(&metrics), 0, "{test}: node n{}: {}\n{}", i + 1, store_lines(&metrics), lab.logs());
+    }
+
+    let killed = Instant::now();
+    lab.kill_node(0);
+    std::thread::sleep(BALANCER_DETECTION);
+    lab.remove_node(0);
+    lab.wait_for("node2 holds every binding", Duration::from_secs(20), || lab.bindings(1) == phones);
+    let (sighted, swept) = adopted(&lab, 1);
+    eprintln!(
+        "{test}: node1 killed; node2 holds all {phones} bindings {:?} after the kill; adopted: sighted {sighted}, \
+         swept {swept}",
+        killed.elapsed()
+    );
+    assert!(
+        sighted + swept >= split[0],
+        "{test}: node2 adopted {} of node1's {} phones: {}",
+        sighted + swept,
+        split[0],
+        store_lines(&lab.metrics(1))
+    );
+
+    let retransmissions = assert_fleets_ok(&lab, fleets);
+    let registers_after = lab.kamailio_registers();
+    assert_eq!(lab.bindings(1), phones, "{test}: node2's bindings at the end");
+    lab.wait_for("the masters' records equal node2's bindings", Duration::from_secs(10), || {
+        lab.records() == Some(phones)
+    });
+    let by_master_end = lab.redis_cluster().count_keys_by_master(RECORDS);
+    let n2 = lab.metrics(1);
+    eprintln!(
+        "{test}: Kamailio REGISTERs {registers_before} before the kill, {registers_after} at the end; \
+         {retransmissions} phone retransmissions; records by master at the end {by_master_end:?}; \
+         store errors on node2 {}; {:?} since the lab was up\nn2: {}",
+        store_errors(&n2),
+        started.elapsed(),
+        store_lines(&n2)
+    );
+    // backend_expires 600: no upstream refresh falls due within the test.
+    assert_eq!(registers_after, registers_before, "{test}: REGISTERs reached Kamailio after the kill\n{}", lab.logs());
+    assert_eq!(n2.value("regedge_store_up", &[]), 1, "{test}: node2's store up at the end");
+    assert_eq!(store_errors(&n2), 0, "{test}: node2's store operations failed: {}\n{}", store_lines(&n2), lab.logs());
     assert_kamailio_holds(&lab, FIRST, phones as u32);
 }
