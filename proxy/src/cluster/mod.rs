@@ -205,21 +205,13 @@ impl Directory {
     }
 }
 
-/// What a node asks the store about when its directory has nothing: a phone's flow (a
-/// request routed to it by a flow token) or a device (its REGISTER).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Lookup {
-    Flow(Flow),
-    Device(String),
-}
-
 /// What a node knows of a binding it does not hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
     /// Another node's record.
     Record(DirectoryEntry),
-    /// Asked of the store; the answer comes within a store round trip (the request at hand
-    /// is dropped: its retransmission finds the record).
+    /// Asked of the store (a flow only); the answer comes within a store round trip (the
+    /// request at hand is dropped: its retransmission finds the record).
     Asked,
     /// Not in the store (as of a recent look).
     Absent,
@@ -257,10 +249,11 @@ pub struct ClusterLink {
     /// Devices another node took, for the registrar to let go on its next tick.
     lost_tx: Sender<String>,
     lost_rx: Receiver<String>,
-    /// Misses asked of the store, and their answers.
-    lookups: DashMap<Lookup, LookupState>,
-    lookups_tx: Sender<Lookup>,
-    lookups_rx: Receiver<Lookup>,
+    /// Flows asked of the store on a miss (a request routed by a flow token this node has
+    /// no record for), and their answers.
+    lookups: DashMap<Flow, LookupState>,
+    lookups_tx: Sender<Flow>,
+    lookups_rx: Receiver<Flow>,
 }
 
 impl ClusterLink {
@@ -286,42 +279,34 @@ impl ClusterLink {
     }
 
     /// The record of the binding on `flow`: from the directory, else asked of the store.
+    /// (A REGISTER of a device the directory lacks is taken as new instead: asking would
+    /// cost every new phone a retransmission, and the directory misses only records written
+    /// within its last scan.)
     pub fn find_flow(&self, flow: &Flow) -> Found {
-        match self.directory.by_flow(flow) {
-            Some(entry) => Found::Record(entry),
-            None => self.ask(Lookup::Flow(*flow)),
+        if let Some(entry) = self.directory.by_flow(flow) {
+            return Found::Record(entry);
         }
-    }
-
-    /// The record of `device`'s binding: from the directory, else asked of the store.
-    pub fn find_device(&self, device: &str) -> Found {
-        match self.directory.get(device) {
-            Some(entry) => Found::Record(entry),
-            None => self.ask(Lookup::Device(device.to_owned())),
-        }
-    }
-
-    fn ask(&self, lookup: Lookup) -> Found {
         let now = std::time::Instant::now();
-        match self.lookups.get(&lookup).map(|state| *state) {
+        match self.lookups.get(flow).map(|state| *state) {
             Some(LookupState::Absent(until)) if now < until => return Found::Absent,
             Some(LookupState::Asked(since)) if now < since + LOOKUP_RETRY => return Found::Asked,
             _ => {}
         }
-        if !self.stats.store_up.load(Relaxed) || self.lookups_tx.try_send(lookup.clone()).is_err() {
+        if !self.stats.store_up.load(Relaxed) || self.lookups_tx.try_send(*flow).is_err() {
             return Found::Absent;
         }
-        self.lookups.insert(lookup, LookupState::Asked(now));
+        self.lookups.insert(*flow, LookupState::Asked(now));
         Found::Asked
     }
 
     /// Look-ups for the store thread.
-    pub fn take_lookups(&self) -> Vec<Lookup> {
+    pub fn take_lookups(&self) -> Vec<Flow> {
         self.lookups_rx.try_iter().collect()
     }
 
-    /// The store answered `lookup`: the record goes into the directory, or it is absent.
-    pub fn answer(&self, lookup: Lookup, entry: Option<DirectoryEntry>) {
+    /// The store answered the look-up of `lookup`: the record goes into the directory, or
+    /// it is absent.
+    pub fn answer(&self, lookup: Flow, entry: Option<DirectoryEntry>) {
         match entry {
             Some(entry) => {
                 self.directory.insert(entry);

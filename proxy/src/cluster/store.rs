@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Cmd, Connection, Value, cluster::ClusterConnection};
 
 use super::{
-    ClusterLink, DirectoryEntry, Lookup, StoreOp, StoreOutcome,
+    ClusterLink, DirectoryEntry, StoreOp, StoreOutcome,
     record::{self, WallClock},
 };
 use crate::{io::workers::Shared, registrar::Registrar, snapshot::SavedBinding};
@@ -449,55 +449,31 @@ impl Syncer {
         }
     }
 
-    /// Answers the registrar's misses: the records of the flows and devices it asked about
-    /// go into the directory (absent ones are said so; all are, while the store is down).
+    /// Answers the router's misses: the records of the flows it asked about go into the
+    /// directory (absent ones are said so; all are, while the store is down).
     fn answer_lookups(&mut self) {
-        let lookups = self.link.take_lookups();
-        if lookups.is_empty() {
+        let flows = self.link.take_lookups();
+        if flows.is_empty() {
             return;
         }
         if self.connection.is_none() {
-            for lookup in lookups {
-                self.link.answer(lookup, None);
-            }
-            return;
+            return self.answer_all_absent(flows);
         }
-        // Flows to devices, through the flow index.
-        let flows: Vec<&crate::registry::Flow> = lookups
+        // Flows to devices, through the flow index, then their records.
+        let commands = flows
             .iter()
-            .filter_map(|l| match l {
-                Lookup::Flow(flow) => Some(flow),
-                Lookup::Device(_) => None,
+            .map(|flow| {
+                let mut get = redis::cmd("GET");
+                get.arg(record::flow_key(flow));
+                get
             })
             .collect();
-        let mut devices_of_flows: Vec<Option<String>> = Vec::new();
-        if !flows.is_empty() {
-            let commands = flows
-                .iter()
-                .map(|flow| {
-                    let mut get = redis::cmd("GET");
-                    get.arg(record::flow_key(flow));
-                    get
-                })
-                .collect();
-            let Some(values) = self.query(commands) else { return self.answer_all_absent(lookups) };
-            devices_of_flows =
-                values.into_iter().map(|v| redis::FromRedisValue::from_redis_value(v).ok().flatten()).collect();
-        }
-        let mut flow_devices = devices_of_flows.into_iter();
-        let wanted: Vec<(Lookup, Option<String>)> = lookups
-            .into_iter()
-            .map(|lookup| {
-                let device = match &lookup {
-                    Lookup::Flow(_) => flow_devices.next().flatten(),
-                    Lookup::Device(device) => Some(device.clone()),
-                };
-                (lookup, device)
-            })
-            .collect();
-        let commands = wanted
+        let Some(values) = self.query(commands) else { return self.answer_all_absent(flows) };
+        let devices: Vec<Option<String>> =
+            values.into_iter().map(|v| redis::FromRedisValue::from_redis_value(v).ok().flatten()).collect();
+        let commands = devices
             .iter()
-            .filter_map(|(_, device)| device.as_ref())
+            .flatten()
             .map(|device| {
                 let mut read = redis::cmd("HMGET");
                 read.arg(record::key(device)).arg("owner").arg("lease").arg("data");
@@ -505,29 +481,23 @@ impl Syncer {
             })
             .collect::<Vec<_>>();
         let rows = if commands.is_empty() { Some(Vec::new()) } else { self.query(commands) };
-        let Some(rows) = rows else { return self.answer_all_absent(wanted.into_iter().map(|(l, _)| l).collect()) };
+        let Some(rows) = rows else { return self.answer_all_absent(flows) };
         let mut rows = rows.into_iter();
-        for (lookup, device) in wanted {
+        for (flow, device) in flows.into_iter().zip(devices) {
             let entry = device.and_then(|_| rows.next()).and_then(|row| {
                 let (owner, lease, data): (Option<String>, Option<String>, Option<String>) =
                     redis::FromRedisValue::from_redis_value(row).ok()?;
                 record::decode(owner, lease, data)
             });
             // The index may be older than the record: the record's own flow decides.
-            let entry = entry.filter(|e| match &lookup {
-                Lookup::Flow(flow) => e.binding.flow == *flow,
-                Lookup::Device(device) => e.binding.device == *device,
-            });
-            self.link.stats.count(
-                StoreOp::Lookup,
-                if entry.is_some() { StoreOutcome::Ok } else { StoreOutcome::Lost },
-                1,
-            );
-            self.link.answer(lookup, entry);
+            let entry = entry.filter(|e| e.binding.flow == flow);
+            let outcome = if entry.is_some() { StoreOutcome::Ok } else { StoreOutcome::Lost };
+            self.link.stats.count(StoreOp::Lookup, outcome, 1);
+            self.link.answer(flow, entry);
         }
     }
 
-    fn answer_all_absent(&self, lookups: Vec<Lookup>) {
+    fn answer_all_absent(&self, lookups: Vec<crate::registry::Flow>) {
         self.link.stats.count(StoreOp::Lookup, StoreOutcome::Error, lookups.len() as u64);
         for lookup in lookups {
             self.link.answer(lookup, None);

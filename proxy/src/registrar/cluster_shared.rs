@@ -42,20 +42,14 @@ impl Registrar {
         (transport, self.advertise.unwrap_or(us))
     }
 
-    /// The binding of `device`, or one adopted from another node for it (see `cluster`).
-    pub(super) fn binding_here(&self, device: &str, now: Now) -> Held<Binding> {
+    /// The binding of `device`, or one adopted from another node for it (from the
+    /// directory: see `ClusterLink::find_flow` for why a REGISTER does not ask the store).
+    pub(super) fn binding_here(&self, device: &str, now: Now) -> Option<Binding> {
         if let Some(binding) = self.registry.get(device) {
-            return Held::Here(binding);
+            return Some(binding);
         }
-        let Some(cluster) = &self.cluster else { return Held::Nowhere };
-        match cluster.find_device(device) {
-            Found::Record(entry) => match self.adopt(entry.binding, now, Adoption::Sighted) {
-                Some((_, binding)) => Held::Here(binding),
-                None => Held::Nowhere,
-            },
-            Found::Asked => Held::Asked,
-            Found::Absent => Held::Nowhere,
-        }
+        let entry = self.cluster.as_ref()?.directory.get(device)?;
+        self.adopt(entry.binding, now, Adoption::Sighted).map(|(_, binding)| binding)
     }
 
     /// The device registered over `flow` and its binding, adopted from another node when

@@ -73,13 +73,10 @@ pub enum RegistrationOutcome {
     BackupProbe,
     /// A phone's retransmission of a REGISTER still waiting at the backend.
     Retransmission,
-    /// A UDP REGISTER of a device this node has no binding for, dropped while the cluster
-    /// store is asked about it: the phone's retransmission finds the answer.
-    AwaitingStore,
 }
 
 impl RegistrationOutcome {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 7] = [
         Self::Forwarded,
         Self::Absorbed,
         Self::Rejected,
@@ -87,7 +84,6 @@ impl RegistrationOutcome {
         Self::RateLimited,
         Self::BackupProbe,
         Self::Retransmission,
-        Self::AwaitingStore,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -99,7 +95,6 @@ impl RegistrationOutcome {
             Self::RateLimited => "rate_limited",
             Self::BackupProbe => "backup_probe",
             Self::Retransmission => "retransmission",
-            Self::AwaitingStore => "awaiting_store",
         }
     }
 }
@@ -577,16 +572,8 @@ impl Registrar {
             let incoming = Incoming { msg, raw, flow, now, request: &request };
             return self.forward(&incoming, Forwarding { active, candidate: None, fallback: None }, reply, sends);
         };
-        let binding = match self.binding_here(&request.device.key, now) {
-            Held::Here(binding) => Some(self.caught_up_with_kernel(&request.device.key, binding)),
-            // Its UDP retransmission comes after the store's answer (a TCP sender would not
-            // retransmit: its REGISTER is taken as new).
-            Held::Asked if flow.transport == crate::registry::Transport::Udp => {
-                self.stats.count(RegistrationOutcome::AwaitingStore);
-                return RegistrationOutcome::AwaitingStore;
-            }
-            Held::Asked | Held::Nowhere => None,
-        };
+        let binding =
+            self.binding_here(&request.device.key, now).map(|b| self.caught_up_with_kernel(&request.device.key, b));
         let grant = self.grant(request.expires, &request.device.key);
         let ctx = Context {
             now_ms: now.mono_ms,

@@ -759,6 +759,15 @@ fn shared_record(from: &Registrar, device: &str, at: Now) -> crate::cluster::Dir
     }
 }
 
+/// `device`'s binding on `from`, written as if `from`'s time 0 were now (for look-ups that
+/// read the real monotonic clock).
+fn record_written_now(from: &Registrar, device: &str) -> crate::cluster::DirectoryEntry {
+    let unix_now = crate::cluster::record::unix_ms();
+    let binding = from.registry.get(device).expect("registered");
+    let saved = crate::snapshot::SavedBinding::of(device, &binding, &from.routing, |t| unix_now + t).unwrap();
+    crate::cluster::DirectoryEntry { owner: "n1".into(), lease_until_ms: unix_now + 15_000, binding: saved }
+}
+
 #[test]
 fn a_phone_moved_from_another_node_is_adopted_on_sight_and_its_refresh_answered_here() {
     use crate::cluster::Adoption;
@@ -795,18 +804,7 @@ fn a_request_for_a_phone_of_another_node_adopts_its_binding() {
     let phone = Phone::new(42);
     registered(&n1, &phone, now(0));
     let (n2, link, _) = clustered();
-    let at = Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 };
-    let mut record = shared_record(&n1, "dev:SEP00000000002A", Now { mono_ms: 0, unix_secs: 0 });
-    // Written by n1 at its time 0, read by n2 now: n2's clock says it is fresh.
-    let clock = crate::cluster::WallClock::now(at.mono_ms);
-    let n1_clock = crate::cluster::WallClock::now(0);
-    record.binding = crate::snapshot::SavedBinding::of(
-        "dev:SEP00000000002A",
-        &n1.registry.get("dev:SEP00000000002A").unwrap(),
-        &n1.routing,
-        |t| clock.to_unix(at.mono_ms) + (n1_clock.to_unix(t) - n1_clock.to_unix(0)),
-    )
-    .unwrap();
+    let record = record_written_now(&n1, "dev:SEP00000000002A");
     link.directory.replace(vec![record]);
     let (device, binding) = n2.binding_by_flow(&flow(phone.port)).expect("adopted by flow");
     assert_eq!(device, "dev:SEP00000000002A");
@@ -844,32 +842,27 @@ fn bindings_the_sweeper_took_over_are_loaded_on_the_next_tick() {
 }
 
 #[test]
-fn a_register_unknown_here_waits_for_the_store_and_its_retransmission_is_answered() {
-    use crate::cluster::{Adoption, Lookup};
+fn a_flow_unknown_here_is_asked_of_the_store_and_found_on_the_retransmission() {
+    use crate::cluster::Adoption;
     let n1 = registrar_from(CONFIG);
-    let (moved, new) = (Phone::new(45), Phone::new(46));
-    registered(&n1, &moved, now(0));
+    let phone = Phone::new(45);
+    registered(&n1, &phone, now(0));
     let (n2, link, _) = clustered();
+    // With the store down nothing waits: no binding.
+    assert_eq!(n2.find_by_flow(&flow(phone.port)), Held::Nowhere);
     link.stats.store_up.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut refresh = moved.clone();
-    refresh.cseq = 2;
-    let first = send(&n2, &refresh, &refresh.register(120, ""), now(20));
-    assert_eq!(first.outcome, RegistrationOutcome::AwaitingStore);
-    assert!(first.reply.is_empty() && first.sends.is_empty(), "dropped: the phone retransmits");
-    assert_eq!(link.take_lookups(), [Lookup::Device("dev:SEP00000000002D".into())]);
-    link.answer(Lookup::Device("dev:SEP00000000002D".into()), Some(shared_record(&n1, "dev:SEP00000000002D", now(20))));
-    let again = send(&n2, &refresh, &refresh.register(120, ""), now(20));
-    assert_eq!(again.outcome, RegistrationOutcome::Absorbed, "{}", again.reply);
+    assert_eq!(n2.find_by_flow(&flow(phone.port)), Held::Asked);
+    assert_eq!(n2.find_by_flow(&flow(phone.port)), Held::Asked, "asked once");
+    assert_eq!(link.take_lookups(), [flow(phone.port)]);
+    link.answer(flow(phone.port), Some(record_written_now(&n1, "dev:SEP00000000002D")));
+    let Held::Here((device, _)) = n2.find_by_flow(&flow(phone.port)) else { panic!("adopted from the answer") };
+    assert_eq!(device, "dev:SEP00000000002D");
     assert_eq!(link.stats.adopted(Adoption::Sighted), 1);
-    // A phone the store does not know registers as new, once the store said so.
-    let step = send(&n2, &new, &new.register(120, ""), now(21));
-    assert_eq!(step.outcome, RegistrationOutcome::AwaitingStore);
+    // A flow the store does not know: absent, and believed for a while.
+    assert_eq!(n2.find_by_flow(&flow(9)), Held::Asked);
     for lookup in link.take_lookups() {
         link.answer(lookup, None);
     }
-    assert_eq!(send(&n2, &new, &new.register(120, ""), now(21)).outcome, RegistrationOutcome::Forwarded);
-    // With the store down nothing waits.
-    link.stats.store_up.store(false, std::sync::atomic::Ordering::Relaxed);
-    let other = Phone::new(47);
-    assert_eq!(send(&n2, &other, &other.register(120, ""), now(22)).outcome, RegistrationOutcome::Forwarded);
+    assert_eq!(n2.find_by_flow(&flow(9)), Held::Nowhere);
+    assert!(link.take_lookups().is_empty());
 }
