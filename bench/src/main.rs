@@ -17,6 +17,10 @@
 //! `memory`, `failover`, `storm` (module [`scenarios`]) run regedge against fast fake
 //! backends ([`fakebackend`]): memory per binding, a backend's death, a registration storm.
 //!
+//! `cluster` (module [`cluster`]) runs two regedge nodes sharing their bindings through a
+//! redis-server the benchmark starts: bytes per binding record in Redis, record writes per
+//! second the store thread sustains, and how long a node takes to adopt a dead node's phones.
+//!
 //! `keepalive-cost` measures what one keepalive costs on each path:
 //! the XDP program per frame (BPF_PROG_TEST_RUN, kernel-timed) beside the XDP_DROP floor
 //! (a two-instruction `return XDP_DROP` program run on the same frame the same way), and
@@ -27,6 +31,7 @@
 //! behind, so a fixture that is rewritten into a reply would be measured as "pass" after
 //! the first run; every frame is therefore run once per call, many times.
 
+mod cluster;
 mod fakebackend;
 mod measured;
 mod plot;
@@ -126,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         Some("registration") => registration::run(&args[1..]),
         Some("refresh") => refresh::run(&args[1..]),
         Some("sccp") => sccp::run(&args[1..]),
-        Some(name @ ("memory" | "failover" | "storm")) => {
+        Some(name @ ("memory" | "failover" | "storm" | "cluster")) => {
             if !require_root(name) {
                 bail!("{name} needs root (network namespaces, XDP, AF_PACKET)");
             }
@@ -136,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             match name {
                 "memory" => scenarios::memory(quick, &command, &binary, &build).map(|_| ()),
                 "failover" => scenarios::failover(quick, &command, &binary, &build).map(|_| ()),
+                "cluster" => cluster::run(quick, &command, &binary, &build).map(|_| ()),
                 _ => scenarios::storm(quick, &command, &binary, &build).map(|_| ()),
             }
         }
@@ -143,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-const USAGE: &str = "usage: regedge-bench (report | keepalive-cost | registration | refresh | sccp | memory | failover | storm) \
+const USAGE: &str = "usage: regedge-bench (report | keepalive-cost | registration | refresh | sccp | memory | failover | storm | cluster) \
                      [--quick]";
 
 /// Measures every fixture, writes bench/report/keepalive-cost.md, returns the rows.

@@ -7,7 +7,8 @@
 //! `refresh` (refreshes, OPTIONS and STUN keepalives per second: XDP native, generic, off,
 //! Kamailio registrar, Kamailio dispatcher edge), `registration` (full registrations
 //! through regedge and Kamailio as edge), `sccp` (keepalives kernel against userspace,
-//! memory per session), `memory`, `failover`, `storm` ([`crate::scenarios`]). A scenario
+//! memory per session), `memory`, `failover`, `storm` ([`crate::scenarios`]), `cluster`
+//! (two nodes sharing bindings through Redis, [`crate::cluster`]). A scenario
 //! that fails is reported as failed; the others still run.
 
 use std::{
@@ -22,6 +23,7 @@ use regedge_tests::{
 };
 
 use crate::{
+    cluster,
     measured::{command_output, cpu_model, regedge_binary},
     refresh::{self, Case, generator::Kind},
     registration, sccp, scenarios,
@@ -67,6 +69,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let memory = timed("memory", || scenarios::memory(quick, &command, &binary, &build));
     let failover = timed("failover", || scenarios::failover(quick, &command, &binary, &build));
     let storm = timed("storm", || scenarios::storm(quick, &command, &binary, &build));
+    let cluster = timed("cluster", || cluster::run(quick, &command, &binary, &build));
     let total = started.elapsed();
 
     let mut out = String::new();
@@ -139,6 +142,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             t(memory.name, memory.took, memory.result.is_ok()),
             t(failover.name, failover.took, failover.result.is_ok()),
             t(storm.name, storm.took, storm.result.is_ok()),
+            t(cluster.name, cluster.took, cluster.result.is_ok()),
         ]
         .join(", ")
     });
@@ -403,6 +407,72 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         }
         Err(e) => row("[storm](storm.md)", "failed", e.clone(), dash(), dash()),
     }
+    match &cluster.result {
+        Ok(c) => {
+            let link = "[cluster](cluster.md)";
+            match &c.cost {
+                Ok(cost) => row(
+                    link,
+                    &format!("{} bindings in Redis: bytes per binding record (`MEMORY USAGE`, mean)", cost.records),
+                    format!("{:.0} B", cost.usage_mean),
+                    format!("`used_memory` growth {:.0} B per record", cost.used_memory_per_record),
+                    dash(),
+                ),
+                Err(e) => row(link, "store cost: failed", e.clone(), dash(), dash()),
+            }
+            match &c.writes {
+                Ok(steps) => {
+                    for s in steps {
+                        row(
+                            link,
+                            &format!(
+                                "record writes per second by the store thread, {} bindings refreshed at {}/s (in the kernel)",
+                                c.phones, s.offered
+                            ),
+                            format!("{:.0}/s", s.put_rate),
+                            format!(
+                                "store thread {:.2} CPU, redis-server {:.2} CPU; max queue depth {}",
+                                s.store_cpu, s.redis_cpu, s.max_queue
+                            ),
+                            dash(),
+                        );
+                    }
+                }
+                Err(e) => row(link, "store writes: failed", e.clone(), dash(), dash()),
+            }
+            let s = |v: Option<f64>| v.map_or("not within the window".to_owned(), |v| format!("{v:.2} s"));
+            match &c.sweep {
+                Ok(w) => row(
+                    link,
+                    &format!(
+                        "kill -9 of the node holding {} phones → the other node holds them all, by sweeping (lease {:.0} s)",
+                        c.phones, w.lease_s
+                    ),
+                    s(w.all_adopted_s),
+                    format!("the last lease ran out after {:.2} s", w.lapse_last_s),
+                    dash(),
+                ),
+                Err(e) => row(link, "adoption by sweeping: failed", e.clone(), dash(), dash()),
+            }
+            match &c.sighted {
+                Ok(g) => row(
+                    link,
+                    &format!(
+                        "{} phones refresh at a node started after the kill: first refresh → all answered 200 (adopted on sight)",
+                        c.phones
+                    ),
+                    s(g.all_answered_s),
+                    format!(
+                        "{:.2} s of sending; kill → node ready {:.2} s; {} REGISTERs upstream",
+                        g.send_s, g.ready_s, g.backend_registers
+                    ),
+                    dash(),
+                ),
+                Err(e) => row(link, "adoption on sight: failed", e.clone(), dash(), dash()),
+            }
+        }
+        Err(e) => row("[cluster](cluster.md)", "failed", e.clone(), dash(), dash()),
+    }
     match &sccp.result {
         Ok(s) => {
             if let [k, u] = &s.cases[..] {
@@ -453,6 +523,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         ("failover-registers.svg", "failover: REGISTERs per second at each backend"),
         ("failover-rehomed.svg", "failover: phones on the secondary over time"),
         ("storm-registered.svg", "storm: phones registered over time"),
+        ("cluster-swept.svg", "cluster: a node's bindings after the other node's kill (adoption by sweeping)"),
     ] {
         if workspace_root().join("bench/report").join(file).is_file() {
             let _ = writeln!(out, "- [{what}]({file})");
@@ -477,7 +548,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
          - [failover.md](failover.md): a backend stops answering under refreshing phones, through regedge and \
          through Kamailio as dispatcher edge (fast fake backends).\n\
          - [storm.md](storm.md): every phone registers at once, through regedge behind `max_register_rate` and \
-         through Kamailio as dispatcher edge (no limit).\n"
+         through Kamailio as dispatcher edge (no limit).\n\
+         - [cluster.md](cluster.md): two regedge nodes sharing bindings through a redis-server the benchmark \
+         starts: bytes per record, record writes per second, adoption of a killed node's phones by sweeping and \
+         on sight.\n"
     );
     let failed: Vec<String> = [
         (cost.name, cost.result.as_ref().err()),
@@ -487,6 +561,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         (memory.name, memory.result.as_ref().err()),
         (failover.name, failover.result.as_ref().err()),
         (storm.name, storm.result.as_ref().err()),
+        (cluster.name, cluster.result.as_ref().err()),
     ]
     .into_iter()
     .filter_map(|(n, e)| e.map(|e| format!("- {n}: {e}")))

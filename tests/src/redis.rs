@@ -5,7 +5,8 @@
 //! The client speaks RESP over a TCP connection opened inside the namespace (one
 //! connection per command, so it works across restarts), enough for the tests'
 //! look-ups: `DBSIZE`, a `SCAN` count of the keys matching a pattern, `MEMORY USAGE`,
-//! `HGETALL`.
+//! `HGETALL`, `INFO` fields; [`RedisServer::pipeline`] sends many commands over one
+//! connection (the benchmarks' per-key look-ups).
 //!
 //! [`RedisCluster`]: several such servers with `--cluster-enabled yes`, joined into a Redis
 //! Cluster of masters only by `redis-cli --cluster create`, for the cluster-store tests.
@@ -188,22 +189,54 @@ impl RedisServer {
         self.spawn();
     }
 
-    /// Sends one command over a fresh connection made inside the namespace.
-    pub fn query(&self, args: &[&str]) -> Result<Reply, String> {
+    /// A fresh connection made inside the namespace, with 5 s timeouts.
+    fn connect(&self) -> Result<TcpStream, String> {
         let addr = self.addr;
-        let ns = NetNsRef(&self.netns);
-        let stream = ns.connect(addr).map_err(|e| format!("connect to redis at {addr}: {e}"))?;
+        let stream = NetNsRef(&self.netns).connect(addr).map_err(|e| format!("connect to redis at {addr}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
+        Ok(stream)
+    }
+
+    /// Sends one command over a fresh connection made inside the namespace.
+    pub fn query(&self, args: &[&str]) -> Result<Reply, String> {
+        let stream = self.connect()?;
+        let mut request = Vec::new();
+        encode(&mut request, args);
         (&stream).write_all(&request).map_err(|e| format!("send to redis: {e}"))?;
         let mut reader = BufReader::new(&stream);
         read_reply(&mut reader).map_err(|e| format!("redis reply to {args:?}: {e}"))
+    }
+
+    /// Sends `commands` over one fresh connection, all written at once, then reads their
+    /// replies in order (a reply may be [`Reply::Error`]).
+    pub fn pipeline(&self, commands: &[Vec<String>]) -> Result<Vec<Reply>, String> {
+        let stream = self.connect()?;
+        let mut request = Vec::new();
+        for args in commands {
+            encode(&mut request, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        (&stream).write_all(&request).map_err(|e| format!("send to redis: {e}"))?;
+        let mut reader = BufReader::new(&stream);
+        commands
+            .iter()
+            .map(|args| read_reply(&mut reader).map_err(|e| format!("redis reply to {args:?}: {e}")))
+            .collect()
+    }
+
+    /// `field` of `INFO section`, e.g. `info("memory", "used_memory")`; `None` when redis
+    /// does not answer or has no such field.
+    pub fn info(&self, section: &str, field: &str) -> Option<String> {
+        let text = self.query(&["INFO", section]).ok()?.text();
+        text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+    }
+
+    /// `FLUSHALL`: every key gone.
+    pub fn flushall(&self) -> Result<(), String> {
+        match self.query(&["FLUSHALL"])? {
+            Reply::Status(s) if s == "OK" => Ok(()),
+            other => Err(format!("FLUSHALL: {}", other.text())),
+        }
     }
 
     /// Sends one command; its reply as text ([`Reply::text`]). Panics when redis does
@@ -403,6 +436,16 @@ impl NetNsRef<'_> {
             .join()
             .expect("namespace thread panicked")
         })
+    }
+}
+
+/// Appends `args` as one RESP command (an array of bulk strings).
+fn encode(request: &mut Vec<u8>, args: &[&str]) {
+    request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg.as_bytes());
+        request.extend_from_slice(b"\r\n");
     }
 }
 

@@ -356,9 +356,9 @@ impl ClusterLink {
         self.handed_over.remove(device).is_some()
     }
 
-    /// The sweeper took `binding` over.
+    /// The sweeper took `binding` over. It stays in the directory until the registrar
+    /// loads it (its next tick): a phone showing up meanwhile is adopted from there.
     pub fn swept(&self, binding: SavedBinding) {
-        self.directory.forget(&binding.device);
         let _ = self.swept_tx.send(binding);
     }
 
