@@ -50,6 +50,7 @@ use crate::{
         BACKEND_IP, DOMAIN, METRICS, PROXY_IF, PROXY_IP, Regedge, SIP_PORT, Topology, WORKERS,
         generator::{self, Fleet, FleetSpec, Kind},
     },
+    scenarios::wait_until,
 };
 
 const REDIS_PORT: u16 = 6379;
@@ -237,17 +238,6 @@ fn metrics(ns: &NetNs) -> String {
     scrape(METRICS, Some(ns)).unwrap_or_default()
 }
 
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -271,12 +261,7 @@ fn thread_ticks(pid: u32, comm: &str) -> (u64, u64) {
 
 /// Busy ticks of all CPUs (/proc/stat: everything but idle and iowait).
 fn machine_ticks() -> u64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = text
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
-        .unwrap_or_default();
+    let values = crate::measured::proc_stat_cpu();
     let total: u64 = values.iter().take(8).sum();
     total.saturating_sub(values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0))
 }

@@ -118,3 +118,13 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_default()
 }
+
+/// The fields of /proc/stat's `cpu ` line (all CPUs' jiffies since boot: user, nice,
+/// system, idle, iowait, irq, softirq, steal, ...); empty if it cannot be read.
+pub fn proc_stat_cpu() -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}

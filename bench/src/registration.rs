@@ -547,9 +547,7 @@ fn wait_counting_cpu(sipp: Sipp) -> (FleetSummary, u64) {
 
 /// All CPUs' jiffies since boot from /proc/stat: (total, idle + iowait, irq + softirq).
 fn machine_cpu() -> (u64, u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0, 0) };
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let values = crate::measured::proc_stat_cpu();
     // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
     // already counted in user.
     let total = values.iter().take(8).sum();

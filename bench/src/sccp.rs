@@ -449,12 +449,7 @@ struct CpuSample {
 }
 
 fn cpu_sample(pid: u32) -> CpuSample {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = text
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
-        .unwrap_or_default();
+    let values = crate::measured::proc_stat_cpu();
     let field = |i: usize| values.get(i).copied().unwrap_or(0);
     let (kworker_ticks, ksoftirqd_ticks, other_ticks) = other_ticks(pid);
     CpuSample {

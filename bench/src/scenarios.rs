@@ -84,13 +84,14 @@ fn metrics(net: &Topology) -> String {
     scrape(METRICS, Some(&net.proxy)).unwrap_or_default()
 }
 
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; its last answer.
+pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if cond() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     cond()
 }
