@@ -504,47 +504,76 @@ impl Syncer {
         }
     }
 
-    /// Extends the leases this node holds; a record another node took is let go, a record
-    /// the store lost is written again.
-    fn renew(&mut self) {
+    /// The devices whose binding this node holds (UDP only: the others are not shared).
+    fn local_devices(&self) -> Vec<String> {
         let mut local = Vec::new();
         self.registrar().registry.for_each(|device, b| {
             if b.flow.transport == crate::registry::Transport::Udp {
                 local.push(device.to_owned());
             }
         });
-        let here: HashSet<&String> = local.iter().collect();
-        self.held.retain(|d| here.contains(d));
-        let lease_until = record::unix_ms() + self.link.lease_ms;
-        for chunk in local.chunks(PIPELINE) {
-            let chunk: Vec<&String> = chunk.iter().filter(|d| !self.dirty.contains(*d)).collect();
-            let Some(store) = self.connection.as_ref() else { return };
+        local
+    }
+
+    /// Runs `script` with `args` on the record of each of `devices`, pipelined by
+    /// [`PIPELINE`]: each device with the script's answer, as far as the store answered
+    /// (the rest are counted as errors of `op`, and the connection is dropped).
+    fn on_each_record(
+        &mut self,
+        op: StoreOp,
+        script: Script,
+        devices: Vec<String>,
+        args: &[String],
+    ) -> Vec<(String, Value)> {
+        let mut answered = Vec::with_capacity(devices.len());
+        for chunk in devices.chunks(PIPELINE) {
+            let Some(store) = self.connection.as_ref() else {
+                self.link.stats.count(op, StoreOutcome::Error, (devices.len() - answered.len()) as u64);
+                break;
+            };
             let commands = chunk
                 .iter()
                 .map(|device| {
-                    let mut renew = store.script(Script::Renew, &record::key(device));
-                    renew.arg(&self.link.node).arg(lease_until);
-                    renew
+                    let mut cmd = store.script(script, &record::key(device));
+                    cmd.arg(args);
+                    cmd
                 })
                 .collect();
             let Some(results) = self.query(commands) else {
-                self.link.stats.count(StoreOp::Renew, StoreOutcome::Error, chunk.len() as u64);
-                return;
+                self.link.stats.count(op, StoreOutcome::Error, (devices.len() - answered.len()) as u64);
+                break;
             };
-            for (device, result) in chunk.into_iter().zip(results) {
-                match result {
-                    Value::Int(1) => {
-                        self.link.stats.count(StoreOp::Renew, StoreOutcome::Ok, 1);
-                        self.held.insert(device.clone());
-                    }
-                    Value::Int(0) => {
-                        self.link.stats.count(StoreOp::Renew, StoreOutcome::Lost, 1);
-                        self.held.remove(device);
-                        self.link.lost(device.clone());
-                    }
-                    _ => {
-                        self.dirty.insert(device.clone());
-                    }
+            answered.extend(chunk.iter().cloned().zip(results));
+        }
+        answered
+    }
+
+    /// Extends the leases this node holds; a record another node took is let go, a record
+    /// the store lost is written again.
+    fn renew(&mut self) {
+        let local = self.local_devices();
+        let here: HashSet<&String> = local.iter().collect();
+        self.held.retain(|d| here.contains(d));
+        // A dirty record is written (with a new lease) anyway; one adopted on sight and not
+        // yet written still holds the old owner's lease, which a renewal would take for lost.
+        self.dirty.extend(self.journal.try_iter());
+        let due: Vec<String> =
+            local.iter().filter(|d| !self.dirty.contains(*d) && !self.link.is_takeover(d)).cloned().collect();
+        let lease_until = record::unix_ms() + self.link.lease_ms;
+        let args = [self.link.node.clone(), lease_until.to_string()];
+        for (device, result) in self.on_each_record(StoreOp::Renew, Script::Renew, due, &args) {
+            match result {
+                Value::Int(1) => {
+                    self.link.stats.count(StoreOp::Renew, StoreOutcome::Ok, 1);
+                    self.held.insert(device);
+                }
+                Value::Int(0) => {
+                    self.link.stats.count(StoreOp::Renew, StoreOutcome::Lost, 1);
+                    self.held.remove(&device);
+                    self.link.lost(device);
+                }
+                _ => {
+                    self.dirty.insert(device);
                 }
             }
         }
@@ -566,33 +595,19 @@ impl Syncer {
             Vec::new()
         };
         self.link.directory.replace(scanned);
-        for chunk in lapsed.chunks(PIPELINE) {
-            let Some(store) = self.connection.as_ref() else { return };
-            let commands = chunk
-                .iter()
-                .map(|device| {
-                    let mut adopt = store.script(Script::Adopt, &record::key(device));
-                    adopt.arg(&self.link.node).arg(now_unix).arg(now_unix + self.link.lease_ms);
-                    adopt
-                })
-                .collect();
-            let Some(results) = self.query(commands) else {
-                self.link.stats.count(StoreOp::Adopt, StoreOutcome::Error, chunk.len() as u64);
-                return;
+        let args = [self.link.node.clone(), now_unix.to_string(), (now_unix + self.link.lease_ms).to_string()];
+        for (_, result) in self.on_each_record(StoreOp::Adopt, Script::Adopt, lapsed, &args) {
+            let data = match result {
+                Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                _ => None,
             };
-            for result in results {
-                let data = match result {
-                    Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-                    _ => None,
-                };
-                match data.and_then(|d| serde_json::from_str::<SavedBinding>(&d).ok()) {
-                    Some(binding) => {
-                        self.link.stats.count(StoreOp::Adopt, StoreOutcome::Ok, 1);
-                        self.held.insert(binding.device.clone());
-                        self.link.swept(binding);
-                    }
-                    None => self.link.stats.count(StoreOp::Adopt, StoreOutcome::Lost, 1),
+            match data.and_then(|d| serde_json::from_str::<SavedBinding>(&d).ok()) {
+                Some(binding) => {
+                    self.link.stats.count(StoreOp::Adopt, StoreOutcome::Ok, 1);
+                    self.held.insert(binding.device.clone());
+                    self.link.swept(binding);
                 }
+                None => self.link.stats.count(StoreOp::Adopt, StoreOutcome::Lost, 1),
             }
         }
     }
@@ -635,29 +650,14 @@ impl Syncer {
 
     /// Gives up every lease this node holds (after the last writes).
     fn release_all(&mut self) {
-        let mut local = Vec::new();
-        self.registrar().registry.for_each(|device, _| local.push(device.to_owned()));
+        let local = self.local_devices();
+        let args = [self.link.node.clone()];
         let mut released = 0;
-        for chunk in local.chunks(PIPELINE) {
-            let Some(store) = self.connection.as_ref() else { break };
-            let commands = chunk
-                .iter()
-                .map(|device| {
-                    let mut release = store.script(Script::Release, &record::key(device));
-                    release.arg(&self.link.node);
-                    release
-                })
-                .collect();
-            let Some(results) = self.query(commands) else {
-                self.link.stats.count(StoreOp::Release, StoreOutcome::Error, chunk.len() as u64);
-                break;
-            };
-            for result in results {
-                let ok = matches!(result, Value::Int(1));
-                released += u64::from(ok);
-                let outcome = if ok { StoreOutcome::Ok } else { StoreOutcome::Lost };
-                self.link.stats.count(StoreOp::Release, outcome, 1);
-            }
+        for (_, result) in self.on_each_record(StoreOp::Release, Script::Release, local, &args) {
+            let ok = matches!(result, Value::Int(1));
+            released += u64::from(ok);
+            let outcome = if ok { StoreOutcome::Ok } else { StoreOutcome::Lost };
+            self.link.stats.count(StoreOp::Release, outcome, 1);
         }
         self.held.clear();
         tracing::info!(released, "drain: leases released for other nodes to take over");

@@ -241,17 +241,22 @@ fn check_admin(config: &Config, issues: &mut Vec<Issue>) {
             issues.push(Issue::new(key, ConfigErrorKind::AdminListenCollides { addr, other }));
         }
     }
-    if !token.is_empty() {
-        let problem = if token.len() < MIN_ADMIN_TOKEN_LEN {
-            Some(NameProblem::TooShort { len: token.len(), min: MIN_ADMIN_TOKEN_LEN })
-        } else if token.len() > MAX_ADMIN_TOKEN_LEN {
-            Some(NameProblem::TooLong { len: token.len(), max: MAX_ADMIN_TOKEN_LEN })
-        } else {
-            char_problem(token, |ch| ch.is_ascii_graphic())
-        };
-        if let Some(problem) = problem {
-            issues.push(Issue::new(KeyPath::field("admin", "token"), ConfigErrorKind::AdminToken { problem }));
-        }
+    if let Some(problem) = secret_problem(token) {
+        issues.push(Issue::new(KeyPath::field("admin", "token"), ConfigErrorKind::AdminToken { problem }));
+    }
+}
+
+/// What is wrong with a non-empty bearer token or shared secret: 16 to 256 printable ASCII
+/// characters, no spaces (`None` for an empty one, which means none).
+fn secret_problem(secret: &str) -> Option<NameProblem> {
+    if secret.is_empty() {
+        None
+    } else if secret.len() < MIN_ADMIN_TOKEN_LEN {
+        Some(NameProblem::TooShort { len: secret.len(), min: MIN_ADMIN_TOKEN_LEN })
+    } else if secret.len() > MAX_ADMIN_TOKEN_LEN {
+        Some(NameProblem::TooLong { len: secret.len(), max: MAX_ADMIN_TOKEN_LEN })
+    } else {
+        char_problem(secret, |ch| ch.is_ascii_graphic())
     }
 }
 
@@ -271,25 +276,14 @@ fn check_cluster(cluster: &ClusterConfig, issues: &mut Vec<Issue>) {
             issues.push(Issue::new(key, ConfigErrorKind::ClusterStoreUrl { url: url.clone(), reason }));
         }
     }
-    let secret = &cluster.secret;
-    if secret.is_empty() {
-        if cluster.is_shared() {
-            issues.push(
-                Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecretMissing)
-                    .or_at(KeyPath::field("cluster", "store")),
-            );
-        }
-    } else {
-        let problem = if secret.len() < MIN_ADMIN_TOKEN_LEN {
-            Some(NameProblem::TooShort { len: secret.len(), min: MIN_ADMIN_TOKEN_LEN })
-        } else if secret.len() > MAX_ADMIN_TOKEN_LEN {
-            Some(NameProblem::TooLong { len: secret.len(), max: MAX_ADMIN_TOKEN_LEN })
-        } else {
-            char_problem(secret, |ch| ch.is_ascii_graphic())
-        };
-        if let Some(problem) = problem {
-            issues.push(Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecret { problem }));
-        }
+    if cluster.secret.is_empty() && cluster.is_shared() {
+        issues.push(
+            Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecretMissing)
+                .or_at(KeyPath::field("cluster", "store")),
+        );
+    }
+    if let Some(problem) = secret_problem(&cluster.secret) {
+        issues.push(Issue::new(KeyPath::field("cluster", "secret"), ConfigErrorKind::ClusterSecret { problem }));
     }
     if !(MIN_LEASE..=MAX_LEASE).contains(&cluster.lease) {
         let kind = ConfigErrorKind::ClusterLeaseOutOfRange { lease: cluster.lease };

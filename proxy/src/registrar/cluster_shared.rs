@@ -52,17 +52,20 @@ impl Registrar {
         self.adopt(entry.binding, now, Adoption::Sighted).map(|(_, binding)| binding)
     }
 
-    /// The device registered over `flow` and its binding, adopted from another node when
-    /// this one has none (a request for a phone whose node died reaches this one).
+    /// The device registered over `flow` and its binding, adopted from the directory when
+    /// this node has none (a phone of a dead node sending a request here). The store is not
+    /// asked: this is who sent a request, looked up for every request, backends' included.
     pub fn binding_by_flow(&self, flow: &Flow) -> Option<(String, Binding)> {
-        match self.find_by_flow(flow) {
-            Held::Here(found) => Some(found),
-            Held::Asked | Held::Nowhere => None,
+        if let Some(found) = self.registry.by_flow(flow) {
+            return Some(found);
         }
+        let entry = self.cluster.as_ref()?.directory.by_flow(flow)?;
+        self.adopt(entry.binding, Now { mono_ms: crate::io::workers::monotonic_ms(), unix_secs: 0 }, Adoption::Sighted)
     }
 
-    /// As [`Registrar::binding_by_flow`], and whether the store was asked about the flow
-    /// (its answer comes within a round trip).
+    /// The binding on `flow`, a destination a flow token names: as
+    /// [`Registrar::binding_by_flow`], else asked of the store (its answer comes within a
+    /// round trip).
     pub fn find_by_flow(&self, flow: &Flow) -> Held<(String, Binding)> {
         if let Some(found) = self.registry.by_flow(flow) {
             return Held::Here(found);
